@@ -1,0 +1,137 @@
+//! \file algorithm/compact.hpp
+//! Front door `compact`: move kept K and V to the front of each row, in place, and free pages.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../backend.hpp"
+#include "../cache/validate.hpp"
+#include "../concepts.hpp"
+#include "../keep_plan.hpp"
+#include "../status.hpp"
+
+namespace kvevict {
+
+namespace detail {
+
+template <class Cache>
+int pages_for(const Cache& c, int len) {
+  return (len + c.page_size() - 1) / c.page_size();
+}
+
+//! Number of (seq, head) page lists: one per sequence, or one per (sequence, head).
+template <class Cache>
+int page_list_heads(const Cache& c) {
+  return Cache::per_head_rows ? c.num_kv_heads() : 1;
+}
+
+template <class Cache>
+status validate_compact_inputs(const Cache& cache, const_keep_plan plan, const compact_result& out, void* workspace,
+                               std::size_t workspace_bytes) {
+  static_assert(is_paged_kv_cache_v<Cache>, "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
+  KVEVICT_TRY(validate_cache(cache));
+  if (plan.positions == nullptr || plan.counts == nullptr)
+    return make_error(errc::invalid_argument, "plan", "null positions or counts");
+  if (plan.capacity < 0) return make_error(errc::invalid_argument, "plan.capacity", "must be >= 0");
+  if (out.new_lens == nullptr) return make_error(errc::invalid_argument, "result.new_lens", "null output");
+  const int kvh = cache.num_kv_heads();
+  std::int64_t freed = 0;
+  for (int s = 0; s < cache.num_seqs(); ++s) {
+    for (int h = 0; h < kvh; ++h) {
+      const int r = s * kvh + h, n = cache.seq_len(s, h), c = plan.counts[r];
+      if (c < 0 || c > n || c > plan.capacity)
+        return make_error(errc::out_of_range, "plan.counts", "count outside [0, min(seq_len, capacity)]");
+      if (!Cache::per_head_rows && c != plan.counts[s * kvh])
+        return make_error(errc::shape_mismatch, "plan.counts",
+                          "heads of a sequence keep different counts; a shared page table needs a uniform budget "
+                          "(use a (sequence, head)-row cache for per-head budgets)");
+      const std::int32_t* row = plan.row(r);
+      for (int j = 0; j < c; ++j) {
+        if (row[j] < 0 || row[j] >= n) return make_error(errc::out_of_range, "plan.positions", "position outside the sequence");
+        if (j > 0 && row[j] <= row[j - 1])
+          return make_error(errc::invalid_argument, "plan.positions", "positions must be strictly increasing");
+      }
+      if ((Cache::per_head_rows || h == 0) && frees_pages<Cache>::value)
+        freed += cache.num_row_pages(s, h) - pages_for(cache, c);
+    }
+  }
+  if (freed > 0 && (out.freed_pages == nullptr || out.freed_capacity < freed))
+    return make_error(errc::buffer_too_small, "result.freed_pages", "too small for the pages this compaction frees");
+  // In-place compaction of one row must not touch another: every page may belong to one list only.
+  if (frees_pages<Cache>::value) {
+    if (workspace_bytes < static_cast<std::size_t>(cache.num_pages()) || workspace == nullptr)
+      return make_error(errc::buffer_too_small, "workspace", "smaller than compact_workspace_bytes()");
+    unsigned char* seen = static_cast<unsigned char*>(workspace);
+    std::memset(seen, 0, static_cast<std::size_t>(cache.num_pages()));
+    for (int s = 0; s < cache.num_seqs(); ++s)
+      for (int h = 0; h < page_list_heads(cache); ++h)
+        for (int lp = 0, np = cache.num_row_pages(s, h); lp < np; ++lp) {
+          const int pg = cache.page(s, h, lp);
+          if (seen[pg]) return make_error(errc::invalid_argument, "cache", "a page is listed twice (shared pages must be copied before compaction)");
+          seen[pg] = 1;
+        }
+  }
+  return ok_status();
+}
+
+}  // namespace detail
+
+//! Bytes of workspace `compact(host, ...)` needs (one byte per page, for the aliasing check).
+template <class Cache>
+std::size_t compact_workspace_bytes(host_t, const Cache& cache) {
+  return frees_pages<Cache>::value ? static_cast<std::size_t>(cache.num_pages() > 0 ? cache.num_pages() : 0) : 0;
+}
+
+//! Compacts the cache in place: for every (sequence, KV head), the K and V of the kept positions
+//! move to slots `0 .. count-1`, in their original order. Writes the new lengths and the ids of
+//! the pages past each new length (in sequence, head, logical-page order) to `out`; the engine
+//! updates its own page table and returns those pages to its allocator.
+//!
+//! Hazard-free in place: kept positions are increasing and `positions[j] >= j`, so slot `j` is
+//! written only after the token it held was read. No K/V-sized scratch.
+//!
+//! Validates everything first (plan sorted, in range; counts equal across heads for a shared
+//! page table; no page listed twice; `out` large enough): on error nothing is written.
+//! Cost: O(kept tokens x heads x head_dim) moves, O(pages) checks.
+template <class Cache>
+status compact(host_t, const Cache& cache, const_keep_plan plan, compact_result& out, void* workspace,
+               std::size_t workspace_bytes) {
+  KVEVICT_TRY(detail::validate_compact_inputs(cache, plan, out, workspace, workspace_bytes));
+  using T = typename Cache::value_type;
+  const int kvh = cache.num_kv_heads(), ps = cache.page_size();
+  const std::size_t row_bytes = sizeof(T) * static_cast<std::size_t>(cache.head_dim());
+  out.num_freed = 0;
+  for (int s = 0; s < cache.num_seqs(); ++s) {
+    for (int h = 0; h < kvh; ++h) {
+      const int r = s * kvh + h, c = plan.counts[r];
+      const std::int32_t* row = plan.row(r);
+      for (int j = 0; j < c; ++j) {
+        const int src = row[j];
+        if (src == j) continue;
+        const int sp = cache.page(s, h, src / ps), dp = cache.page(s, h, j / ps);
+        std::memcpy(cache.key(dp, j % ps, h), cache.key(sp, src % ps, h), row_bytes);
+        std::memcpy(cache.value(dp, j % ps, h), cache.value(sp, src % ps, h), row_bytes);
+      }
+    }
+    for (int h = 0; h < kvh; ++h) {
+      const int r = s * kvh + h;
+      if (frees_pages<Cache>::value && (Cache::per_head_rows || h == 0))
+        for (int lp = detail::pages_for(cache, plan.counts[r]), np = cache.num_row_pages(s, h); lp < np; ++lp)
+          out.freed_pages[out.num_freed++] = cache.page(s, h, lp);
+      out.new_lens[r] = plan.counts[r];
+    }
+  }
+  return ok_status();
+}
+
+//! Convenience overload that allocates its workspace.
+template <class Cache>
+status compact(host_t, const Cache& cache, const_keep_plan plan, compact_result& out) {
+  std::vector<unsigned char> ws(compact_workspace_bytes(host, cache) + 1);
+  return compact(host, cache, plan, out, ws.data(), ws.size());
+}
+
+}  // namespace kvevict

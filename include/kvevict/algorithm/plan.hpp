@@ -1,0 +1,168 @@
+//! \file algorithm/plan.hpp
+//! Front doors `score` and `plan`: which tokens each (sequence, KV head) keeps.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "../backend.hpp"
+#include "../cache/validate.hpp"
+#include "../concepts.hpp"
+#include "../detail/workspace.hpp"
+#include "../keep_plan.hpp"
+#include "../policy/eviction_policy.hpp"
+#include "../signals.hpp"
+#include "../status.hpp"
+
+namespace kvevict {
+
+namespace detail {
+
+template <class Cache>
+int max_row_len(const Cache& c) {
+  int m = 0;
+  for (int s = 0; s < c.num_seqs(); ++s)
+    for (int h = 0; h < c.num_kv_heads(); ++h) m = std::max(m, c.seq_len(s, h));
+  return m;
+}
+
+//! Everything a plan checks before it computes: cache structure, selector, scorer signals,
+//! granularity inputs. Returns the first problem found.
+template <class Policy, class Cache, class T>
+status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T>& sig) {
+  static_assert(is_paged_kv_cache_v<Cache>, "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
+  static_assert(std::is_same_v<typename Cache::value_type, T>,
+                "kvevict: signals<T> must use the cache's element type for its queries");
+  KVEVICT_TRY(validate_cache(cache));
+  KVEVICT_TRY(p.selector.validate());
+  if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");
+  if (sig.layer < 0 || sig.layer >= sig.num_layers)
+    return make_error(errc::out_of_range, "signals.layer", "must lie in [0, num_layers)");
+  KVEVICT_TRY(p.scorer.validate(cache, sig, p.selector.window));
+  KVEVICT_TRY(p.granularity.validate(cache, sig));
+  return ok_status();
+}
+
+template <class Policy, class Cache, class T>
+workspace_layout<4> plan_layout(const Policy& p, const Cache& cache, const signals<T>& sig) {
+  const int kvh = cache.num_kv_heads(), n = max_row_len(cache);
+  const std::size_t stride = static_cast<std::size_t>(n);
+  return workspace_layout<4>{{sizeof(float) * kvh * stride + sizeof(int) * kvh,
+                              p.scorer.scratch_bytes(cache, p.selector.window, sig.num_q_heads, n),
+                              p.granularity.scratch_bytes(cache, n), p.selector.budget.scratch_bytes(kvh, n)}};
+}
+
+inline status check_workspace(const void* ws, std::size_t bytes, std::size_t need) {
+  if (bytes < need) return make_error(errc::buffer_too_small, "workspace", "smaller than plan_workspace_bytes()");
+  if (ws == nullptr) return make_error(errc::invalid_argument, "workspace", "null workspace");
+  return ok_status();
+}
+
+//! Scores one sequence into `scores` and rejects non-finite results.
+template <class Policy, class Cache, class T>
+status score_sequence(const Policy& p, const Cache& cache, const signals<T>& sig, int seq, float* scores,
+                      std::size_t stride, void* scratch) {
+  p.scorer.score(cache, sig, seq, p.selector.window, scores, stride, scratch);
+  for (int h = 0; h < cache.num_kv_heads(); ++h) {
+    const float* row = scores + static_cast<std::size_t>(h) * stride;
+    for (int t = 0, n = cache.seq_len(seq, h); t < n; ++t)
+      if (!std::isfinite(row[t]))
+        return make_error(errc::non_finite, "cache.k / signals.queries", "a token score is NaN or infinite");
+  }
+  return ok_status();
+}
+
+}  // namespace detail
+
+//! Bytes of workspace `plan(host, ...)` needs for this policy, cache and signals (0 when the cache
+//! itself is invalid: `plan` then reports why).
+template <class Policy, class Cache, class T>
+std::size_t plan_workspace_bytes(host_t, const Policy& p, const Cache& cache, const signals<T>& sig) {
+  if (!validate_cache(cache).ok()) return 0;
+  return detail::plan_layout(p, cache, sig).total();
+}
+
+//! Plan capacity (entries per row) that always suffices for this policy and cache.
+template <class Policy, class Cache>
+int plan_capacity(const Policy& p, const Cache& cache) {
+  return std::max(1, std::min(p.selector.budget.max_budget(cache.num_kv_heads()), detail::max_row_len(cache)));
+}
+
+//! Computes token scores only. `scores[(seq * kv_heads + h) * stride + t]`, `t < seq_len(seq, h)`.
+//!
+//! \param scores [num_seqs, kv_heads, stride], stride >= the longest sequence
+//! \return errc::ok, or the first invalid argument (nothing written to the cache, ever)
+template <class Policy, class Cache, class T>
+status score(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, float* scores, std::size_t stride,
+             void* workspace, std::size_t workspace_bytes) {
+  KVEVICT_TRY(detail::validate_plan_inputs(p, cache, sig));
+  const auto layout = detail::plan_layout(p, cache, sig);
+  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, layout.total()));
+  if (scores == nullptr) return make_error(errc::invalid_argument, "scores", "null output");
+  if (stride < static_cast<std::size_t>(detail::max_row_len(cache)))
+    return make_error(errc::buffer_too_small, "stride", "shorter than the longest sequence");
+  void* buf[4];
+  layout.carve(workspace, buf);
+  const int kvh = cache.num_kv_heads();
+  for (int s = 0; s < cache.num_seqs(); ++s)
+    KVEVICT_TRY(detail::score_sequence(p, cache, sig, s, scores + static_cast<std::size_t>(s) * kvh * stride, stride, buf[1]));
+  return ok_status();
+}
+
+//! Plans eviction for every (sequence, KV head) of the batch: row `seq * kv_heads + h` of `out`
+//! receives the kept positions, sorted, exactly `min(budget_h, seq_len)` of them, protected sinks
+//! and recent window included. Reads the cache, never writes it.
+//!
+//! Deterministic: ties in score go to the lower position, so reruns and backends agree.
+//! Cost: the scorer's (window attention: 2 x q_heads x window x tokens x head_dim FMAs) plus
+//! O(tokens) selection per head.
+//!
+//! \param out  plan with capacity >= plan_capacity(p, cache)
+//! \param workspace  plan_workspace_bytes(host, p, cache, sig) bytes
+//! \return errc::ok, or the first invalid argument, named
+//!
+//! \code
+//! kvevict::snapkv<> p;
+//! p.selector.budget.entries = 128;
+//! kvevict::keep_plan_buffer kept(cache.num_seqs() * cache.num_kv_heads(), kvevict::plan_capacity(p, cache));
+//! auto st = kvevict::plan(kvevict::host, p, cache, sig, kept.view());
+//! \endcode
+template <class Policy, class Cache, class T>
+status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out, void* workspace,
+            std::size_t workspace_bytes) {
+  KVEVICT_TRY(detail::validate_plan_inputs(p, cache, sig));
+  if (out.positions == nullptr || out.counts == nullptr)
+    return make_error(errc::invalid_argument, "plan", "null positions or counts");
+  if (out.capacity < plan_capacity(p, cache))
+    return make_error(errc::buffer_too_small, "plan.capacity", "smaller than plan_capacity(policy, cache)");
+  const auto layout = detail::plan_layout(p, cache, sig);
+  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, layout.total()));
+  void* buf[4];
+  layout.carve(workspace, buf);
+  const int kvh = cache.num_kv_heads();
+  const std::size_t stride = static_cast<std::size_t>(detail::max_row_len(cache));
+  float* scores = static_cast<float*>(buf[0]);
+  int* budgets = reinterpret_cast<int*>(scores + static_cast<std::size_t>(kvh) * stride);
+  int lens[1024];
+  if (kvh > 1024) return make_error(errc::invalid_argument, "cache.kv_heads", "at most 1024 KV heads");
+  const auto& sel = p.selector;
+  for (int s = 0; s < cache.num_seqs(); ++s) {
+    KVEVICT_TRY(detail::score_sequence(p, cache, sig, s, scores, stride, buf[1]));
+    for (int h = 0; h < kvh; ++h) lens[h] = cache.seq_len(s, h);
+    sel.budget.allocate(scores, stride, lens, kvh, sel.sinks, sel.window, sig.layer, sig.num_layers, budgets, buf[3]);
+    p.granularity.select(cache, sig, s, scores, stride, budgets, sel.sinks, sel.window, out, buf[2]);
+  }
+  return ok_status();
+}
+
+//! Convenience overload that allocates its workspace (use the one above in an engine's run path).
+template <class Policy, class Cache, class T>
+status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out) {
+  std::vector<unsigned char> ws(plan_workspace_bytes(host, p, cache, sig) + 1);
+  return plan(host, p, cache, sig, out, ws.data(), ws.size());
+}
+
+}  // namespace kvevict

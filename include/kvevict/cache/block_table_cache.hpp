@@ -1,0 +1,110 @@
+//! \file cache/block_table_cache.hpp
+//! vLLM-style paged cache: a dense block table `[num_seqs, max_blocks_per_seq]` of page ids.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../config.hpp"
+#include "layout.hpp"
+
+namespace kvevict {
+
+//! Non-owning view of a vLLM-style paged KV cache.
+//!
+//! K and V are separate arrays of `num_pages` pages, each `[page_size, kv_heads, head_dim]` (NHD,
+//! the vLLM layout; `Layout = hnd` gives `[kv_heads, page_size, head_dim]`). Sequence `s` holds
+//! `seq_lens[s]` tokens; its token `t` lives in page `block_table[s * block_table_stride + t /
+//! page_size]`, slot `t % page_size`. All KV heads share the block table, so after compaction
+//! every head of a sequence must keep the same number of tokens (a uniform per-head budget).
+//!
+//! Trivially copyable; models `paged_kv_cache`.
+template <class T, class Layout = nhd>
+struct block_table_cache {
+  using value_type = T;
+  using layout_type = Layout;
+  static constexpr bool per_head_rows = false;
+
+  T* k = nullptr;                            // [num_pages, page_size, kv_heads, head_dim]
+  T* v = nullptr;                            // [num_pages, page_size, kv_heads, head_dim]
+  const std::int32_t* block_table = nullptr;  // [num_seqs, block_table_stride]
+  const std::int32_t* seq_lens = nullptr;     // [num_seqs]
+  int num_seqs_ = 0;
+  int block_table_stride = 0;  // max blocks per sequence
+  int num_pages_ = 0;
+  int page_size_ = 0;
+  int kv_heads = 0;
+  int head_dim_ = 0;
+
+  KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
+  KVEVICT_HOST_DEVICE int num_pages() const { return num_pages_; }
+  KVEVICT_HOST_DEVICE int page_size() const { return page_size_; }
+  KVEVICT_HOST_DEVICE int num_kv_heads() const { return kv_heads; }
+  KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
+  KVEVICT_HOST_DEVICE int max_pages_per_row() const { return block_table_stride; }
+  KVEVICT_HOST_DEVICE int seq_len(int seq) const { return seq_lens[seq]; }
+  KVEVICT_HOST_DEVICE int seq_len(int seq, int /*head*/) const { return seq_lens[seq]; }
+  KVEVICT_HOST_DEVICE int num_row_pages(int seq, int /*head*/) const {
+    return (seq_lens[seq] + page_size_ - 1) / page_size_;
+  }
+  KVEVICT_HOST_DEVICE int page(int seq, int logical_page) const {
+    return block_table[static_cast<std::size_t>(seq) * block_table_stride + logical_page];
+  }
+  KVEVICT_HOST_DEVICE int page(int seq, int /*head*/, int logical_page) const { return page(seq, logical_page); }
+  KVEVICT_HOST_DEVICE T* key(int page_id, int slot, int head) const { return k + offset(page_id, slot, head); }
+  KVEVICT_HOST_DEVICE T* value(int page_id, int slot, int head) const { return v + offset(page_id, slot, head); }
+
+ private:
+  KVEVICT_HOST_DEVICE std::size_t offset(int page_id, int slot, int head) const {
+    return static_cast<std::size_t>(page_id) * page_size_ * kv_heads * head_dim_ +
+           Layout::offset(slot, head, page_size_, kv_heads, head_dim_);
+  }
+};
+
+//! Non-owning view of a paged cache whose block-table rows are (sequence, KV head) pairs, as the
+//! research forks of vLLM that support per-head budgets (Ada-KV) lay it out.
+//!
+//! Each page holds one head: K and V are `[num_pages, page_size, head_dim]`. Row
+//! `r = seq * kv_heads + head` of the block table lists that head's pages, and `row_lens[r]` its
+//! length, so every head of a sequence may keep a different number of tokens.
+template <class T>
+struct head_row_table_cache {
+  using value_type = T;
+  using layout_type = nhd;
+  static constexpr bool per_head_rows = true;
+
+  T* k = nullptr;                            // [num_pages, page_size, head_dim]
+  T* v = nullptr;                            // [num_pages, page_size, head_dim]
+  const std::int32_t* block_table = nullptr;  // [num_seqs * kv_heads, block_table_stride]
+  const std::int32_t* row_lens = nullptr;     // [num_seqs * kv_heads]
+  int num_seqs_ = 0;
+  int block_table_stride = 0;
+  int num_pages_ = 0;
+  int page_size_ = 0;
+  int kv_heads = 0;
+  int head_dim_ = 0;
+
+  KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
+  KVEVICT_HOST_DEVICE int num_pages() const { return num_pages_; }
+  KVEVICT_HOST_DEVICE int page_size() const { return page_size_; }
+  KVEVICT_HOST_DEVICE int num_kv_heads() const { return kv_heads; }
+  KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
+  KVEVICT_HOST_DEVICE int max_pages_per_row() const { return block_table_stride; }
+  KVEVICT_HOST_DEVICE int seq_len(int seq, int head) const { return row_lens[row(seq, head)]; }
+  KVEVICT_HOST_DEVICE int num_row_pages(int seq, int head) const {
+    return (seq_len(seq, head) + page_size_ - 1) / page_size_;
+  }
+  KVEVICT_HOST_DEVICE int page(int seq, int head, int logical_page) const {
+    return block_table[static_cast<std::size_t>(row(seq, head)) * block_table_stride + logical_page];
+  }
+  KVEVICT_HOST_DEVICE T* key(int page_id, int slot, int /*head*/) const { return k + offset(page_id, slot); }
+  KVEVICT_HOST_DEVICE T* value(int page_id, int slot, int /*head*/) const { return v + offset(page_id, slot); }
+
+ private:
+  KVEVICT_HOST_DEVICE int row(int seq, int head) const { return seq * kv_heads + head; }
+  KVEVICT_HOST_DEVICE std::size_t offset(int page_id, int slot) const {
+    return (static_cast<std::size_t>(page_id) * page_size_ + slot) * head_dim_;
+  }
+};
+
+}  // namespace kvevict

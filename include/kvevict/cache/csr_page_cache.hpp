@@ -1,0 +1,62 @@
+//! \file cache/csr_page_cache.hpp
+//! FlashInfer-style paged cache: a CSR page table (`indptr`, `indices`, `last_page_len`).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../config.hpp"
+#include "layout.hpp"
+
+namespace kvevict {
+
+//! Non-owning view of a FlashInfer-style paged KV cache.
+//!
+//! Sequence `s` owns pages `indices[indptr[s] .. indptr[s+1])`; its last page holds
+//! `last_page_len[s]` tokens (1..page_size; a sequence with no pages has length 0). K and V are
+//! separate arrays of pages laid out by `Layout`: `nhd` = `[num_pages, page_size, kv_heads,
+//! head_dim]`, `hnd` = `[num_pages, kv_heads, page_size, head_dim]`. All heads share the table.
+//!
+//! Trivially copyable; models `paged_kv_cache`.
+template <class T, class Layout = nhd>
+struct csr_page_cache {
+  using value_type = T;
+  using layout_type = Layout;
+  static constexpr bool per_head_rows = false;
+
+  T* k = nullptr;                              // [num_pages, <Layout page>]
+  T* v = nullptr;                              // [num_pages, <Layout page>]
+  const std::int32_t* indptr = nullptr;         // [num_seqs + 1]
+  const std::int32_t* indices = nullptr;        // [indptr[num_seqs]]
+  const std::int32_t* last_page_len = nullptr;  // [num_seqs]
+  int num_seqs_ = 0;
+  int num_pages_ = 0;
+  int page_size_ = 0;
+  int kv_heads = 0;
+  int head_dim_ = 0;
+
+  KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
+  KVEVICT_HOST_DEVICE int num_pages() const { return num_pages_; }
+  KVEVICT_HOST_DEVICE int page_size() const { return page_size_; }
+  KVEVICT_HOST_DEVICE int num_kv_heads() const { return kv_heads; }
+  KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
+  //! Pages listed for the sequence (not derived from its length).
+  KVEVICT_HOST_DEVICE int num_row_pages(int seq, int /*head*/) const { return indptr[seq + 1] - indptr[seq]; }
+  KVEVICT_HOST_DEVICE int seq_len(int seq) const {
+    const int n = indptr[seq + 1] - indptr[seq];
+    return n == 0 ? 0 : (n - 1) * page_size_ + last_page_len[seq];
+  }
+  KVEVICT_HOST_DEVICE int seq_len(int seq, int /*head*/) const { return seq_len(seq); }
+  KVEVICT_HOST_DEVICE int page(int seq, int logical_page) const { return indices[indptr[seq] + logical_page]; }
+  KVEVICT_HOST_DEVICE int page(int seq, int /*head*/, int logical_page) const { return page(seq, logical_page); }
+  KVEVICT_HOST_DEVICE T* key(int page_id, int slot, int head) const { return k + offset(page_id, slot, head); }
+  KVEVICT_HOST_DEVICE T* value(int page_id, int slot, int head) const { return v + offset(page_id, slot, head); }
+
+ private:
+  KVEVICT_HOST_DEVICE std::size_t offset(int page_id, int slot, int head) const {
+    return static_cast<std::size_t>(page_id) * page_size_ * kv_heads * head_dim_ +
+           Layout::offset(slot, head, page_size_, kv_heads, head_dim_);
+  }
+};
+
+}  // namespace kvevict

@@ -1,0 +1,50 @@
+//! \file cache/dense_cache.hpp
+//! Dense `[batch, kv_heads, capacity, head_dim]` cache (HuggingFace-style), seen as one page per
+//! sequence.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../config.hpp"
+
+namespace kvevict {
+
+//! Non-owning view of a dense KV cache `[batch, kv_heads, capacity, head_dim]` with per-sequence
+//! lengths. Modelled as a paged cache with `page_size = capacity` and page `s` belonging to
+//! sequence `s`, so compaction frees no pages (the engine shrinks its own length counters).
+template <class T>
+struct dense_cache {
+  using value_type = T;
+  static constexpr bool per_head_rows = false;
+  static constexpr bool frees_pages = false;
+
+  T* k = nullptr;                         // [batch, kv_heads, capacity, head_dim]
+  T* v = nullptr;                         // [batch, kv_heads, capacity, head_dim]
+  const std::int32_t* seq_lens = nullptr;  // [batch]
+  int batch = 0;
+  int kv_heads = 0;
+  int capacity = 0;
+  int head_dim_ = 0;
+
+  KVEVICT_HOST_DEVICE int num_seqs() const { return batch; }
+  KVEVICT_HOST_DEVICE int num_pages() const { return batch; }
+  KVEVICT_HOST_DEVICE int page_size() const { return capacity; }
+  KVEVICT_HOST_DEVICE int num_kv_heads() const { return kv_heads; }
+  KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
+  KVEVICT_HOST_DEVICE int max_pages_per_row() const { return 1; }
+  KVEVICT_HOST_DEVICE int seq_len(int seq) const { return seq_lens[seq]; }
+  KVEVICT_HOST_DEVICE int seq_len(int seq, int /*head*/) const { return seq_lens[seq]; }
+  KVEVICT_HOST_DEVICE int num_row_pages(int seq, int /*head*/) const { return seq_lens[seq] > 0 ? 1 : 0; }
+  KVEVICT_HOST_DEVICE int page(int seq, int /*logical_page*/) const { return seq; }
+  KVEVICT_HOST_DEVICE int page(int seq, int /*head*/, int /*logical_page*/) const { return seq; }
+  KVEVICT_HOST_DEVICE T* key(int page_id, int slot, int head) const { return k + offset(page_id, slot, head); }
+  KVEVICT_HOST_DEVICE T* value(int page_id, int slot, int head) const { return v + offset(page_id, slot, head); }
+
+ private:
+  KVEVICT_HOST_DEVICE std::size_t offset(int seq, int slot, int head) const {
+    return ((static_cast<std::size_t>(seq) * kv_heads + head) * capacity + slot) * head_dim_;
+  }
+};
+
+}  // namespace kvevict

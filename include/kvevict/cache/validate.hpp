@@ -1,0 +1,102 @@
+//! \file cache/validate.hpp
+//! Structural validation of cache views: what every front door checks before it reads or writes.
+#pragma once
+
+#include <cstdint>
+
+#include "../concepts.hpp"
+#include "../status.hpp"
+#include "block_table_cache.hpp"
+#include "csr_page_cache.hpp"
+#include "dense_cache.hpp"
+
+namespace kvevict {
+
+namespace detail {
+
+inline status validate_common_shape(int num_seqs, int page_size, int kv_heads, int head_dim, bool has_k, bool has_v) {
+  if (num_seqs <= 0) return make_error(errc::empty_batch, "cache", "the batch has no sequences (num_seqs <= 0)");
+  if (page_size <= 0) return make_error(errc::invalid_argument, "cache.page_size", "must be positive");
+  if (kv_heads <= 0) return make_error(errc::invalid_argument, "cache.kv_heads", "must be positive");
+  if (head_dim <= 0) return make_error(errc::invalid_argument, "cache.head_dim", "must be positive");
+  if (!has_k) return make_error(errc::invalid_argument, "cache.k", "null key storage");
+  if (!has_v) return make_error(errc::invalid_argument, "cache.v", "null value storage");
+  return ok_status();
+}
+
+inline status validate_table_rows(const std::int32_t* table, const std::int32_t* lens, int rows, int stride,
+                                  int page_size, int num_pages) {
+  if (lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
+  if (table == nullptr) return make_error(errc::invalid_argument, "cache.block_table", "null block table");
+  if (stride <= 0) return make_error(errc::invalid_argument, "cache.block_table_stride", "must be positive");
+  for (int r = 0; r < rows; ++r) {
+    const std::int64_t len = lens[r];
+    if (len < 0) return make_error(errc::out_of_range, "cache.seq_lens", "negative sequence length");
+    const std::int64_t pages = (len + page_size - 1) / page_size;
+    if (pages > stride)
+      return make_error(errc::shape_mismatch, "cache.seq_lens", "sequence needs more pages than the block table row holds");
+    for (std::int64_t p = 0; p < pages; ++p) {
+      const std::int32_t id = table[static_cast<std::int64_t>(r) * stride + p];
+      if (id < 0 || id >= num_pages) return make_error(errc::out_of_range, "cache.block_table", "page id out of range");
+    }
+  }
+  return ok_status();
+}
+
+}  // namespace detail
+
+//! Checks a vLLM-style view: shapes positive, pointers set, lengths fit the table, every page id
+//! in use lies in `[0, num_pages)`. O(total pages).
+template <class T, class L>
+status validate_cache(const block_table_cache<T, L>& c) {
+  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                            c.v != nullptr));
+  return detail::validate_table_rows(c.block_table, c.seq_lens, c.num_seqs(), c.block_table_stride, c.page_size(),
+                                     c.num_pages());
+}
+
+//! Checks a (sequence, head)-row view, as `validate_cache(block_table_cache)` row by row.
+template <class T>
+status validate_cache(const head_row_table_cache<T>& c) {
+  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                            c.v != nullptr));
+  return detail::validate_table_rows(c.block_table, c.row_lens, c.num_seqs() * c.num_kv_heads(), c.block_table_stride,
+                                     c.page_size(), c.num_pages());
+}
+
+//! Checks a FlashInfer-style view: `indptr` non-decreasing from 0, `last_page_len` in
+//! `[1, page_size]` for sequences with pages, every listed page id in `[0, num_pages)`.
+template <class T, class L>
+status validate_cache(const csr_page_cache<T, L>& c) {
+  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                            c.v != nullptr));
+  if (c.indptr == nullptr) return make_error(errc::invalid_argument, "cache.indptr", "null indptr");
+  if (c.last_page_len == nullptr) return make_error(errc::invalid_argument, "cache.last_page_len", "null last_page_len");
+  if (c.indptr[0] != 0) return make_error(errc::invalid_argument, "cache.indptr", "indptr[0] must be 0");
+  for (int s = 0; s < c.num_seqs(); ++s) {
+    const int n = c.indptr[s + 1] - c.indptr[s];
+    if (n < 0) return make_error(errc::invalid_argument, "cache.indptr", "indptr must be non-decreasing");
+    if (n > 0 && (c.last_page_len[s] < 1 || c.last_page_len[s] > c.page_size()))
+      return make_error(errc::out_of_range, "cache.last_page_len", "must lie in [1, page_size] for a sequence with pages");
+  }
+  if (c.indptr[c.num_seqs()] > 0 && c.indices == nullptr)
+    return make_error(errc::invalid_argument, "cache.indices", "null page indices");
+  for (int i = 0; i < c.indptr[c.num_seqs()]; ++i)
+    if (c.indices[i] < 0 || c.indices[i] >= c.num_pages())
+      return make_error(errc::out_of_range, "cache.indices", "page id out of range");
+  return ok_status();
+}
+
+//! Checks a dense view: lengths in `[0, capacity]`.
+template <class T>
+status validate_cache(const dense_cache<T>& c) {
+  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                            c.v != nullptr));
+  if (c.seq_lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
+  for (int s = 0; s < c.num_seqs(); ++s)
+    if (c.seq_lens[s] < 0 || c.seq_lens[s] > c.capacity)
+      return make_error(errc::out_of_range, "cache.seq_lens", "length outside [0, capacity]");
+  return ok_status();
+}
+
+}  // namespace kvevict

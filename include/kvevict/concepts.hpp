@@ -1,0 +1,81 @@
+//! \file concepts.hpp
+//! The paged KV cache contract, as a C++20 concept and as an equivalent C++17 trait.
+//!
+//! A cache view is a non-owning, trivially copyable object with:
+//!
+//! | expression                        | meaning                                                  |
+//! |-----------------------------------|----------------------------------------------------------|
+//! | `C::value_type`                   | element type: float, kvevict::half or kvevict::bfloat16   |
+//! | `C::per_head_rows`                | true when every (seq, head) has its own page list         |
+//! | `c.num_seqs()`, `c.num_pages()`   | sequences in the batch; pages in the pool                 |
+//! | `c.page_size()`, `c.num_kv_heads()`, `c.head_dim()` | shape                                   |
+//! | `c.seq_len(seq, head)`            | tokens held by that (seq, head) (all heads equal unless `per_head_rows`) |
+//! | `c.num_row_pages(seq, head)`      | pages listed for that (seq, head)                          |
+//! | `c.page(seq, head, logical_page)` | physical page id                                          |
+//! | `c.key(page, slot, head)`, `c.value(page, slot, head)` | pointer to `head_dim` contiguous elements |
+#pragma once
+
+#include <type_traits>
+#include <utility>
+
+#include "config.hpp"
+#include "numeric.hpp"
+
+#if KVEVICT_HAS_CONCEPTS
+#include <concepts>
+#endif
+
+namespace kvevict {
+
+namespace detail {
+template <class C, class = void>
+struct paged_kv_cache_impl : std::false_type {};
+
+template <class C>
+struct paged_kv_cache_impl<
+    C, std::void_t<typename C::value_type, decltype(C::per_head_rows), decltype(std::declval<const C&>().num_seqs()),
+                   decltype(std::declval<const C&>().num_pages()), decltype(std::declval<const C&>().page_size()),
+                   decltype(std::declval<const C&>().num_kv_heads()), decltype(std::declval<const C&>().head_dim()),
+                   decltype(std::declval<const C&>().seq_len(0, 0)),
+                   decltype(std::declval<const C&>().num_row_pages(0, 0)),
+                   decltype(std::declval<const C&>().page(0, 0, 0)),
+                   decltype(std::declval<const C&>().key(0, 0, 0)), decltype(std::declval<const C&>().value(0, 0, 0))>>
+    : std::bool_constant<std::is_trivially_copyable_v<C> && is_element_type<typename C::value_type>::value &&
+                         std::is_same_v<decltype(std::declval<const C&>().key(0, 0, 0)), typename C::value_type*> &&
+                         std::is_same_v<decltype(std::declval<const C&>().value(0, 0, 0)), typename C::value_type*>> {};
+}  // namespace detail
+
+//! C++17 trait: true when `C` models the paged KV cache contract above.
+template <class C>
+struct is_paged_kv_cache : detail::paged_kv_cache_impl<C> {};
+
+template <class C>
+inline constexpr bool is_paged_kv_cache_v = is_paged_kv_cache<C>::value;
+
+#if KVEVICT_HAS_CONCEPTS
+//! C++20 concept: the paged KV cache contract above.
+template <class C>
+concept paged_kv_cache = std::is_trivially_copyable_v<C> && is_element_type<typename C::value_type>::value &&
+    requires(const C& c, int i) {
+  { C::per_head_rows } -> std::convertible_to<bool>;
+  { c.num_seqs() } -> std::convertible_to<int>;
+  { c.num_pages() } -> std::convertible_to<int>;
+  { c.page_size() } -> std::convertible_to<int>;
+  { c.num_kv_heads() } -> std::convertible_to<int>;
+  { c.head_dim() } -> std::convertible_to<int>;
+  { c.seq_len(i, i) } -> std::convertible_to<int>;
+  { c.num_row_pages(i, i) } -> std::convertible_to<int>;
+  { c.page(i, i, i) } -> std::convertible_to<int>;
+  { c.key(i, i, i) } -> std::same_as<typename C::value_type*>;
+  { c.value(i, i, i) } -> std::same_as<typename C::value_type*>;
+};
+#endif
+
+//! Whether compaction of this view can free pages: true unless the view declares
+//! `static constexpr bool frees_pages = false` (dense caches do).
+template <class C, class = void>
+struct frees_pages : std::true_type {};
+template <class C>
+struct frees_pages<C, std::void_t<decltype(C::frees_pages)>> : std::bool_constant<C::frees_pages> {};
+
+}  // namespace kvevict

@@ -1,0 +1,26 @@
+//! \file config.hpp
+//! Compiler and language configuration shared by every kvevict header.
+#pragma once
+
+#include <cassert>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define KVEVICT_HOST_DEVICE __host__ __device__ inline
+#else
+//! Marks functions usable from host and device code; plain `inline` on the host compiler.
+#define KVEVICT_HOST_DEVICE inline
+#endif
+
+#ifdef NDEBUG
+#define KVEVICT_ASSERT(cond) ((void)0)
+#else
+//! Debug-only internal invariant check; vanishes under NDEBUG. Never used for input validation:
+//! front doors validate their arguments and return a status.
+#define KVEVICT_ASSERT(cond) assert(cond)
+#endif
+
+#if defined(__cpp_concepts) && __cpp_concepts >= 201907L
+#define KVEVICT_HAS_CONCEPTS 1
+#else
+#define KVEVICT_HAS_CONCEPTS 0
+#endif

@@ -1,0 +1,42 @@
+//! \file granularity/token_level.hpp
+//! Token granularity: each token is a unit; protected top-k per (sequence, KV head).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../keep_plan.hpp"
+#include "../select/top_k.hpp"
+#include "../signals.hpp"
+#include "../status.hpp"
+
+namespace kvevict {
+
+//! Token-level selection: per KV head, the protected tokens plus the highest-scored others up to
+//! the head's budget (ties to the lower position). Exactly `min(budget, n)` tokens are kept.
+//! Granularity interface: `validate(cache, signals)`, `scratch_bytes(cache, max_len)` and
+//! `select(...)` filling one plan row per KV head of a sequence.
+struct token_level {
+  template <class Cache, class T>
+  status validate(const Cache&, const signals<T>&) const {
+    return ok_status();
+  }
+  template <class Cache>
+  std::size_t scratch_bytes(const Cache&, int max_len) const {
+    return sizeof(std::int32_t) * static_cast<std::size_t>(max_len);
+  }
+  //! \param scores  [kv_heads, stride]  \param budgets [kv_heads]
+  template <class Cache, class T>
+  void select(const Cache& cache, const signals<T>&, int seq, const float* scores, std::size_t stride,
+              const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
+    const int kvh = cache.num_kv_heads();
+    for (int h = 0; h < kvh; ++h) {
+      const int r = seq * kvh + h;
+      plan.counts[r] = host_backend::select_protected_top_k(scores + static_cast<std::size_t>(h) * stride,
+                                                            cache.seq_len(seq, h), budgets[h], sinks, window,
+                                                            plan.row(r), static_cast<std::int32_t*>(scratch));
+    }
+  }
+};
+
+}  // namespace kvevict

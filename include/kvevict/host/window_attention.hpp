@@ -1,0 +1,123 @@
+//! \file host/window_attention.hpp
+//! Host reference of window-attention scoring: two passes over the keys, O(tokens) scratch,
+//! never a `[heads, window, tokens]` matrix.
+#pragma once
+
+#include <cfloat>
+#include <cmath>
+#include <cstddef>
+
+#include "../detail/math.hpp"
+#include "../numeric.hpp"
+
+namespace kvevict::host_backend {
+
+//! Keys scored together in one tile (the inner, vectorised loop runs over them).
+inline constexpr int window_attention_key_tile = 16;
+
+//! Floats of scratch `window_attention_group` needs.
+inline std::size_t window_attention_scratch_floats(int head_dim, int window, int group) {
+  const std::size_t rows = static_cast<std::size_t>(window) * group;
+  return rows * head_dim                                                  // queries as float, pre-scaled
+         + static_cast<std::size_t>(head_dim) * window_attention_key_tile  // key tile, transposed
+         + 2 * rows                                                        // row max, 1 / row sum
+         + static_cast<std::size_t>(group) * window_attention_key_tile;    // per-query-head column tile
+}
+
+//! Window attention of one KV head's query group over its keys.
+//!
+//! For each of the `group` query heads `j` and window query `r` (at position `n - window + r`),
+//! the softmax of `q . k_t / sqrt(head_dim)` over keys `t <= n - window + r` (causal) is formed in
+//! two passes (pass 1: running row max and sum; pass 2: normalised probabilities). For every key
+//! `t` it calls `emit(t, col)` with `col[j]` = the probability mass query head `j` puts on `t`,
+//! averaged over the window queries. Keys are read with `key(t)` -> `const T*` (head_dim
+//! contiguous). Cost: 2 passes x group x window x n x head_dim FMAs. Deterministic.
+//!
+//! \param queries  [group, window, head_dim], the group's last `window` queries
+//! \param scratch  window_attention_scratch_floats(head_dim, window, group) floats
+template <class KeyFn, class Q, class Emit>
+void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, int group, int window, float* scratch,
+                            Emit emit) {
+  constexpr int KT = window_attention_key_tile;
+  const int rows = group * window;
+  float* qf = scratch;
+  float* kt = qf + static_cast<std::size_t>(rows) * head_dim;
+  float* row_max = kt + static_cast<std::size_t>(head_dim) * KT;
+  float* row_inv = row_max + rows;
+  float* col = row_inv + rows;
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  for (std::size_t i = 0; i < static_cast<std::size_t>(rows) * head_dim; ++i) qf[i] = to_float(queries[i]) * scale;
+  for (int r = 0; r < rows; ++r) {
+    row_max[r] = -FLT_MAX;
+    row_inv[r] = 0.0f;  // running sum in pass 1, its inverse in pass 2
+  }
+
+  auto load_tile = [&](int t0, int cnt) {
+    for (int c = 0; c < KT; ++c) {
+      if (c < cnt) {
+        const auto* kp = key(t0 + c);
+        for (int d = 0; d < head_dim; ++d) kt[static_cast<std::size_t>(d) * KT + c] = to_float(kp[d]);
+      } else {
+        for (int d = 0; d < head_dim; ++d) kt[static_cast<std::size_t>(d) * KT + c] = 0.0f;
+      }
+    }
+  };
+  auto logits = [&](int row, float* acc) {
+    for (int c = 0; c < KT; ++c) acc[c] = 0.0f;
+    const float* q = qf + static_cast<std::size_t>(row) * head_dim;
+    for (int d = 0; d < head_dim; ++d) {
+      const float qd = q[d];
+      const float* kd = kt + static_cast<std::size_t>(d) * KT;
+      for (int c = 0; c < KT; ++c) acc[c] += qd * kd[c];
+    }
+  };
+  // Keys visible to window query r: t <= n - window + r.
+  auto visible = [&](int row, int t0, int cnt) {
+    const int last = n - window + row % window;
+    const int v = last - t0 + 1;
+    return v < cnt ? (v < 0 ? 0 : v) : cnt;
+  };
+
+  float acc[KT];
+  // Pass 1: row max and sum of exponentials (online).
+  for (int t0 = 0; t0 < n; t0 += KT) {
+    const int cnt = n - t0 < KT ? n - t0 : KT;
+    load_tile(t0, cnt);
+    for (int r = 0; r < rows; ++r) {
+      const int vis = visible(r, t0, cnt);
+      if (vis == 0) continue;
+      logits(r, acc);
+      float m = row_max[r];
+      for (int c = 0; c < vis; ++c) m = acc[c] > m ? acc[c] : m;
+      float s = row_inv[r] * detail::exp_nonpositive(row_max[r] - m);
+      for (int c = 0; c < vis; ++c) s += detail::exp_nonpositive(acc[c] - m);
+      row_max[r] = m;
+      row_inv[r] = s;
+    }
+  }
+  const float inv_window = 1.0f / static_cast<float>(window);
+  for (int r = 0; r < rows; ++r) row_inv[r] = row_inv[r] > 0.0f ? inv_window / row_inv[r] : 0.0f;
+
+  // Pass 2: normalised probabilities, summed over the window per query head.
+  for (int t0 = 0; t0 < n; t0 += KT) {
+    const int cnt = n - t0 < KT ? n - t0 : KT;
+    load_tile(t0, cnt);
+    for (int i = 0; i < group * KT; ++i) col[i] = 0.0f;
+    for (int r = 0; r < rows; ++r) {
+      const int vis = visible(r, t0, cnt);
+      if (vis == 0) continue;
+      logits(r, acc);
+      float* cj = col + static_cast<std::size_t>(r / window) * KT;
+      const float m = row_max[r], inv = row_inv[r];
+      for (int c = 0; c < vis; ++c) cj[c] += detail::exp_nonpositive(acc[c] - m) * inv;
+    }
+    float vals[64];  // group <= 64 is checked by the scorer's validation
+    for (int c = 0; c < cnt; ++c) {
+      for (int j = 0; j < group; ++j) vals[j] = col[static_cast<std::size_t>(j) * KT + c];
+      emit(t0 + c, static_cast<const float*>(vals));
+    }
+  }
+}
+
+}  // namespace kvevict::host_backend

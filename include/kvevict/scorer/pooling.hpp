@@ -1,0 +1,67 @@
+//! \file scorer/pooling.hpp
+//! 1-D pooling of token scores (stride 1, "same" output length, window `kernel`, centred).
+#pragma once
+
+#include <cstddef>
+#include <type_traits>
+
+#include "../config.hpp"
+
+namespace kvevict {
+
+//! Padding convention: out-of-range neighbours count as zeros (PyTorch `avg_pool1d` with
+//! `padding = k / 2` and `count_include_pad = True`, what kvpress's SnapKV uses): the average
+//! always divides by `kernel`.
+struct pad_zeros {};
+//! Padding convention: out-of-range neighbours are ignored (`count_include_pad = False`; for max
+//! pooling, PyTorch's `-inf` padding): the average divides by the in-range count.
+struct pad_valid {};
+
+//! No pooling.
+struct no_pool {
+  static constexpr bool enabled = false;
+};
+
+//! Average pooling with the given padding convention.
+template <class Padding = pad_zeros>
+struct avg_pool {
+  static constexpr bool enabled = true;
+  static constexpr bool is_max = false;
+  using padding = Padding;
+};
+
+//! Max pooling with the given padding convention.
+template <class Padding = pad_valid>
+struct max_pool {
+  static constexpr bool enabled = true;
+  static constexpr bool is_max = true;
+  using padding = Padding;
+};
+
+namespace host_backend {
+
+//! Pools `in[0, n)` into `out[0, n)` (distinct arrays) with an odd or even `kernel >= 1`: output `i`
+//! covers inputs `[i - kernel/2, i - kernel/2 + kernel)`. O(n * kernel), deterministic.
+template <class Pool>
+void pool_1d(const float* in, float* out, int n, int kernel) {
+  static_assert(Pool::enabled, "pool_1d needs avg_pool or max_pool");
+  constexpr bool zeros = std::is_same_v<typename Pool::padding, pad_zeros>;
+  const int left = kernel / 2;
+  for (int i = 0; i < n; ++i) {
+    const int lo = i - left, hi = i - left + kernel;  // [lo, hi)
+    const int a = lo < 0 ? 0 : lo, b = hi > n ? n : hi;
+    if constexpr (Pool::is_max) {
+      float m = in[a];
+      for (int t = a + 1; t < b; ++t) m = in[t] > m ? in[t] : m;
+      if (zeros && (lo < 0 || hi > n)) m = m > 0.0f ? m : 0.0f;
+      out[i] = m;
+    } else {
+      float s = 0.0f;
+      for (int t = a; t < b; ++t) s += in[t];
+      out[i] = s / static_cast<float>(zeros ? kernel : b - a);
+    }
+  }
+}
+
+}  // namespace host_backend
+}  // namespace kvevict

@@ -1,0 +1,132 @@
+//! \file select/budget.hpp
+//! Budget allocators: how many entries each (sequence, KV head) of a layer keeps.
+//!
+//! A budget counts every kept entry, protected sinks and recent window included. Allocator
+//! interface: `validate(sinks, window)`, `max_budget(kv_heads)` (the plan capacity needed),
+//! `scratch_bytes(kv_heads, max_len)` and `allocate(...)` (host), writing one budget per KV head.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "../status.hpp"
+#include "top_k.hpp"
+
+namespace kvevict {
+
+//! The same budget for every layer and KV head.
+struct uniform_budget {
+  static constexpr bool per_head = false;
+  int entries = 128;  //!< kept entries per (sequence, KV head)
+
+  status validate(int sinks, int window) const {
+    if (entries < 0) return make_error(errc::invalid_argument, "selector.budget.entries", "must be >= 0");
+    if (entries < sinks + window)
+      return make_error(errc::budget_too_small, "selector.budget.entries", "below the protected tokens (sinks + window)");
+    return ok_status();
+  }
+  int max_budget(int /*kv_heads*/) const { return entries; }
+  std::size_t scratch_bytes(int, int) const { return 0; }
+  //! \param budgets [kv_heads] output
+  void allocate(const float*, std::size_t, const int*, int kv_heads, int, int, int, int, int* budgets, void*) const {
+    for (int h = 0; h < kv_heads; ++h) budgets[h] = entries;
+  }
+};
+
+//! Per-layer budgets that shrink linearly with depth (PyramidKV, arXiv 2406.02069).
+//!
+//! With `Bc = entries - sinks - window` (the average compressible budget), the bottom layer gets
+//! `max = 2 Bc - min` and the top layer `min = floor(Bc / beta)`, layers in between on the line:
+//! layer `l` of `L` keeps `sinks + window + floor(max - l (max - min) / (L - 1))` (`entries` when
+//! `L == 1`). Average over layers: `entries`, up to the floor.
+struct pyramid_budget {
+  static constexpr bool per_head = false;
+  int entries = 128;   //!< average kept entries per (sequence, KV head) over layers
+  double beta = 20.0;  //!< bottom-to-top ratio control, as in PyramidKV (> 0)
+
+  status validate(int sinks, int window) const {
+    if (entries < sinks + window)
+      return make_error(errc::budget_too_small, "selector.budget.entries", "below the protected tokens (sinks + window)");
+    if (!(beta >= 1.0)) return make_error(errc::invalid_argument, "selector.budget.beta", "must be >= 1");
+    return ok_status();
+  }
+  int layer_budget(int layer, int num_layers, int sinks, int window) const {
+    if (num_layers <= 1) return entries;
+    const double bc = entries - sinks - window;
+    const double lo = std::floor(bc / beta), hi = 2.0 * bc - lo;
+    const double b = hi - layer * (hi - lo) / (num_layers - 1);
+    return sinks + window + static_cast<int>(std::floor(b + 1e-9));
+  }
+  int max_budget(int /*kv_heads*/) const { return 2 * entries; }
+  std::size_t scratch_bytes(int, int) const { return 0; }
+  void allocate(const float*, std::size_t, const int*, int kv_heads, int sinks, int window, int layer, int num_layers,
+                int* budgets, void*) const {
+    const int b = layer_budget(layer, num_layers, sinks, window);
+    for (int h = 0; h < kv_heads; ++h) budgets[h] = b;
+  }
+};
+
+//! Per-head adaptive budgets (Ada-KV, arXiv 2407.11550) with a floor.
+//!
+//! The layer's compressible budget `H x (entries - sinks - window)` is shared by its `H` KV heads:
+//! each head first gets `floor(floor_fraction x (entries - sinks - window))` (Ada-KV's safeguard),
+//! the rest goes to the highest compressible-range scores over all heads of the sequence (ties:
+//! lower head, then lower position), no head past its length. Head `h` then keeps `sinks + window
+//! + its share`. Needs a cache whose rows are (sequence, head) to compact.
+struct adaptive_budget {
+  static constexpr bool per_head = true;
+  int entries = 128;            //!< average kept entries per (sequence, KV head)
+  double floor_fraction = 0.2;  //!< share of the compressible budget every head is guaranteed, in [0, 1]
+
+  status validate(int sinks, int window) const {
+    if (entries < sinks + window)
+      return make_error(errc::budget_too_small, "selector.budget.entries", "below the protected tokens (sinks + window)");
+    if (!(floor_fraction >= 0.0 && floor_fraction <= 1.0))
+      return make_error(errc::invalid_argument, "selector.budget.floor_fraction", "must lie in [0, 1]");
+    return ok_status();
+  }
+  int max_budget(int kv_heads) const { return entries * kv_heads; }
+  std::size_t scratch_bytes(int kv_heads, int max_len) const {
+    return sizeof(std::int64_t) * static_cast<std::size_t>(kv_heads) * static_cast<std::size_t>(max_len) +
+           sizeof(int) * static_cast<std::size_t>(kv_heads);
+  }
+  //! \param scores [kv_heads, stride]  \param lens [kv_heads]  \param budgets [kv_heads] output
+  void allocate(const float* scores, std::size_t stride, const int* lens, int kv_heads, int sinks, int window, int,
+                int, int* budgets, void* scratch) const {
+    const int bc = entries - sinks - window;
+    const int guaranteed = static_cast<int>(std::floor(floor_fraction * bc + 1e-9));
+    std::int64_t* cand = static_cast<std::int64_t*>(scratch);  // (head << 32 | position), compressible ranges
+    std::size_t nc = 0;
+    for (int h = 0; h < kv_heads; ++h)
+      for (int t = std::min(sinks, lens[h]); t < lens[h] - window; ++t)
+        cand[nc++] = static_cast<std::int64_t>(h) << 32 | static_cast<std::int64_t>(t);
+    int* granted = reinterpret_cast<int*>(cand + nc);
+    std::int64_t pool = static_cast<std::int64_t>(kv_heads) * bc;
+    for (int h = 0; h < kv_heads; ++h) {
+      const int n = lens[h], lo = std::min(sinks, n), hi = std::max(lo, n - window);
+      granted[h] = std::min(guaranteed, hi - lo);
+      budgets[h] = lo + (n - hi) + granted[h];
+      pool -= granted[h];
+    }
+    auto score_of = [&](std::int64_t c) { return scores[static_cast<std::size_t>(c >> 32) * stride + (c & 0xffffffff)]; };
+    std::sort(cand, cand + nc, [&](std::int64_t a, std::int64_t b) {
+      const float sa = score_of(a), sb = score_of(b);
+      return sa > sb || (sa == sb && a < b);
+    });
+    // Restricted to one head, the global order is that head's own order: its first `granted`
+    // candidates are the guaranteed share; later ones compete for the pool.
+    for (std::size_t i = 0; i < nc && pool > 0; ++i) {
+      const int h = static_cast<int>(cand[i] >> 32);
+      if (granted[h] > 0) {
+        --granted[h];
+      } else {
+        ++budgets[h];
+        --pool;
+      }
+    }
+  }
+};
+
+}  // namespace kvevict
