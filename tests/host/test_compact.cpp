@@ -1,1 +1,107 @@
 #include <catch2/catch.hpp>
+
+#include <random>
+
+#include "common/test_cache.hpp"
+
+using namespace testing;
+
+namespace {
+
+// Random sorted keep sets: the same count for every head of a sequence unless per_head.
+kvevict::keep_plan_buffer random_plan(const std::vector<int>& lens, int num_seqs, int kvh, bool per_head, std::mt19937& rng) {
+  kvevict::keep_plan_buffer p(num_seqs * kvh, 1 + *std::max_element(lens.begin(), lens.end()));
+  for (int s = 0; s < num_seqs; ++s) {
+    const int n0 = lens[s * kvh];
+    const int shared_count = n0 == 0 ? 0 : static_cast<int>(rng() % (n0 + 1));
+    for (int h = 0; h < kvh; ++h) {
+      const int n = lens[s * kvh + h];
+      const int cnt = per_head ? (n == 0 ? 0 : static_cast<int>(rng() % (n + 1))) : shared_count;
+      std::vector<int> all(n);
+      std::iota(all.begin(), all.end(), 0);
+      std::shuffle(all.begin(), all.end(), rng);
+      all.resize(cnt);
+      std::sort(all.begin(), all.end());
+      std::copy(all.begin(), all.end(), p.positions.begin() + static_cast<size_t>(s * kvh + h) * p.capacity);
+      p.counts[s * kvh + h] = cnt;
+    }
+  }
+  return p;
+}
+
+template <class T>
+void check_compaction(layout_kind kind, int ps, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  const bool rows = kind == layout_kind::head_rows;
+  const int kvh = 3, d = 5;
+  const std::vector<int> seq_lens = {ps * 3 + 1, ps - 1, 0, ps * 2, 1};
+  const logical L = make_logical(5, kvh, d, seq_lens, seed, rows);
+  auto c = build<T>(L, kind, ps, seed);
+  const auto plan = random_plan(L.lens, 5, kvh, rows, rng);
+  const auto k0 = c.k, v0 = c.v;
+  auto expect_k = k0, expect_v = v0;
+  std::vector<int> expect_freed;
+  for (int s = 0; s < 5; ++s)
+    for (int h = 0; h < kvh; ++h) {
+      const int r = s * kvh + h;
+      for (int j = 0; j < plan.counts[r]; ++j)
+        for (int x = 0; x < d; ++x) {
+          const int src = plan.positions[static_cast<size_t>(r) * plan.capacity + j];
+          expect_k[c.addr(s, h, j) + x] = k0[c.addr(s, h, src) + x];
+          expect_v[c.addr(s, h, j) + x] = v0[c.addr(s, h, src) + x];
+        }
+      if (kind != layout_kind::dense && (rows || h == 0)) {
+        const auto& pg = c.pages[c.list_of(s, h)];
+        for (size_t lp = (plan.counts[r] + c.page_size - 1) / c.page_size; lp < pg.size(); ++lp) expect_freed.push_back(pg[lp]);
+      }
+    }
+  std::vector<std::int32_t> new_lens(5 * kvh, -1), freed(64, -1);
+  kvevict::compact_result res{new_lens.data(), freed.data(), 64};
+  c.visit([&](auto view) { REQUIRE(kvevict::compact(kvevict::host, view, plan.const_view(), res).ok()); });
+  INFO(name(kind) << " page_size " << ps);
+  REQUIRE(std::memcmp(c.k.data(), expect_k.data(), c.k.size() * sizeof(T)) == 0);
+  REQUIRE(std::memcmp(c.v.data(), expect_v.data(), c.v.size() * sizeof(T)) == 0);
+  REQUIRE(std::vector<int>(freed.begin(), freed.begin() + res.num_freed) == expect_freed);
+  REQUIRE(std::vector<int>(new_lens.begin(), new_lens.end()) == plan.counts);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("compaction equals a naive gather byte for byte (every layout, page_size +-1)", "[compact]", float,
+                   kvevict::half, kvevict::bfloat16) {
+  for (layout_kind kind : all_layouts)
+    for (int ps : {7, 8, 9})
+      for (std::uint32_t seed : {1u, 2u, 3u}) check_compaction<TestType>(kind, ps, seed);
+}
+
+TEST_CASE("evict = plan + compact; the compacted cache holds the planned tokens in order", "[compact]") {
+  const int kvh = 2, d = 16, w = 4;
+  const logical L = make_logical(2, kvh, d, {50, 31}, 17);
+  for (layout_kind kind : {layout_kind::block_nhd, layout_kind::csr_hnd, layout_kind::dense}) {
+    auto c = build<kvevict::bfloat16>(L, kind, 8, 2);
+    const auto k0 = c.k;
+    std::vector<kvevict::bfloat16> q(2 * 4 * w * d);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd;
+    for (auto& x : q) x = kvevict::from_float<kvevict::bfloat16>(nd(rng));
+    kvevict::signals<kvevict::bfloat16> sig;
+    sig.queries = q.data();
+    sig.num_q_heads = 4;
+    kvevict::snapkv<> p;
+    p.selector = {2, w, kvevict::uniform_budget{12}};
+    kvevict::keep_plan_buffer kept(4, 12);
+    std::vector<std::int32_t> lens(4), freed(16);
+    kvevict::compact_result res{lens.data(), freed.data(), 16};
+    c.visit([&](auto view) { REQUIRE(kvevict::evict(kvevict::host, p, view, sig, kept.view(), res).ok()); });
+    for (int s = 0; s < 2; ++s)
+      for (int h = 0; h < kvh; ++h) {
+        const auto pos = kept.kept(s * kvh + h);
+        REQUIRE(pos.size() == 12u);
+        REQUIRE(lens[s * kvh + h] == 12);
+        for (int j = 0; j < 12; ++j)
+          REQUIRE(std::memcmp(&c.k[c.addr(s, h, j)], &k0[c.addr(s, h, pos[j])], d * 2) == 0);
+      }
+    // Freed: pages past ceil(12 / 8) = 2 of each sequence (dense caches free none).
+    CHECK(res.num_freed == (kind == layout_kind::dense ? 0 : (7 - 2) + (4 - 2)));
+  }
+}

@@ -1,1 +1,185 @@
 #include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "common/test_cache.hpp"
+
+using namespace testing;
+
+namespace {
+struct fixture {
+  logical L = make_logical(2, 2, 8, {40, 25}, 3);
+  test_cache<float> c = build<float>(L, layout_kind::block_nhd, 8, 1);
+  std::vector<float> q = std::vector<float>(2 * 4 * 8 * 8, 0.5f);
+  kvevict::signals<float> sig;
+  kvevict::snapkv<> p;
+  kvevict::keep_plan_buffer kept{4, 64};
+  std::vector<std::int32_t> lens = std::vector<std::int32_t>(4), freed = std::vector<std::int32_t>(32);
+  kvevict::compact_result res{lens.data(), freed.data(), 32};
+  fixture() {
+    sig.queries = q.data();
+    sig.num_q_heads = 4;
+    p.selector = {2, 8, kvevict::uniform_budget{16}};
+  }
+  // evict must fail with `code` naming `arg`, leaving K and V byte-identical.
+  void expect_rejected(kvevict::errc code, const std::string& arg) {
+    const auto before = c.checksum();
+    const auto st = kvevict::evict(kvevict::host, p, c.block_view(), sig, kept.view(), res);
+    INFO(st.message());
+    CHECK(st.code == code);
+    CHECK(std::string(st.argument) == arg);
+    CHECK(c.checksum() == before);
+  }
+};
+}  // namespace
+
+TEST_CASE("rejected inputs name the argument and leave the cache unchanged", "[errors]") {
+  SECTION("budget below the protected tokens") {
+    fixture f;
+    f.p.selector.budget.entries = 9;
+    f.expect_rejected(kvevict::errc::budget_too_small, "selector.budget.entries");
+  }
+  SECTION("window longer than a sequence") {
+    fixture f;
+    f.p.selector = {2, 30, kvevict::uniform_budget{40}};
+    f.c.lens32[1] = 20;  // second sequence shorter than the window
+    f.expect_rejected(kvevict::errc::out_of_range, "selector.window");
+  }
+  SECTION("page id out of range") {
+    fixture f;
+    f.c.table[1] = f.c.num_pages;
+    f.expect_rejected(kvevict::errc::out_of_range, "cache.block_table");
+  }
+  SECTION("negative page id") {
+    fixture f;
+    f.c.table[0] = -1;
+    f.expect_rejected(kvevict::errc::out_of_range, "cache.block_table");
+  }
+  SECTION("sequence longer than its block-table row") {
+    fixture f;
+    f.c.lens32[0] = f.c.stride * f.c.page_size + 1;
+    f.expect_rejected(kvevict::errc::shape_mismatch, "cache.seq_lens");
+  }
+  SECTION("query heads not a multiple of KV heads") {
+    fixture f;
+    f.sig.num_q_heads = 3;
+    f.expect_rejected(kvevict::errc::shape_mismatch, "signals.num_q_heads");
+  }
+  SECTION("missing queries") {
+    fixture f;
+    f.sig.queries = nullptr;
+    f.expect_rejected(kvevict::errc::invalid_argument, "signals.queries");
+  }
+  SECTION("NaN key") {
+    fixture f;
+    f.c.k[f.c.addr(1, 0, 3)] = std::numeric_limits<float>::quiet_NaN();
+    f.expect_rejected(kvevict::errc::non_finite, "cache.k / signals.queries");
+  }
+  SECTION("infinite query") {
+    fixture f;
+    f.q[5] = std::numeric_limits<float>::infinity();
+    f.expect_rejected(kvevict::errc::non_finite, "cache.k / signals.queries");
+  }
+  SECTION("empty batch") {
+    fixture f;
+    f.c.num_seqs = 0;
+    f.expect_rejected(kvevict::errc::empty_batch, "cache");
+  }
+  SECTION("plan capacity too small") {
+    fixture f;
+    f.kept = kvevict::keep_plan_buffer(4, 15);
+    f.expect_rejected(kvevict::errc::buffer_too_small, "plan.capacity");
+  }
+  SECTION("freed-page output too small") {
+    fixture f;
+    f.res.freed_capacity = 1;
+    f.expect_rejected(kvevict::errc::buffer_too_small, "result.freed_pages");
+  }
+  SECTION("negative sinks") {
+    fixture f;
+    f.p.selector.sinks = -1;
+    f.expect_rejected(kvevict::errc::invalid_argument, "selector.sinks");
+  }
+  SECTION("layer outside the model") {
+    fixture f;
+    f.sig.layer = 3;
+    f.sig.num_layers = 2;
+    f.expect_rejected(kvevict::errc::out_of_range, "signals.layer");
+  }
+}
+
+TEST_CASE("H2O rejects NaN attention sums", "[errors]") {
+  fixture f;
+  std::vector<float> sums(4 * 40, 1.0f);
+  sums[44] = std::nanf("");
+  f.sig.attention_sums = sums.data();
+  f.sig.sums_stride = 40;
+  kvevict::h2o<> p;
+  p.selector = {2, 8, kvevict::uniform_budget{16}};
+  const auto before = f.c.checksum();
+  const auto st = kvevict::evict(kvevict::host, p, f.c.block_view(), f.sig, f.kept.view(), f.res);
+  CHECK(st.code == kvevict::errc::non_finite);
+  CHECK(std::string(st.argument) == "signals.attention_sums");
+  CHECK(f.c.checksum() == before);
+}
+
+TEST_CASE("compact rejects bad plans and leaves the cache unchanged", "[errors]") {
+  auto run = [](auto mutate, kvevict::errc code, const std::string& arg) {
+    fixture f;
+    kvevict::keep_plan_buffer plan(4, 64);
+    for (int r = 0; r < 4; ++r) {
+      plan.counts[r] = 10;
+      for (int j = 0; j < 10; ++j) plan.positions[r * 64 + j] = 2 * j;
+    }
+    mutate(f, plan);
+    const auto before = f.c.checksum();
+    const auto st = kvevict::compact(kvevict::host, f.c.block_view(), plan.const_view(), f.res);
+    INFO(st.message());
+    CHECK(st.code == code);
+    CHECK(std::string(st.argument) == arg);
+    CHECK(f.c.checksum() == before);
+  };
+  run([](fixture&, kvevict::keep_plan_buffer& p) { p.positions[5] = p.positions[4]; }, kvevict::errc::invalid_argument,
+      "plan.positions");
+  run([](fixture&, kvevict::keep_plan_buffer& p) { p.positions[64 * 3 + 9] = 25; }, kvevict::errc::out_of_range,
+      "plan.positions");
+  run([](fixture&, kvevict::keep_plan_buffer& p) { p.counts[1] = 9; }, kvevict::errc::shape_mismatch, "plan.counts");
+  run([](fixture&, kvevict::keep_plan_buffer& p) { p.counts[0] = 41; }, kvevict::errc::out_of_range, "plan.counts");
+  run([](fixture& f, kvevict::keep_plan_buffer&) { f.c.table[f.c.stride] = f.c.table[0]; }, kvevict::errc::invalid_argument,
+      "cache");
+  run([](fixture& f, kvevict::keep_plan_buffer&) { f.res.new_lens = nullptr; }, kvevict::errc::invalid_argument,
+      "result.new_lens");
+}
+
+TEST_CASE("CSR page tables are validated", "[errors]") {
+  const logical L = make_logical(2, 2, 8, {40, 25}, 3);
+  auto c = build<float>(L, layout_kind::csr_nhd, 8, 1);
+  kvevict::streaming_llm p;
+  p.selector = {2, 8, kvevict::uniform_budget{16}};
+  kvevict::keep_plan_buffer kept(4, 16);
+  std::vector<std::int32_t> lens(4), freed(32);
+  kvevict::compact_result res{lens.data(), freed.data(), 32};
+  const auto before = c.checksum();
+  auto expect = [&](kvevict::errc code, const std::string& arg) {
+    const auto st = kvevict::evict(kvevict::host, p, c.csr_view<kvevict::nhd>(), kvevict::signals<float>{}, kept.view(), res);
+    CHECK(st.code == code);
+    CHECK(std::string(st.argument) == arg);
+    CHECK(c.checksum() == before);
+  };
+  c.last[0] = 9;
+  expect(kvevict::errc::out_of_range, "cache.last_page_len");
+  c.last[0] = 8;
+  c.indices[2] = 999;
+  expect(kvevict::errc::out_of_range, "cache.indices");
+  c.indices[2] = c.pages[0][2];
+  c.indptr[1] = c.indptr[2] + 1;
+  expect(kvevict::errc::invalid_argument, "cache.indptr");
+}
+
+TEST_CASE("status messages name the category and the argument", "[errors]") {
+  const auto st = kvevict::make_error(kvevict::errc::budget_too_small, "selector.budget.entries", "below the protected tokens");
+  CHECK(st.message() == "kvevict: budget too small in 'selector.budget.entries': below the protected tokens");
+  CHECK(kvevict::ok_status().message() == "kvevict: ok");
+}

@@ -1,1 +1,207 @@
 #include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+
+#include "common/reference.hpp"
+#include "common/test_cache.hpp"
+
+using namespace testing;
+
+namespace {
+
+// Queries [num_seqs, q_heads, w, d] as T, plus the same values as double.
+template <class T>
+struct query_set {
+  std::vector<T> q;
+  std::vector<double> qd;
+};
+template <class T>
+query_set<T> make_queries(int num_seqs, int q_heads, int w, int d, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.5f);
+  query_set<T> qs;
+  for (size_t i = 0; i < static_cast<size_t>(num_seqs) * q_heads * w * d; ++i) {
+    qs.q.push_back(kvevict::from_float<T>(nd(rng)));
+    qs.qd.push_back(kvevict::to_float(qs.q.back()));
+  }
+  return qs;
+}
+
+// Keys of (seq, head) as stored (rounded to T), read by the naive address formula.
+template <class T>
+std::vector<double> stored_keys(const test_cache<T>& c, int s, int h, int n) {
+  std::vector<double> out;
+  for (int t = 0; t < n; ++t)
+    for (int x = 0; x < c.head_dim; ++x) out.push_back(kvevict::to_float(c.k[c.addr(s, h, t) + x]));
+  return out;
+}
+
+template <class T>
+void check_window_attention_all_layouts() {
+  const int kvh = 2, group = 3, d = 16, w = 5;
+  for (layout_kind kind : all_layouts) {
+    for (int ps : {7, 8, 9}) {
+      const bool rows = kind == layout_kind::head_rows;
+      const logical L = make_logical(2, kvh, d, {23, 40}, 11, rows);
+      auto c = build<T>(L, kind, ps, 5);
+      auto qs = make_queries<T>(2, kvh * group, w, d, 3);
+      kvevict::signals<T> sig;
+      sig.queries = qs.q.data();
+      sig.num_q_heads = kvh * group;
+      kvevict::eviction_policy<kvevict::window_attention<kvevict::gqa_mean, kvevict::no_pool>, kvevict::token_level,
+                               kvevict::selector<>>
+          p;
+      p.selector = {0, w, kvevict::uniform_budget{w}};
+      const int stride = L.max_len;
+      std::vector<float> scores(static_cast<size_t>(2) * kvh * stride, -1.0f);
+      c.visit([&](auto view) {
+        std::vector<unsigned char> ws(kvevict::plan_workspace_bytes(kvevict::host, p, view, sig));
+        REQUIRE(kvevict::score(kvevict::host, p, view, sig, scores.data(), stride, ws.data(), ws.size()).ok());
+      });
+      for (int s = 0; s < 2; ++s)
+        for (int h = 0; h < kvh; ++h) {
+          const int n = L.lens[s * kvh + h];
+          std::vector<double> qg(qs.qd.begin() + ((static_cast<size_t>(s) * kvh * group + h * group) * w) * d,
+                                 qs.qd.begin() + ((static_cast<size_t>(s) * kvh * group + (h + 1) * group) * w) * d);
+          auto per_q = ref::window_attention(stored_keys(c, s, h, n), n, d, qg, group, w);
+          for (int t = 0; t < n; ++t) {
+            double m = 0;
+            for (int j = 0; j < group; ++j) m += per_q[j][t];
+            m /= group;
+            INFO(name(kind) << " page_size " << ps << " seq " << s << " head " << h << " token " << t);
+            REQUIRE(scores[(static_cast<size_t>(s) * kvh + h) * stride + t] == Approx(m).margin(1e-6).epsilon(1e-5));
+          }
+        }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("window attention equals the double-precision reference (every layout, float)", "[scorer]") {
+  check_window_attention_all_layouts<float>();
+}
+TEST_CASE("window attention equals the double-precision reference (every layout, half)", "[scorer]") {
+  check_window_attention_all_layouts<kvevict::half>();
+}
+TEST_CASE("window attention equals the double-precision reference (every layout, bfloat16)", "[scorer]") {
+  check_window_attention_all_layouts<kvevict::bfloat16>();
+}
+
+TEST_CASE("SnapKV 32q/8kv/d128/w64/pool5 keeps the PyTorch formula's set", "[scorer][snapkv]") {
+  // The torch path of torch_path_baseline.py: window attention (causal in the window), softmax,
+  // mean over the window, keys before the window only, avg_pool1d(5, padding 2), GQA mean,
+  // window padded with the max (always kept), topk(budget). Here in double precision.
+  const int hq = 32, hkv = 8, d = 128, w = 64, n = 600, budget = 160;
+  const logical L = make_logical(1, hkv, d, {n}, 21);
+  auto c = build<kvevict::bfloat16>(L, layout_kind::block_nhd, 16, 2);
+  auto qs = make_queries<kvevict::bfloat16>(1, hq, w, d, 9);
+  kvevict::snapkv<> p;
+  p.selector = {0, w, kvevict::uniform_budget{budget}};
+  p.scorer.pool_kernel = 5;
+  kvevict::signals<kvevict::bfloat16> sig;
+  sig.queries = qs.q.data();
+  sig.num_q_heads = hq;
+  auto view = c.block_view();
+  kvevict::keep_plan_buffer kept(hkv, kvevict::plan_capacity(p, view));
+  REQUIRE(kvevict::plan(kvevict::host, p, view, sig, kept.view()).ok());
+  int compared_ties = 0;
+  for (int h = 0; h < hkv; ++h) {
+    std::vector<double> qg(qs.qd.begin() + static_cast<size_t>(h) * 4 * w * d, qs.qd.begin() + static_cast<size_t>(h + 1) * 4 * w * d);
+    auto per_q = ref::window_attention(stored_keys(c, 0, h, n), n, d, qg, 4, w);
+    std::vector<double> s(n - w, 0.0);
+    for (int j = 0; j < 4; ++j) {
+      std::vector<double> x(per_q[j].begin(), per_q[j].begin() + (n - w));
+      auto pooled = ref::avg_pool_zero_pad(x, 5);
+      for (int t = 0; t < n - w; ++t) s[t] += pooled[t] / 4;
+    }
+    std::vector<double> full = s;
+    const double mx = *std::max_element(s.begin(), s.end());
+    for (int t = 0; t < w; ++t) full.push_back(mx + 1.0);
+    const auto want = ref::kept_set(full, budget, 0, 0);
+    const auto got = kept.kept(h);
+    REQUIRE(got.size() == static_cast<size_t>(budget));
+    if (got != want) {
+      // Allowed only where the reference scores tie within 1e-6 at the cut.
+      std::vector<double> sorted(s);
+      std::sort(sorted.rbegin(), sorted.rend());
+      const double cut = sorted[budget - w - 1];
+      std::vector<int> diff;
+      std::set_symmetric_difference(got.begin(), got.end(), want.begin(), want.end(), std::back_inserter(diff));
+      for (int t : diff) REQUIRE(std::fabs(s[t] - cut) < 1e-6);
+      ++compared_ties;
+    }
+  }
+  CHECK(compared_ties <= 2);
+}
+
+TEST_CASE("pooling: both padding conventions and max pooling match naive loops", "[scorer]") {
+  std::vector<float> x = {3, 1, 4, 1, 5, 9, 2, 6};
+  std::vector<float> y(x.size());
+  kvevict::host_backend::pool_1d<kvevict::avg_pool<kvevict::pad_zeros>>(x.data(), y.data(), 8, 3);
+  CHECK(y[0] == Approx((0 + 3 + 1) / 3.0));
+  CHECK(y[3] == Approx((4 + 1 + 5) / 3.0));
+  CHECK(y[7] == Approx((2 + 6 + 0) / 3.0));
+  kvevict::host_backend::pool_1d<kvevict::avg_pool<kvevict::pad_valid>>(x.data(), y.data(), 8, 3);
+  CHECK(y[0] == Approx((3 + 1) / 2.0));
+  CHECK(y[7] == Approx((2 + 6) / 2.0));
+  kvevict::host_backend::pool_1d<kvevict::max_pool<>>(x.data(), y.data(), 8, 5);
+  CHECK(std::vector<float>(y.begin(), y.end()) == std::vector<float>{4, 4, 5, 9, 9, 9, 9, 9});
+  kvevict::host_backend::pool_1d<kvevict::avg_pool<kvevict::pad_zeros>>(x.data(), y.data(), 8, 1);
+  CHECK(y == x);
+}
+
+TEST_CASE("H2O: engine-provided sums reduced over the GQA group, and prefill sums", "[scorer][h2o]") {
+  const int kvh = 2, group = 2, d = 8, n = 37;
+  const logical L = make_logical(1, kvh, d, {n}, 5);
+  auto c = build<float>(L, layout_kind::csr_hnd, 6, 1);
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> u(0.0f, 3.0f);
+  std::vector<float> sums(static_cast<size_t>(kvh) * group * 40);
+  for (auto& x : sums) x = u(rng);
+  kvevict::signals<float> sig;
+  sig.attention_sums = sums.data();
+  sig.sums_stride = 40;
+  sig.num_q_heads = kvh * group;
+  kvevict::h2o<kvevict::gqa_max> p;
+  p.selector = {2, 4, kvevict::uniform_budget{15}};
+  auto view = c.csr_view<kvevict::hnd>();
+  kvevict::keep_plan_buffer kept(kvh, kvevict::plan_capacity(p, view));
+  REQUIRE(kvevict::plan(kvevict::host, p, view, sig, kept.view()).ok());
+  for (int h = 0; h < kvh; ++h) {
+    std::vector<double> red(n);
+    for (int t = 0; t < n; ++t)
+      red[t] = std::max(sums[(h * group + 0) * 40 + t], sums[(h * group + 1) * 40 + t]);
+    REQUIRE(kept.kept(h) == ref::kept_set(red, 15, 2, 4));
+  }
+
+  // Prefill sums equal the column sums of the full causal attention.
+  auto qs = make_queries<float>(1, kvh * group, n, d, 8);
+  std::vector<float> pre(static_cast<size_t>(kvh) * group * n);
+  std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(d, n, group));
+  kvevict::host_backend::prefill_attention_sums(view, 0, qs.q.data(), kvh * group, pre.data(), n, scratch.data());
+  for (int h = 0; h < kvh; ++h) {
+    std::vector<double> qg(qs.qd.begin() + static_cast<size_t>(h) * group * n * d, qs.qd.begin() + static_cast<size_t>(h + 1) * group * n * d);
+    auto per_q = ref::window_attention(stored_keys(c, 0, h, n), n, d, qg, group, n);
+    for (int j = 0; j < group; ++j)
+      for (int t = 0; t < n; ++t) REQUIRE(pre[(h * group + j) * n + t] == Approx(per_q[j][t] * n).epsilon(1e-5).margin(1e-6));
+  }
+}
+
+TEST_CASE("StreamingLLM keeps the sinks and the most recent tokens", "[scorer][streaming]") {
+  for (int ps : {3, 4, 5}) {
+    const logical L = make_logical(2, 2, 4, {30, 9}, 1);
+    auto c = build<kvevict::half>(L, layout_kind::block_nhd, ps, 2);
+    kvevict::streaming_llm p;
+    p.selector = {4, 3, kvevict::uniform_budget{12}};
+    auto view = c.block_view();
+    kvevict::keep_plan_buffer kept(4, kvevict::plan_capacity(p, view));
+    REQUIRE(kvevict::plan(kvevict::host, p, view, kvevict::signals<kvevict::half>{}, kept.view()).ok());
+    std::vector<int> want = {0, 1, 2, 3};
+    for (int t = 22; t < 30; ++t) want.push_back(t);
+    CHECK(kept.kept(0) == want);
+    CHECK(kept.kept(1) == want);
+    CHECK(kept.kept(2) == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8});  // 9 <= budget: all
+  }
+}

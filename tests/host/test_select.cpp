@@ -1,1 +1,140 @@
 #include <catch2/catch.hpp>
+
+#include <random>
+
+#include "common/reference.hpp"
+#include "common/test_cache.hpp"
+
+using namespace testing;
+
+namespace {
+// A scorer that serves fixed scores [num_seqs, kv_heads, stride]: isolates selection from scoring.
+struct given_scores {
+  const float* s = nullptr;
+  int stride = 0;
+  template <class C, class T>
+  kvevict::status validate(const C&, const kvevict::signals<T>&, int) const {
+    return kvevict::ok_status();
+  }
+  template <class C>
+  std::size_t scratch_bytes(const C&, int, int, int) const {
+    return 0;
+  }
+  template <class C, class T>
+  void score(const C& c, const kvevict::signals<T>&, int seq, int, float* out, std::size_t ostride, void*) const {
+    for (int h = 0; h < c.num_kv_heads(); ++h)
+      for (int t = 0; t < c.seq_len(seq, h); ++t)
+        out[h * ostride + t] = s[(static_cast<size_t>(seq) * c.num_kv_heads() + h) * stride + t];
+  }
+};
+}  // namespace
+
+TEST_CASE("token top-k equals the naive kept set, edge cases included", "[select]") {
+  std::mt19937 rng(3);
+  struct tc {
+    int n, budget, sinks, window;
+    bool equal;
+  };
+  const tc cases[] = {{0, 8, 2, 0, false},  {1, 8, 1, 0, false},   {1, 1, 0, 1, false}, {50, 50, 4, 8, false},
+                      {50, 60, 4, 8, false}, {50, 12, 4, 8, false}, {50, 12, 4, 8, true}, {50, 20, 0, 0, false},
+                      {50, 0, 0, 0, false},  {9, 7, 4, 3, false},   {200, 64, 4, 16, true}, {200, 64, 4, 16, false}};
+  for (const auto& k : cases) {
+    for (int ps : {7, 8, 9}) {
+      const logical L = make_logical(1, 2, 4, {k.n}, 1);
+      auto c = build<float>(L, layout_kind::block_nhd, ps, 1);
+      std::vector<float> sc(2 * std::max(1, k.n));
+      std::uniform_int_distribution<int> few(0, 5);  // many ties
+      for (auto& x : sc) x = k.equal ? 1.0f : static_cast<float>(few(rng));
+      kvevict::eviction_policy<given_scores, kvevict::token_level, kvevict::selector<>> p;
+      p.scorer = {sc.data(), std::max(1, k.n)};
+      p.selector = {k.sinks, k.window, kvevict::uniform_budget{k.budget}};
+      auto view = c.block_view();
+      kvevict::keep_plan_buffer kept(2, kvevict::plan_capacity(p, view));
+      REQUIRE(kvevict::plan(kvevict::host, p, view, kvevict::signals<float>{}, kept.view()).ok());
+      for (int h = 0; h < 2; ++h) {
+        std::vector<float> row(sc.begin() + h * std::max(1, k.n), sc.begin() + h * std::max(1, k.n) + k.n);
+        INFO("n " << k.n << " budget " << k.budget << " head " << h);
+        CHECK(kept.kept(h) == ref::kept_set(row, k.budget, k.sinks, k.window));
+        CHECK(kept.counts[h] == std::min(k.budget, k.n));
+      }
+    }
+  }
+}
+
+TEST_CASE("PyramidKV budgets follow the documented line and average the budget", "[select]") {
+  kvevict::pyramid_budget b{128, 20.0};
+  const int s = 4, w = 32, layers = 32;  // Bc = 92, min = 4, max = 180
+  CHECK(b.layer_budget(0, layers, s, w) == 36 + 180);
+  CHECK(b.layer_budget(layers - 1, layers, s, w) == 36 + 4);
+  long total = 0;
+  for (int l = 0; l < layers; ++l) {
+    total += b.layer_budget(l, layers, s, w);
+    if (l > 0) CHECK(b.layer_budget(l, layers, s, w) <= b.layer_budget(l - 1, layers, s, w));
+  }
+  CHECK(total <= 128L * layers);
+  CHECK(total >= 128L * layers - layers);
+  CHECK(b.layer_budget(0, 1, s, w) == 128);
+}
+
+TEST_CASE("Ada-KV allocation: floor per head, pooled budget to the best scores across heads", "[select]") {
+  // Brute force reference: each head gets its floor (its own best), the remaining pool goes to the
+  // globally best not-yet-taken scores.
+  std::mt19937 rng(12);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int kvh = 4, n = 60 + trial, sinks = 2, window = 4, entries = 20;
+    const double floor_fraction = (trial % 5) * 0.25;
+    std::vector<float> sc(kvh * n);
+    std::uniform_real_distribution<float> u(0, 1);
+    for (int h = 0; h < kvh; ++h)
+      for (int t = 0; t < n; ++t) sc[h * n + t] = u(rng) * (h + 1) * (h + 1);  // heads differ in scale
+    const int bc = entries - sinks - window, g = static_cast<int>(std::floor(floor_fraction * bc + 1e-9));
+    std::vector<int> want_extra(kvh, 0);
+    std::vector<std::tuple<float, int, int>> rest;
+    for (int h = 0; h < kvh; ++h) {
+      std::vector<std::pair<float, int>> own;
+      for (int t = sinks; t < n - window; ++t) own.push_back({-sc[h * n + t], t});
+      std::sort(own.begin(), own.end());
+      for (size_t i = g; i < own.size(); ++i) rest.push_back({own[i].first, h, own[i].second});
+    }
+    std::sort(rest.begin(), rest.end());
+    for (int i = 0; i < kvh * (bc - g); ++i) ++want_extra[std::get<1>(rest[i])];
+
+    const logical L = make_logical(1, kvh, 4, {n}, 2, false);
+    auto c = build<float>(L, layout_kind::head_rows, 8, 1);
+    kvevict::eviction_policy<given_scores, kvevict::token_level, kvevict::selector<kvevict::adaptive_budget>> p;
+    p.scorer = {sc.data(), n};
+    p.selector = {sinks, window, kvevict::adaptive_budget{entries, floor_fraction}};
+    auto view = c.head_rows_view();
+    kvevict::keep_plan_buffer kept(kvh, kvevict::plan_capacity(p, view));
+    REQUIRE(kvevict::plan(kvevict::host, p, view, kvevict::signals<float>{}, kept.view()).ok());
+    int total = 0;
+    for (int h = 0; h < kvh; ++h) {
+      INFO("trial " << trial << " head " << h);
+      CHECK(kept.counts[h] == sinks + window + g + want_extra[h]);
+      std::vector<float> row(sc.begin() + h * n, sc.begin() + (h + 1) * n);
+      CHECK(kept.kept(h) == ref::kept_set(row, kept.counts[h], sinks, window));
+      total += kept.counts[h];
+    }
+    CHECK(total == kvh * entries);
+  }
+}
+
+TEST_CASE("plans are identical across reruns", "[select]") {
+  const logical L = make_logical(3, 2, 16, {40, 64, 33}, 9);
+  auto c = build<kvevict::half>(L, layout_kind::csr_nhd, 8, 4);
+  std::vector<kvevict::half> q(3 * 4 * 8 * 16);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd;
+  for (auto& x : q) x = kvevict::from_float<kvevict::half>(nd(rng));
+  kvevict::signals<kvevict::half> sig;
+  sig.queries = q.data();
+  sig.num_q_heads = 4;
+  kvevict::snapkv<kvevict::gqa_max, kvevict::max_pool<>> p;
+  p.selector = {2, 8, kvevict::uniform_budget{20}};
+  auto view = c.csr_view<kvevict::nhd>();
+  kvevict::keep_plan_buffer a(6, kvevict::plan_capacity(p, view)), b = a;
+  REQUIRE(kvevict::plan(kvevict::host, p, view, sig, a.view()).ok());
+  REQUIRE(kvevict::plan(kvevict::host, p, view, sig, b.view()).ok());
+  CHECK(a.positions == b.positions);
+  CHECK(a.counts == b.counts);
+}
