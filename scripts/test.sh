@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the tests need (Debian, as root), builds, and runs every test: once optimised,
+# once under AddressSanitizer + UBSan. Usage: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v g++ >/dev/null || need+=(g++)
+command -v make >/dev/null || need+=(make)
+[ -f /usr/include/catch2/catch.hpp ] || need+=(catch2)
+[ -f /usr/include/benchmark/benchmark.h ] || need+=(libbenchmark-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+jobs=$(nproc 2>/dev/null || echo 2)
+
+echo "== build (RelWithDebInfo) =="
+cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/release -j "$jobs"
+echo "== tests =="
+(cd build/release && ctest --output-on-failure -j "$jobs")
+
+echo "== build (AddressSanitizer + UBSan) =="
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DKVEVICT_SANITIZE=ON -DKVEVICT_BUILD_BENCH=OFF >/dev/null
+cmake --build build/asan -j "$jobs"
+echo "== tests under sanitizers =="
+(cd build/asan && ctest --output-on-failure -j "$jobs" -LE cmake)
