@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../backend.hpp"
@@ -20,6 +21,12 @@
 namespace kvevict {
 
 namespace detail {
+
+template <class G, class = void>
+struct granularity_shares_heads : std::false_type {};
+template <class G>
+struct granularity_shares_heads<G, std::void_t<typename G::sharing_type>>
+    : std::bool_constant<G::sharing_type::shared> {};
 
 template <class Cache>
 int max_row_len(const Cache& c) {
@@ -36,6 +43,10 @@ status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T
   static_assert(is_paged_kv_cache_v<Cache>, "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
   static_assert(std::is_same_v<typename Cache::value_type, T>,
                 "kvevict: signals<T> must use the cache's element type for its queries");
+  static_assert(!(granularity_shares_heads<typename Policy::granularity_type>::value &&
+                  Policy::selector_type::budget_type::per_head),
+                "kvevict: shared_heads selects one plan for every head and cannot take per-head budgets "
+                "(adaptive_budget); use independent_heads or a uniform / pyramid budget");
   KVEVICT_TRY(validate_cache(cache));
   KVEVICT_TRY(p.selector.validate());
   if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");

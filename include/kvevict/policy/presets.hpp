@@ -2,6 +2,7 @@
 //! The published policies as one-level aliases over eviction_policy.
 #pragma once
 
+#include "../granularity/block_granularities.hpp"
 #include "../granularity/token_level.hpp"
 #include "../scorer/accumulated_attention.hpp"
 #include "../scorer/positional.hpp"
@@ -35,5 +36,25 @@ using pyramidkv = eviction_policy<window_attention<Reduce, Pool>, token_level, s
 //! floor. Needs a (sequence, head)-row cache to compact. Checked against a naive allocator.
 template <class Reduce = gqa_mean, class Pool = avg_pool<pad_zeros>>
 using ada_snapkv = eviction_policy<window_attention<Reduce, Pool>, token_level, selector<adaptive_budget>>;
+
+//! ChunkKV (Liu et al., arXiv 2502.00299): chunks of `granularity.chunk` tokens kept whole by
+//! mean score, scores summed over the heads of the layer (`shared_heads`), then an exact fill.
+//! Default scorer: window attention without pooling. Checked against a naive chunk selection.
+template <class Scorer = window_attention<gqa_mean, no_pool>, class Budget = uniform_budget,
+          class Sharing = shared_heads>
+using chunkkv = eviction_policy<Scorer, fixed_block<Sharing>, selector<Budget>>;
+
+//! SentenceKV-style (Zhu et al., arXiv 2504.00970): whole sentences / clauses from `Segmenter`
+//! kept by mean score, then an exact fill. Checked against a naive segment selection.
+template <class Segmenter = delimiter_segmenter, class Scorer = window_attention<gqa_mean, no_pool>,
+          class Budget = uniform_budget, class Sharing = independent_heads>
+using sentencekv = eviction_policy<Scorer, segment_level<Segmenter, Sharing>, selector<Budget>>;
+
+//! SABlock (arXiv 2510.22556), the three steps of the paper as specified in kvevict's design:
+//! segmentation, segment-guided scores, budget-driven block-size search. Checked against the
+//! golden cases computed by an independent implementation of the specification.
+template <class Segmenter = delimiter_segmenter, class Scorer = window_attention<gqa_mean, no_pool>,
+          class Budget = uniform_budget, class Sharing = independent_heads>
+using sablock = eviction_policy<Scorer, adaptive_block<Segmenter, Sharing>, selector<Budget>>;
 
 }  // namespace kvevict

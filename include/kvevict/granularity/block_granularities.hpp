@@ -1,0 +1,213 @@
+//! \file granularity/block_granularities.hpp
+//! Block- and segment-level granularities: fixed blocks (ChunkKV), whole segments (SentenceKV),
+//! adaptive blocks (SABlock). Each keeps the protected tokens and exactly `min(budget, n)` tokens.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../detail/workspace.hpp"
+#include "../host/block_select.hpp"
+#include "../keep_plan.hpp"
+#include "../segment/segmenters.hpp"
+#include "../signals.hpp"
+#include "../status.hpp"
+
+namespace kvevict {
+
+//! Head sharing: every KV head selects on its own scores.
+struct independent_heads {
+  static constexpr bool shared = false;
+};
+//! Head sharing: scores summed over the KV heads of the layer, one plan for all heads (ChunkKV);
+//! the plan can then be reused for the following layers (ChunkKV's layer-wise index reuse).
+struct shared_heads {
+  static constexpr bool shared = true;
+};
+
+namespace detail {
+
+//! Scratch of one sequence for the block granularities.
+struct block_scratch {
+  double* row;             // [n] scores of the head (or summed over heads)
+  double* r;               // [n + 1]
+  double* prefix;          // [n + 1]
+  std::int32_t* offsets;   // [2n + 2]
+  std::int32_t* idx;       // [n]
+  std::int32_t* order;     // [n]
+  unsigned char* keep;     // [n]
+  void* segmenter;         // segmenter scratch
+
+  static workspace_layout<8> layout(int n, std::size_t seg_bytes) {
+    const std::size_t m = static_cast<std::size_t>(n) + 2;
+    return workspace_layout<8>{{sizeof(double) * m, sizeof(double) * m, sizeof(double) * m,
+                                sizeof(std::int32_t) * (2 * m), sizeof(std::int32_t) * m, sizeof(std::int32_t) * m, m,
+                                seg_bytes}};
+  }
+  static block_scratch carve(void* base, int n, std::size_t seg_bytes) {
+    void* p[8];
+    layout(n, seg_bytes).carve(base, p);
+    return {static_cast<double*>(p[0]),       static_cast<double*>(p[1]),       static_cast<double*>(p[2]),
+            static_cast<std::int32_t*>(p[3]), static_cast<std::int32_t*>(p[4]), static_cast<std::int32_t*>(p[5]),
+            static_cast<unsigned char*>(p[6]), p[7]};
+  }
+};
+
+//! The flow every block granularity shares: protected tokens, the compressible range, scores per
+//! head or summed, `mark(row, lo, hi, bc, scratch, head)` marking exactly bc tokens, plan rows.
+template <class Sharing, class Cache, class Mark>
+void select_blocks(const Cache& cache, int seq, const float* scores, std::size_t stride, const int* budgets, int sinks,
+                   int window, keep_plan plan, const block_scratch& ws, Mark mark) {
+  const int kvh = cache.num_kv_heads();
+  for (int h = 0; h < kvh; ++h) {
+    const int r = seq * kvh + h, n = cache.seq_len(seq, h), b = budgets[h];
+    std::int32_t* out = plan.row(r);
+    if (Sharing::shared && h > 0) {  // one plan for every head
+      plan.counts[r] = plan.counts[seq * kvh];
+      std::memcpy(out, plan.row(seq * kvh), sizeof(std::int32_t) * static_cast<std::size_t>(plan.counts[r]));
+      continue;
+    }
+    if (n <= b) {
+      for (int t = 0; t < n; ++t) out[t] = t;
+      plan.counts[r] = n;
+      continue;
+    }
+    const int lo = sinks < n ? sinks : n, hi = n - window > lo ? n - window : lo;
+    const int bc = b - lo - (n - hi);
+    for (int t = 0; t < n; ++t) {
+      double s = 0;
+      if (Sharing::shared)
+        for (int hh = 0; hh < kvh; ++hh) s += static_cast<double>(scores[static_cast<std::size_t>(hh) * stride + t]);
+      else
+        s = static_cast<double>(scores[static_cast<std::size_t>(h) * stride + t]);
+      ws.row[t] = s;
+    }
+    std::memset(ws.keep, 0, static_cast<std::size_t>(hi - lo));
+    if (bc > 0 && hi > lo) mark(ws.row, lo, hi, bc, ws, h);
+    int c = 0;
+    for (int t = 0; t < lo; ++t) out[c++] = t;
+    for (int t = lo; t < hi; ++t)
+      if (ws.keep[t - lo]) out[c++] = t;
+    for (int t = hi; t < n; ++t) out[c++] = t;
+    plan.counts[r] = c;
+  }
+}
+
+}  // namespace detail
+
+//! Fixed blocks (ChunkKV, arXiv 2502.00299): the compressible range is cut into chunks of
+//! `chunk` tokens from its start; chunks are kept whole by mean score while they fit, then the
+//! budget is filled with the best remaining tokens (exact budget, no rounding to whole chunks).
+//! `Sharing = shared_heads` (ChunkKV's choice) scores chunks on the sum over heads.
+template <class Sharing = shared_heads>
+struct fixed_block {
+  using sharing_type = Sharing;
+  int chunk = 10;  //!< chunk length in tokens (ChunkKV's default is 10)
+
+  template <class Cache, class T>
+  status validate(const Cache&, const signals<T>&) const {
+    if (chunk < 1) return make_error(errc::invalid_argument, "granularity.chunk", "must be >= 1");
+    return ok_status();
+  }
+  template <class Cache>
+  std::size_t scratch_bytes(const Cache&, int max_len) const {
+    return detail::block_scratch::layout(max_len, 0).total();
+  }
+  template <class Cache, class T>
+  void select(const Cache& cache, const signals<T>&, int seq, const float* scores, std::size_t stride,
+              const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
+    int max_n = 0;
+    for (int h = 0; h < cache.num_kv_heads(); ++h) max_n = max_n > cache.seq_len(seq, h) ? max_n : cache.seq_len(seq, h);
+    const auto ws = detail::block_scratch::carve(scratch, max_n, 0);
+    detail::select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
+                                   [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int) {
+                                     int c = 0;
+                                     s.offsets[0] = lo;
+                                     for (int t = lo; t < hi;) {
+                                       t = t + chunk < hi ? t + chunk : hi;
+                                       s.offsets[++c] = t;
+                                     }
+                                     host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order,
+                                                                          s.idx, s.r);
+                                   });
+  }
+};
+
+//! Whole segments (SentenceKV-style, arXiv 2504.00970): segments from `Segmenter` are kept whole
+//! by mean score while they fit, then the budget is filled with the best remaining tokens.
+template <class Segmenter = delimiter_segmenter, class Sharing = independent_heads>
+struct segment_level {
+  using sharing_type = Sharing;
+  Segmenter segmenter{};
+
+  template <class Cache, class T>
+  status validate(const Cache& cache, const signals<T>& sig) const {
+    return segmenter.validate(cache, sig);
+  }
+  template <class Cache>
+  std::size_t scratch_bytes(const Cache& cache, int max_len) const {
+    return detail::block_scratch::layout(max_len, segmenter.scratch_bytes(cache, max_len)).total();
+  }
+  template <class Cache, class T>
+  void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
+              const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
+    int max_n = 0;
+    for (int h = 0; h < cache.num_kv_heads(); ++h) max_n = max_n > cache.seq_len(seq, h) ? max_n : cache.seq_len(seq, h);
+    const auto ws = detail::block_scratch::carve(scratch, max_n, segmenter.scratch_bytes(cache, max_n));
+    detail::select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
+                                   [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
+                                     const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
+                                     host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order,
+                                                                          s.idx, s.r);
+                                   });
+  }
+};
+
+//! SABlock: semantic-aware eviction with adaptive block sizes (arXiv 2510.22556). Implements the
+//! paper's three steps as specified in the project's design (sablock.md): segmentation by
+//! `Segmenter`; segment-guided refined scores `r = (1 - alpha) a + alpha * segment mean`; per
+//! segment, the block size (1, 2, 4, ... and the whole segment) with the largest total positive
+//! net `V - lambda * c - g * mean(r)` at a price `lambda` found by `steps` bisection steps on the
+//! budget; then a fill with the best remaining refined scores, so exactly the budget is kept.
+//! Double precision; deterministic. `alpha = 0, g = 0` is token-level top-k; `block_size = c`
+//! forces fixed blocks of c; a large `g` keeps whole segments. Checked against the golden cases.
+template <class Segmenter = delimiter_segmenter, class Sharing = independent_heads>
+struct adaptive_block {
+  using sharing_type = Sharing;
+  Segmenter segmenter{};
+  double alpha = 0.5;  //!< segment guidance, in [0, 1]
+  double g = 2.0;      //!< fragmentation fee in units of the mean refined score, >= 0
+  int steps = 32;      //!< bisection steps, >= 1
+  int block_size = 0;  //!< 0: adaptive candidate sizes; c > 0: the single candidate c
+
+  template <class Cache, class T>
+  status validate(const Cache& cache, const signals<T>& sig) const {
+    if (!(alpha >= 0.0 && alpha <= 1.0)) return make_error(errc::invalid_argument, "granularity.alpha", "must lie in [0, 1]");
+    if (!(g >= 0.0) || g > 1e300) return make_error(errc::invalid_argument, "granularity.g", "must be finite and >= 0");
+    if (steps < 1 || steps > 200) return make_error(errc::invalid_argument, "granularity.steps", "must lie in [1, 200]");
+    if (block_size < 0) return make_error(errc::invalid_argument, "granularity.block_size", "must be >= 0");
+    return segmenter.validate(cache, sig);
+  }
+  template <class Cache>
+  std::size_t scratch_bytes(const Cache& cache, int max_len) const {
+    return detail::block_scratch::layout(max_len, segmenter.scratch_bytes(cache, max_len)).total();
+  }
+  template <class Cache, class T>
+  void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
+              const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
+    int max_n = 0;
+    for (int h = 0; h < cache.num_kv_heads(); ++h) max_n = max_n > cache.seq_len(seq, h) ? max_n : cache.seq_len(seq, h);
+    const auto ws = detail::block_scratch::carve(scratch, max_n, segmenter.scratch_bytes(cache, max_n));
+    const host_backend::sablock_params prm{alpha, g, steps, block_size};
+    detail::select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
+                                   [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
+                                     const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
+                                     host_backend::sablock_select(row, lo, hi, s.offsets, c, bc, prm, s.keep, s.r,
+                                                                  s.prefix, s.idx);
+                                   });
+  }
+};
+
+}  // namespace kvevict

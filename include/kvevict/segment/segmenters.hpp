@@ -1,0 +1,189 @@
+//! \file segment/segmenters.hpp
+//! Segmenters: cut a sequence's compressible range into semantic segments (CSR offsets).
+//!
+//! Segmenter interface (write your own as a small struct with these members):
+//! \code
+//! template <class Cache, class T> status validate(const Cache&, const signals<T>&) const;
+//! template <class Cache> std::size_t scratch_bytes(const Cache&, int max_len) const;
+//! // Writes offsets[0] = lo < offsets[1] < ... < offsets[count] = hi and returns count (0 when lo == hi).
+//! template <class Cache, class T>
+//! int segment(const Cache&, const signals<T>&, int seq, int head, int lo, int hi, std::int32_t* offsets, void* scratch) const;
+//! \endcode
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "../numeric.hpp"
+#include "../signals.hpp"
+#include "../status.hpp"
+
+namespace kvevict {
+
+namespace host_backend {
+
+//! Applies `min_len` merging then `max_len` splitting to the raw segment ends in `offsets[0..count]`
+//! (in place; `offsets` must hold `2 * (hi - lo) + 1` entries) and returns the new count.
+//! Merging: a segment shorter than `min_len` merges into the following one (repeatedly, so the
+//! merged segment is checked again); a short last segment merges into the one before it.
+//! Splitting: a segment of `n > max_len` tokens becomes `p = ceil(n / max_len)` pieces cut at
+//! `start + floor(n * j / p)`.
+inline int merge_and_split(std::int32_t* offsets, int count, int min_len, int max_len) {
+  if (count == 0) return 0;
+  // Merge (in place, forward).
+  int m = 0;  // merged segments written: offsets[0..m]
+  for (int i = 1; i <= count; ++i) {
+    if (offsets[i] - offsets[m] >= min_len || i == count) offsets[++m] = offsets[i];
+  }
+  if (m > 1 && offsets[m] - offsets[m - 1] < min_len) {
+    offsets[m - 1] = offsets[m];
+    --m;
+  }
+  // Split (backwards into the tail so it is in place: count can only grow).
+  int total = 0;
+  for (int i = 0; i < m; ++i) {
+    const int n = offsets[i + 1] - offsets[i];
+    total += n > max_len ? (n + max_len - 1) / max_len : 1;
+  }
+  int w = total;
+  for (int i = m - 1; i >= 0; --i) {
+    const std::int64_t start = offsets[i], n = offsets[i + 1] - offsets[i];
+    const std::int64_t p = n > max_len ? (n + max_len - 1) / max_len : 1;
+    const std::int32_t end = offsets[i + 1];
+    offsets[w--] = end;
+    for (std::int64_t j = p - 1; j >= 1; --j) offsets[w--] = static_cast<std::int32_t>(start + n * j / p);
+  }
+  return total;
+}
+
+}  // namespace host_backend
+
+//! Cuts after every delimiter token (the delimiter closes its segment), then merges segments
+//! shorter than `min_len` and splits those longer than `max_len`. Needs `signals.token_ids`; the
+//! delimiter ids are the engine tokenizer's (period, comma, semicolon, colon, question and
+//! exclamation marks, newline). With no token ids the call is rejected naming
+//! `signals.token_ids`: use `key_similarity_segmenter` then.
+struct delimiter_segmenter {
+  const std::int32_t* delimiter_ids = nullptr;  // [num_delimiters]
+  int num_delimiters = 0;
+  int min_len = 3;
+  int max_len = 64;
+
+  template <class Cache, class T>
+  status validate(const Cache& cache, const signals<T>& sig) const {
+    if (sig.token_ids == nullptr)
+      return make_error(errc::invalid_argument, "signals.token_ids",
+                        "the delimiter segmenter needs token ids (use key_similarity_segmenter without them)");
+    for (int s = 0; s < cache.num_seqs(); ++s)
+      for (int h = 0; h < cache.num_kv_heads(); ++h)
+        if (cache.seq_len(s, h) > sig.token_ids_stride)
+          return make_error(errc::shape_mismatch, "signals.token_ids_stride", "shorter than a sequence");
+    if (num_delimiters < 0 || (num_delimiters > 0 && delimiter_ids == nullptr))
+      return make_error(errc::invalid_argument, "segmenter.delimiter_ids", "null or negative count");
+    if (min_len < 1 || max_len < 1)
+      return make_error(errc::invalid_argument, "segmenter.min_len / max_len", "must be >= 1");
+    return ok_status();
+  }
+  template <class Cache>
+  std::size_t scratch_bytes(const Cache&, int) const {
+    return 0;
+  }
+  bool is_delimiter(std::int32_t id) const {
+    for (int i = 0; i < num_delimiters; ++i)
+      if (delimiter_ids[i] == id) return true;
+    return false;
+  }
+  //! Segments token ids `ids[lo, hi)`.
+  int segment_ids(const std::int32_t* ids, int lo, int hi, std::int32_t* offsets) const {
+    if (hi <= lo) return 0;
+    int c = 0;
+    offsets[0] = lo;
+    for (int t = lo; t < hi - 1; ++t)
+      if (is_delimiter(ids[t])) offsets[++c] = t + 1;
+    offsets[++c] = hi;
+    return host_backend::merge_and_split(offsets, c, min_len, max_len);
+  }
+  template <class Cache, class T>
+  int segment(const Cache&, const signals<T>& sig, int seq, int, int lo, int hi, std::int32_t* offsets, void*) const {
+    return segment_ids(sig.token_ids + static_cast<std::size_t>(seq) * sig.token_ids_stride, lo, hi, offsets);
+  }
+};
+
+//! Fixed-length segments of `length` tokens (the last may be shorter). Reads no signal.
+struct fixed_length_segmenter {
+  int length = 16;
+  template <class Cache, class T>
+  status validate(const Cache&, const signals<T>&) const {
+    return length >= 1 ? ok_status() : make_error(errc::invalid_argument, "segmenter.length", "must be >= 1");
+  }
+  template <class Cache>
+  std::size_t scratch_bytes(const Cache&, int) const {
+    return 0;
+  }
+  template <class Cache, class T>
+  int segment(const Cache&, const signals<T>&, int, int, int lo, int hi, std::int32_t* offsets, void*) const {
+    int c = 0;
+    offsets[0] = lo;
+    for (int t = lo; t < hi;) {
+      t = t + length < hi ? t + length : hi;
+      offsets[++c] = t;
+    }
+    return c;
+  }
+};
+
+//! For engines without token ids: a boundary after token `t` where the cosine similarity of the
+//! adjacent keys `t` and `t + 1`, averaged over KV heads, is a strict local minimum (lower than at
+//! `t - 1` and not higher than at `t + 1`); then `min_len` / `max_len` as the delimiter segmenter.
+//! Cost O(tokens x kv_heads x head_dim).
+struct key_similarity_segmenter {
+  int min_len = 3;
+  int max_len = 64;
+  template <class Cache, class T>
+  status validate(const Cache&, const signals<T>&) const {
+    return min_len >= 1 && max_len >= 1
+               ? ok_status()
+               : make_error(errc::invalid_argument, "segmenter.min_len / max_len", "must be >= 1");
+  }
+  template <class Cache>
+  std::size_t scratch_bytes(const Cache&, int max_len_tokens) const {
+    return sizeof(double) * static_cast<std::size_t>(max_len_tokens + 1);
+  }
+  template <class Cache, class T>
+  int segment(const Cache& cache, const signals<T>&, int seq, int head, int lo, int hi, std::int32_t* offsets,
+              void* scratch) const {
+    if (hi <= lo) return 0;
+    double* sim = static_cast<double*>(scratch);  // sim[t - lo]: similarity of keys t and t + 1
+    const int kvh = Cache::per_head_rows ? 1 : cache.num_kv_heads(), d = cache.head_dim(), ps = cache.page_size();
+    for (int t = lo; t + 1 < hi; ++t) {
+      double acc = 0;
+      for (int hh = 0; hh < kvh; ++hh) {
+        const int h = Cache::per_head_rows ? head : hh;
+        const auto* a = cache.key(cache.page(seq, h, t / ps), t % ps, h);
+        const auto* b = cache.key(cache.page(seq, h, (t + 1) / ps), (t + 1) % ps, h);
+        double ab = 0, aa = 0, bb = 0;
+        for (int x = 0; x < d; ++x) {
+          const double fa = to_float(a[x]), fb = to_float(b[x]);
+          ab += fa * fb;
+          aa += fa * fa;
+          bb += fb * fb;
+        }
+        acc += (aa > 0 && bb > 0) ? ab / std::sqrt(aa * bb) : 0.0;
+      }
+      sim[t - lo] = acc / kvh;
+    }
+    int c = 0;
+    offsets[0] = lo;
+    for (int t = lo; t + 1 < hi; ++t) {
+      const double s = sim[t - lo];
+      const bool lower_than_prev = t == lo || s < sim[t - lo - 1];
+      const bool not_higher_than_next = t + 2 >= hi || s <= sim[t - lo + 1];
+      if (lower_than_prev && not_higher_than_next) offsets[++c] = t + 1;
+    }
+    offsets[++c] = hi;
+    return host_backend::merge_and_split(offsets, c, min_len, max_len);
+  }
+};
+
+}  // namespace kvevict
