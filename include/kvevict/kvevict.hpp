@@ -25,6 +25,7 @@
 #include "scorer/accumulated_attention.hpp"
 #include "scorer/pooling.hpp"
 #include "scorer/positional.hpp"
+#include "scorer/precomputed.hpp"
 #include "scorer/reduce.hpp"
 #include "scorer/window_attention.hpp"
 #include "segment/segmenters.hpp"

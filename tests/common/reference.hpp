@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 namespace ref {
@@ -112,6 +113,79 @@ std::vector<int> kept_set(const std::vector<Score>& scores, int budget, int sink
   const int k = budget - static_cast<int>(out.size());
   out.insert(out.end(), mid.begin(), mid.begin() + k);
   std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace ref
+
+namespace ref {
+
+// Segments of [lo, hi): cut after delimiters; merge runs shorter than min_len forward (a short
+// tail backward); split long ones into ceil(n / max_len) near-equal pieces. Written from the
+// specification's words, as lists of (start, end).
+inline std::vector<std::pair<int, int>> segments(const std::vector<int>& ids, const std::vector<int>& delims, int lo,
+                                                 int hi, int min_len, int max_len) {
+  std::vector<std::pair<int, int>> raw, merged, out;
+  int start = lo;
+  for (int t = lo; t < hi; ++t) {
+    const bool d = std::find(delims.begin(), delims.end(), ids[t]) != delims.end();
+    if (d || t == hi - 1) {
+      raw.push_back({start, t + 1});
+      start = t + 1;
+    }
+  }
+  int cur = -1;
+  for (size_t i = 0; i < raw.size(); ++i) {
+    if (cur < 0) cur = raw[i].first;
+    if (raw[i].second - cur >= min_len || i + 1 == raw.size()) {
+      merged.push_back({cur, raw[i].second});
+      cur = -1;
+    }
+  }
+  if (merged.size() > 1 && merged.back().second - merged.back().first < min_len) {
+    merged[merged.size() - 2].second = merged.back().second;
+    merged.pop_back();
+  }
+  for (auto [a, b] : merged) {
+    const int n = b - a, p = (n + max_len - 1) / max_len;
+    if (n <= max_len) {
+      out.push_back({a, b});
+      continue;
+    }
+    for (int j = 0; j < p; ++j) out.push_back({a + static_cast<int>(static_cast<long>(n) * j / p), a + static_cast<int>(static_cast<long>(n) * (j + 1) / p)});
+  }
+  return out;
+}
+
+// Units kept whole by mean score (desc, earlier first) while they fit, then the best remaining
+// tokens (score desc, position asc). Returns the kept positions of [lo, hi), sorted.
+inline std::vector<int> units_then_fill(const std::vector<double>& score, const std::vector<std::pair<int, int>>& units,
+                                        int lo, int hi, int bc) {
+  std::vector<int> order(units.size());
+  std::iota(order.begin(), order.end(), 0);
+  auto mean = [&](int u) {
+    double s = 0;
+    for (int t = units[u].first; t < units[u].second; ++t) s += score[t];
+    return s / (units[u].second - units[u].first);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return mean(a) > mean(b); });
+  std::vector<bool> keep(hi, false);
+  int left = bc;
+  for (int u : order) {
+    const int len = units[u].second - units[u].first;
+    if (len <= left) {
+      for (int t = units[u].first; t < units[u].second; ++t) keep[t] = true;
+      left -= len;
+    }
+  }
+  std::vector<int> rest;
+  for (int t = lo; t < hi; ++t)
+    if (!keep[t]) rest.push_back(t);
+  std::stable_sort(rest.begin(), rest.end(), [&](int a, int b) { return score[a] > score[b]; });
+  for (int i = 0; i < left && i < static_cast<int>(rest.size()); ++i) keep[rest[i]] = true;
+  std::vector<int> out;
+  for (int t = lo; t < hi; ++t)
+    if (keep[t]) out.push_back(t);
   return out;
 }
 

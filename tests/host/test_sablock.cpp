@@ -44,3 +44,256 @@ TEST_CASE("SABlock golden cases: segments and kept positions", "[sablock][golden
     CHECK(kept == c["expected_kept"].ints());
   }
 }
+
+#include <random>
+
+#include "common/given_scores.hpp"
+#include "common/reference.hpp"
+#include "common/test_cache.hpp"
+
+using namespace testing;
+
+namespace {
+
+const std::vector<int> delims = {1, 2, 3};
+
+// Random token ids over 4..40 with delimiters (1..3) at roughly `rate`.
+std::vector<int> random_ids(int n, double rate, std::mt19937& rng) {
+  std::uniform_real_distribution<double> u(0, 1);
+  std::vector<int> ids(n);
+  for (auto& x : ids) x = u(rng) < rate ? 1 + static_cast<int>(rng() % 3) : 4 + static_cast<int>(rng() % 37);
+  return ids;
+}
+
+struct setup {
+  int kvh, n;
+  logical L;
+  test_cache<float> c;
+  std::vector<float> scores;
+  std::vector<int> ids;
+  kvevict::signals<float> sig;
+  setup(int kvh_, int n_, std::uint32_t seed, double rate = 0.15, bool distinct = true)
+      : kvh(kvh_), n(n_), L(make_logical(1, kvh_, 4, {n_}, seed)), c(build<float>(L, layout_kind::block_nhd, 16, seed)) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(0, 1);
+    scores.resize(static_cast<size_t>(kvh) * n);
+    for (auto& x : scores) x = distinct ? u(rng) : static_cast<float>(rng() % 4);
+    ids = random_ids(n, rate, rng);
+    sig.token_ids = ids.data();
+    sig.token_ids_stride = n;
+  }
+  template <class Policy>
+  kvevict::keep_plan_buffer plan(Policy p) {
+    p.scorer = given_scores{scores.data(), n};
+    auto view = c.block_view();
+    kvevict::keep_plan_buffer kept(kvh, kvevict::plan_capacity(p, view));
+    const auto st = kvevict::plan(kvevict::host, p, view, sig, kept.view());
+    INFO(st.message());
+    REQUIRE(st.ok());
+    return kept;
+  }
+};
+
+template <class Granularity>
+using given_policy = kvevict::eviction_policy<given_scores, Granularity, kvevict::selector<>>;
+
+}  // namespace
+
+TEST_CASE("SABlock with alpha = 0 and g = 0 is token-level top-k", "[sablock]") {
+  for (std::uint32_t seed = 1; seed <= 10; ++seed) {
+    setup s(3, 300 + static_cast<int>(seed) * 7, seed, 0.15, seed % 2 == 0);
+    given_policy<kvevict::adaptive_block<>> sb;
+    sb.granularity = {{delims.data(), 3}, 0.0, 0.0, 32, 0};
+    sb.selector = {4, 16, kvevict::uniform_budget{64}};
+    given_policy<kvevict::token_level> tk;
+    tk.selector = sb.selector;
+    const auto a = s.plan(sb), b = s.plan(tk);
+    for (int h = 0; h < 3; ++h) CHECK(a.kept(h) == b.kept(h));
+  }
+}
+
+TEST_CASE("SABlock with one candidate size is fixed-block selection", "[sablock]") {
+  // Segments of 24 tokens (fixed length), blocks of 8, no guidance, no fee: blocks survive by mean
+  // score, so the plan is ChunkKV's (chunks of 8 by mean, then the fill), P a multiple of 24.
+  for (std::uint32_t seed = 1; seed <= 10; ++seed) {
+    const int n = 4 + 24 * 10 + 16;
+    setup s(2, n, seed);
+    given_policy<kvevict::adaptive_block<kvevict::fixed_length_segmenter>> sb;
+    sb.granularity = {{24}, 0.0, 0.0, 60, 8};
+    sb.selector = {4, 16, kvevict::uniform_budget{20 + 8 * static_cast<int>(seed) + static_cast<int>(seed % 3)}};
+    given_policy<kvevict::fixed_block<kvevict::independent_heads>> ck;
+    ck.granularity.chunk = 8;
+    ck.selector = sb.selector;
+    const auto a = s.plan(sb), b = s.plan(ck);
+    for (int h = 0; h < 2; ++h) CHECK(a.kept(h) == b.kept(h));
+  }
+}
+
+TEST_CASE("SABlock keeps exactly min(budget, n), covers the protected tokens, reruns agree", "[sablock]") {
+  std::mt19937 rng(99);
+  for (int trial = 0; trial < 40; ++trial) {
+    const int n = 1 + static_cast<int>(rng() % 400), sinks = static_cast<int>(rng() % 5), window = static_cast<int>(rng() % 20);
+    const int budget = sinks + window + static_cast<int>(rng() % 120);
+    setup s(2, n, 1000 + trial, 0.02 + (trial % 5) * 0.2, trial % 3 != 0);
+    given_policy<kvevict::adaptive_block<>> p;
+    p.granularity = {{delims.data(), 3, 1 + trial % 4, 4 + trial % 60}, (trial % 5) * 0.25, (trial % 4) * 1.5, 32, 0};
+    p.selector = {sinks, window, kvevict::uniform_budget{budget}};
+    const auto a = s.plan(p), b = s.plan(p);
+    for (int h = 0; h < 2; ++h) {
+      const auto k = a.kept(h);
+      INFO("trial " << trial << " n " << n << " budget " << budget);
+      REQUIRE(static_cast<int>(k.size()) == std::min(budget, n));
+      REQUIRE(std::is_sorted(k.begin(), k.end()));
+      REQUIRE(std::adjacent_find(k.begin(), k.end()) == k.end());
+      for (int t = 0; t < std::min(sinks, n); ++t) REQUIRE(std::binary_search(k.begin(), k.end(), t));
+      for (int t = std::max(0, n - window); t < n; ++t) REQUIRE(std::binary_search(k.begin(), k.end(), t));
+      REQUIRE(k == b.kept(h));
+    }
+  }
+}
+
+TEST_CASE("SABlock with a large fee keeps whole segments", "[sablock]") {
+  // When the fee is large enough that the segments worth more than one fee fit in the budget, the
+  // price falls to ~0 and exactly those segments are kept, whole; nothing is left for the fill.
+  // The test computes r, the fee and the segments' values itself, from the specification.
+  int token_level_differs = 0;
+  for (std::uint32_t seed = 1; seed <= 8; ++seed) {
+    const int n = 400, lo = 4, hi = n - 16;
+    const double alpha = 0.5, g = 6.0 + seed;
+    setup s(1, n, seed, 0.1);
+    const auto segs = ref::segments(s.ids, delims, lo, hi, 3, 64);
+    std::vector<double> r(n, 0.0), seg_value;
+    double mean_r = 0;
+    for (auto [a, b] : segs) {
+      double m = 0;
+      for (int t = a; t < b; ++t) m += s.scores[t];
+      m /= (b - a);
+      for (int t = a; t < b; ++t) r[t] = (1 - alpha) * s.scores[t] + alpha * m, mean_r += r[t];
+    }
+    mean_r /= (hi - lo);
+    std::vector<int> want = {0, 1, 2, 3};
+    for (auto [a, b] : segs) {
+      double v = 0;
+      for (int t = a; t < b; ++t) v += r[t];
+      if (v > g * mean_r)
+        for (int t = a; t < b; ++t) want.push_back(t);
+    }
+    for (int t = hi; t < n; ++t) want.push_back(t);
+    REQUIRE(want.size() > 20u);
+    REQUIRE(want.size() < static_cast<size_t>(n));
+    given_policy<kvevict::adaptive_block<>> p;
+    p.granularity = {{delims.data(), 3, 3, 64}, alpha, g, 32, 0};
+    p.selector = {4, 16, kvevict::uniform_budget{static_cast<int>(want.size())}};
+    CHECK(s.plan(p).kept(0) == want);
+    given_policy<kvevict::token_level> tk;
+    tk.selector = p.selector;
+    token_level_differs += s.plan(tk).kept(0) != want;
+  }
+  CHECK(token_level_differs == 8);  // plain top-k does not keep clauses whole
+}
+
+TEST_CASE("ChunkKV and SentenceKV equal naive unit selection", "[sablock][chunkkv][sentencekv]") {
+  for (std::uint32_t seed = 1; seed <= 12; ++seed) {
+    const int n = 150 + static_cast<int>(seed) * 13, kvh = 3, sinks = 2, window = 8, budget = 30 + static_cast<int>(seed) * 3;
+    setup s(kvh, n, seed, 0.12, seed % 3 != 0);
+    given_policy<kvevict::segment_level<>> sk;
+    sk.granularity.segmenter = {delims.data(), 3, 3, 20};
+    sk.selector = {sinks, window, kvevict::uniform_budget{budget}};
+    given_policy<kvevict::fixed_block<kvevict::shared_heads>> ck;
+    ck.granularity.chunk = 7;
+    ck.selector = sk.selector;
+    const auto a = s.plan(sk), b = s.plan(ck);
+    const int lo = sinks, hi = n - window, bc = budget - sinks - window;
+    std::vector<double> summed(n, 0.0);
+    for (int h = 0; h < kvh; ++h) {
+      std::vector<double> row(s.scores.begin() + h * n, s.scores.begin() + (h + 1) * n);
+      for (int t = 0; t < n; ++t) summed[t] += row[t];
+      auto want = ref::units_then_fill(row, ref::segments(s.ids, delims, lo, hi, 3, 20), lo, hi, bc);
+      want.insert(want.begin(), {0, 1});
+      for (int t = hi; t < n; ++t) want.push_back(t);
+      CHECK(a.kept(h) == want);
+    }
+    std::vector<std::pair<int, int>> chunks;
+    for (int t = lo; t < hi; t += 7) chunks.push_back({t, std::min(hi, t + 7)});
+    auto want = ref::units_then_fill(summed, chunks, lo, hi, bc);
+    want.insert(want.begin(), {0, 1});
+    for (int t = hi; t < n; ++t) want.push_back(t);
+    for (int h = 0; h < kvh; ++h) CHECK(b.kept(h) == want);  // one plan shared by every head
+  }
+}
+
+TEST_CASE("delimiter segmentation edge cases", "[segment]") {
+  const kvevict::delimiter_segmenter seg{delims.data(), 3, 3, 8};
+  auto run = [&](const std::vector<int>& ids, int lo, int hi) {
+    std::vector<std::int32_t> off(2 * (hi - lo) + 2);
+    const int c = seg.segment_ids(ids.data(), lo, hi, off.data());
+    std::vector<std::pair<int, int>> out;
+    for (int u = 0; u < c; ++u) out.push_back({off[u], off[u + 1]});
+    return out;
+  };
+  std::mt19937 rng(5);
+  SECTION("no delimiter: one segment split by max_len") {
+    std::vector<int> ids(30, 7);
+    CHECK(run(ids, 2, 22) == ref::segments(ids, delims, 2, 22, 3, 8));
+    CHECK(run(ids, 2, 22).size() == 3u);  // 20 tokens -> 3 pieces
+  }
+  SECTION("a delimiter at every token: merged to min_len") {
+    std::vector<int> ids(30, 1);
+    const auto s = run(ids, 0, 30);
+    CHECK(s == ref::segments(ids, delims, 0, 30, 3, 8));
+    for (auto [a, b] : s) CHECK(b - a >= 3);
+  }
+  SECTION("delimiters inside the protected window do not cut the range") {
+    std::vector<int> ids(40, 9);
+    for (int t = 30; t < 40; ++t) ids[t] = 2;
+    CHECK(run(ids, 4, 30) == ref::segments(ids, delims, 4, 30, 3, 8));
+    CHECK(run(ids, 4, 30).back().second == 30);
+  }
+  SECTION("random ids: coverage and agreement with the reference") {
+    for (int trial = 0; trial < 200; ++trial) {
+      const int n = 1 + static_cast<int>(rng() % 200);
+      const auto ids = random_ids(n, 0.05 + (trial % 10) * 0.1, rng);
+      const int lo = static_cast<int>(rng() % (n + 1)), hi = lo + static_cast<int>(rng() % (n - lo + 1));
+      const auto s = run(ids, lo, hi);
+      REQUIRE(s == ref::segments(ids, delims, lo, hi, 3, 8));
+      int at = lo;
+      for (auto [a, b] : s) {
+        REQUIRE(a == at);
+        REQUIRE(b > a);
+        REQUIRE(b - a <= 8);
+        at = b;
+      }
+      REQUIRE(at == hi);
+    }
+  }
+}
+
+TEST_CASE("missing token ids are rejected, the key-similarity segmenter stands in", "[segment]") {
+  setup s(2, 200, 3);
+  s.sig.token_ids = nullptr;
+  given_policy<kvevict::adaptive_block<>> p;
+  p.scorer = given_scores{s.scores.data(), 200};
+  p.granularity.segmenter = {delims.data(), 3};
+  p.selector = {4, 16, kvevict::uniform_budget{64}};
+  auto view = s.c.block_view();
+  kvevict::keep_plan_buffer kept(2, 64);
+  const auto st = kvevict::plan(kvevict::host, p, view, s.sig, kept.view());
+  CHECK(st.code == kvevict::errc::invalid_argument);
+  CHECK(std::string(st.argument) == "signals.token_ids");
+
+  // Key-similarity segments cover the range within min/max and give a valid plan.
+  kvevict::key_similarity_segmenter ks{3, 16};
+  std::vector<std::int32_t> off(2 * 200 + 2);
+  std::vector<double> scratch(201);
+  const int c = ks.segment(view, s.sig, 0, 0, 4, 184, off.data(), scratch.data());
+  REQUIRE(c > 1);
+  CHECK(off[0] == 4);
+  CHECK(off[c] == 184);
+  for (int u = 0; u < c; ++u) {
+    CHECK(off[u + 1] - off[u] >= 3);
+    CHECK(off[u + 1] - off[u] <= 16);
+  }
+  given_policy<kvevict::adaptive_block<kvevict::key_similarity_segmenter>> q;
+  q.selector = p.selector;
+  CHECK(s.plan(q).kept(1).size() == 64u);
+}

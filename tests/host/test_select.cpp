@@ -2,32 +2,12 @@
 
 #include <random>
 
+#include "common/given_scores.hpp"
 #include "common/reference.hpp"
 #include "common/test_cache.hpp"
 
 using namespace testing;
 
-namespace {
-// A scorer that serves fixed scores [num_seqs, kv_heads, stride]: isolates selection from scoring.
-struct given_scores {
-  const float* s = nullptr;
-  int stride = 0;
-  template <class C, class T>
-  kvevict::status validate(const C&, const kvevict::signals<T>&, int) const {
-    return kvevict::ok_status();
-  }
-  template <class C>
-  std::size_t scratch_bytes(const C&, int, int, int) const {
-    return 0;
-  }
-  template <class C, class T>
-  void score(const C& c, const kvevict::signals<T>&, int seq, int, float* out, std::size_t ostride, void*) const {
-    for (int h = 0; h < c.num_kv_heads(); ++h)
-      for (int t = 0; t < c.seq_len(seq, h); ++t)
-        out[h * ostride + t] = s[(static_cast<size_t>(seq) * c.num_kv_heads() + h) * stride + t];
-  }
-};
-}  // namespace
 
 TEST_CASE("token top-k equals the naive kept set, edge cases included", "[select]") {
   std::mt19937 rng(3);
