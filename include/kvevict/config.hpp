@@ -19,6 +19,15 @@
 #define KVEVICT_ASSERT(cond) assert(cond)
 #endif
 
+#if defined(__CUDACC__) || defined(__clang__)
+#define KVEVICT_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define KVEVICT_UNROLL _Pragma("GCC unroll 16")
+#else
+//! Asks the compiler to unroll the next loop fully (a small constant trip count).
+#define KVEVICT_UNROLL
+#endif
+
 #if defined(__cpp_concepts) && __cpp_concepts >= 201907L
 #define KVEVICT_HAS_CONCEPTS 1
 #else

@@ -6,11 +6,51 @@
 #include <cfloat>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 
+#include "../config.hpp"
 #include "../detail/math.hpp"
 #include "../numeric.hpp"
 
-namespace kvevict::host_backend {
+namespace kvevict {
+namespace detail {
+
+#if defined(__GNUC__) || defined(__clang__)
+#if defined(__AVX__)
+inline constexpr int simd_floats = 8;  //!< one AVX register
+#else
+inline constexpr int simd_floats = 4;  //!< one SSE / NEON register
+#endif
+typedef float simd_float __attribute__((vector_size(simd_floats * 4)));
+#endif
+
+//! acc[c] = sum_d q[d] * kt[d * 16 + c] for c in [0, 16): one query against a tile of 16 keys
+//! stored transposed. Accumulates in the order d = 0, 1, ... for every c (deterministic).
+inline void dot_tile16(const float* q, const float* kt, int head_dim, float* acc) {
+#if defined(__GNUC__) || defined(__clang__)
+  constexpr int V = 16 / simd_floats;
+  simd_float a[V] = {};
+  for (int d = 0; d < head_dim; ++d, kt += 16) {
+    const float qd = q[d];
+    KVEVICT_UNROLL
+    for (int v = 0; v < V; ++v) {
+      simd_float k;
+      std::memcpy(&k, kt + v * simd_floats, sizeof k);
+      a[v] += qd * k;
+    }
+  }
+  std::memcpy(acc, a, sizeof a);
+#else
+  float a[16] = {};
+  for (int d = 0; d < head_dim; ++d, kt += 16)
+    for (int c = 0; c < 16; ++c) a[c] += q[d] * kt[c];
+  for (int c = 0; c < 16; ++c) acc[c] = a[c];
+#endif
+}
+
+}  // namespace detail
+
+namespace host_backend {
 
 //! Keys scored together in one tile (the inner, vectorised loop runs over them).
 inline constexpr int window_attention_key_tile = 16;
@@ -64,13 +104,8 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, in
     }
   };
   auto logits = [&](int row, float* acc) {
-    for (int c = 0; c < KT; ++c) acc[c] = 0.0f;
     const float* q = qf + static_cast<std::size_t>(row) * head_dim;
-    for (int d = 0; d < head_dim; ++d) {
-      const float qd = q[d];
-      const float* kd = kt + static_cast<std::size_t>(d) * KT;
-      for (int c = 0; c < KT; ++c) acc[c] += qd * kd[c];
-    }
+    detail::dot_tile16(q, kt, head_dim, acc);
   };
   // Keys visible to window query r: t <= n - window + r.
   auto visible = [&](int row, int t0, int cnt) {
@@ -79,8 +114,20 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, in
     return v < cnt ? (v < 0 ? 0 : v) : cnt;
   };
 
-  float acc[KT];
-  // Pass 1: row max and sum of exponentials (online).
+  // Fixed-order pairwise reductions over a tile: deterministic, and they vectorise.
+  auto tree_max = [](float* v) {
+    for (int w = KT / 2; w > 0; w /= 2)
+      for (int c = 0; c < w; ++c) v[c] = v[c + w] > v[c] ? v[c + w] : v[c];
+    return v[0];
+  };
+  auto tree_sum = [](float* v) {
+    for (int w = KT / 2; w > 0; w /= 2)
+      for (int c = 0; c < w; ++c) v[c] += v[c + w];
+    return v[0];
+  };
+
+  float acc[KT], tmp[KT];
+  // Pass 1: row max and sum of exponentials (online over tiles).
   for (int t0 = 0; t0 < n; t0 += KT) {
     const int cnt = n - t0 < KT ? n - t0 : KT;
     load_tile(t0, cnt);
@@ -88,12 +135,13 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, in
       const int vis = visible(r, t0, cnt);
       if (vis == 0) continue;
       logits(r, acc);
-      float m = row_max[r];
-      for (int c = 0; c < vis; ++c) m = acc[c] > m ? acc[c] : m;
-      float s = row_inv[r] * detail::exp_nonpositive(row_max[r] - m);
-      for (int c = 0; c < vis; ++c) s += detail::exp_nonpositive(acc[c] - m);
+      for (int c = 0; c < KT; ++c) acc[c] = c < vis ? acc[c] : -FLT_MAX;  // masked keys
+      for (int c = 0; c < KT; ++c) tmp[c] = acc[c];
+      const float tile_max = tree_max(tmp);
+      const float m = tile_max > row_max[r] ? tile_max : row_max[r];
+      for (int c = 0; c < KT; ++c) tmp[c] = c < vis ? detail::exp_nonpositive(acc[c] - m) : 0.0f;
+      row_inv[r] = row_inv[r] * detail::exp_nonpositive(row_max[r] - m) + tree_sum(tmp);
       row_max[r] = m;
-      row_inv[r] = s;
     }
   }
   const float inv_window = 1.0f / static_cast<float>(window);
@@ -110,7 +158,7 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, in
       logits(r, acc);
       float* cj = col + static_cast<std::size_t>(r / window) * KT;
       const float m = row_max[r], inv = row_inv[r];
-      for (int c = 0; c < vis; ++c) cj[c] += detail::exp_nonpositive(acc[c] - m) * inv;
+      for (int c = 0; c < KT; ++c) cj[c] += c < vis ? detail::exp_nonpositive(acc[c] - m) * inv : 0.0f;
     }
     float vals[64];  // group <= 64 is checked by the scorer's validation
     for (int c = 0; c < cnt; ++c) {
@@ -120,4 +168,5 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, in
   }
 }
 
-}  // namespace kvevict::host_backend
+}  // namespace host_backend
+}  // namespace kvevict
