@@ -70,25 +70,36 @@ struct accumulated_attention {
 
 namespace host_backend {
 
-//! Attention sums of a causal prefill: `sums[q * sums_stride + t]` = sum over every query
-//! position `p >= t` of query head `q` of softmax(q_p . k / sqrt(d))[t], for sequence `seq` of the
-//! cache. Two passes, O(n) scratch per row block; cost O(n^2 d) per head.
+//! Attention received by every key from the last `num_queries` queries of sequence `seq` (causal:
+//! query `r` sits at position `n - num_queries + r` and sees keys up to it), summed over those
+//! queries, per query head: `sums[q * sums_stride + t]`. With `num_queries = n` this is the H2O
+//! accumulation of a whole prefill; with the window queries, what a decode-time H2O has gathered
+//! after them. Two passes, never the attention matrix; cost O(num_queries x n x head_dim) per head.
 //!
-//! \param queries  [num_q_heads, n, head_dim], every query of the prefill (n = seq_len(seq))
-//! \param sums     [num_q_heads, sums_stride] output
-//! \param scratch  window_attention_scratch_floats(head_dim, n, group) floats
+//! \param queries  [num_q_heads, num_queries, head_dim]
+//! \param sums     [num_q_heads, sums_stride] output, entries [0, n) written
+//! \param scratch  window_attention_scratch_floats(head_dim, num_queries, num_q_heads / kv_heads) floats
 template <class Cache, class T>
-void prefill_attention_sums(const Cache& cache, int seq, const T* queries, int num_q_heads, float* sums,
-                            std::size_t sums_stride, float* scratch) {
+void attention_sums(const Cache& cache, int seq, const T* queries, int num_q_heads, int num_queries, float* sums,
+                    std::size_t sums_stride, float* scratch) {
   const int kvh = cache.num_kv_heads(), d = cache.head_dim(), group = num_q_heads / kvh;
   for (int h = 0; h < kvh; ++h) {
     const int n = cache.seq_len(seq, h);
-    const T* q = queries + static_cast<std::size_t>(h) * group * n * d;
+    const T* q = queries + static_cast<std::size_t>(h) * group * num_queries * d;
     float* o = sums + static_cast<std::size_t>(h) * group * sums_stride;
-    window_attention_group(detail::keys_of(cache, seq, h), n, d, q, group, n, scratch, [&](int t, const float* col) {
-      for (int j = 0; j < group; ++j) o[static_cast<std::size_t>(j) * sums_stride + t] = col[j] * static_cast<float>(n);
-    });
+    window_attention_group(detail::keys_of(cache, seq, h), n, d, q, group, num_queries, scratch,
+                           [&](int t, const float* col) {
+                             for (int j = 0; j < group; ++j)
+                               o[static_cast<std::size_t>(j) * sums_stride + t] = col[j] * static_cast<float>(num_queries);
+                           });
   }
+}
+
+//! `attention_sums` over every query of a prefill (`queries`: [num_q_heads, n, head_dim]).
+template <class Cache, class T>
+void prefill_attention_sums(const Cache& cache, int seq, const T* queries, int num_q_heads, float* sums,
+                            std::size_t sums_stride, float* scratch) {
+  attention_sums(cache, seq, queries, num_q_heads, cache.seq_len(seq, 0), sums, sums_stride, scratch);
 }
 
 }  // namespace host_backend

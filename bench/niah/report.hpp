@@ -1,0 +1,219 @@
+// The NIAH-style report: every preset over a grid of synthetic sequences (synthetic/niah.hpp),
+// quality per case (synthetic/metrics.hpp), a policy x budget table and heatmaps.
+//
+// To add a policy, add one line to `policies()`. Every policy gets sinks 4 and window 32 (the
+// question), and the budget of the grid point; segment-based policies get the synthetic
+// vocabulary's delimiter ids; H2O gets the attention sums of the question's queries (what a
+// decode-time H2O has accumulated after reading the question).
+#pragma once
+
+#include <kvevict/kvevict.hpp>
+#include <kvevict/synthetic/metrics.hpp>
+#include <kvevict/synthetic/niah.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace niah_report {
+
+//! Marker: keep every token (the reference row of the table).
+struct full_cache {};
+
+template <class P>
+struct named {
+  const char* name;
+  P policy;
+};
+template <class P>
+named(const char*, P) -> named<P>;
+
+//! The policies of the report: the one list to extend.
+inline auto policies() {
+  return std::make_tuple(named{"full_cache", full_cache{}}, named{"streaming_llm", kvevict::streaming_llm{}},
+                         named{"h2o", kvevict::h2o<>{}}, named{"snapkv", kvevict::snapkv<>{}},
+                         named{"pyramidkv", kvevict::pyramidkv<>{}}, named{"ada_snapkv", kvevict::ada_snapkv<>{}},
+                         named{"chunkkv", kvevict::chunkkv<>{}}, named{"sentencekv", kvevict::sentencekv<>{}},
+                         named{"sablock", kvevict::sablock<>{}});
+}
+
+struct grid {
+  std::vector<int> contexts;
+  std::vector<double> depths;
+  std::vector<int> budgets;
+  std::vector<std::uint64_t> seeds;
+  int distractors = 0;
+  int threads = 2;
+};
+
+//! Default grid: context 1,000..8,000 step 500, depth 0..100% step 10%, budgets 96..1024, 2 seeds.
+//! `full`: context step 100 (the KVCache-Factory grid) and 3 seeds.
+inline grid default_grid(bool full) {
+  grid g;
+  for (int c = 1000; c <= 8000; c += full ? 100 : 500) g.contexts.push_back(c);
+  for (int d = 0; d <= 10; ++d) g.depths.push_back(d / 10.0);
+  g.budgets = {96, 128, 256, 512, 1024};
+  g.seeds = full ? std::vector<std::uint64_t>{1, 2, 3} : std::vector<std::uint64_t>{1, 2};
+  return g;
+}
+
+struct case_result {
+  std::string policy;
+  int budget = 0, context = 0;
+  double depth = 0;
+  std::uint64_t seed = 0;
+  bool success = false;
+  double recall = 0, fidelity = 0;
+  double plan_ms = 0;             // scoring + selection, per layer
+  std::size_t extra_bytes = 0;    // workspace + plan, per layer
+};
+
+namespace detail {
+
+template <class T, class = void>
+struct has_segmenter : std::false_type {};
+template <class T>
+struct has_segmenter<T, std::void_t<decltype(std::declval<T&>().segmenter)>> : std::true_type {};
+
+template <class S>
+struct is_accumulated : std::false_type {};
+template <class R>
+struct is_accumulated<kvevict::accumulated_attention<R>> : std::true_type {};
+
+//! Gives a policy what the synthetic vocabulary and the report's protocol say (see the top).
+template <class P>
+P configured(P p) {
+  p.selector.sinks = 4;
+  p.selector.window = 32;
+  if constexpr (has_segmenter<decltype(p.granularity)>::value) {
+    if constexpr (std::is_same_v<decltype(p.granularity.segmenter), kvevict::delimiter_segmenter>)
+      p.granularity.segmenter = {kvevict::synthetic::delimiter_ids, 4};
+  }
+  return p;
+}
+
+inline double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+//! All budgets of one policy on one sequence.
+template <class P>
+void run_policy(const char* name, const P& base, kvevict::synthetic::niah_sequence& s,
+                const kvevict::synthetic::niah_evaluator& ev, const std::vector<std::vector<float>>& sums,
+                const grid& g, std::vector<case_result>& out) {
+  const int L = s.cfg.num_layers, kvh = s.cfg.kv_heads, n = s.tokens;
+  std::vector<std::vector<kvevict::keep_plan_buffer>> kept(g.budgets.size());
+  std::vector<double> ms(g.budgets.size(), 0.0);
+  std::vector<std::size_t> bytes(g.budgets.size(), 0);
+  for (int l = 0; l < L; ++l) {
+    auto view = s.layer_view(l);
+    auto sig = s.layer_signals(l);
+    if constexpr (std::is_same_v<P, full_cache>) {
+      for (std::size_t b = 0; b < g.budgets.size(); ++b) {
+        kept[b].emplace_back(kvh, n);
+        for (int h = 0; h < kvh; ++h) {
+          kept[b].back().counts[h] = n;
+          for (int t = 0; t < n; ++t) kept[b].back().positions[static_cast<std::size_t>(h) * n + t] = t;
+        }
+      }
+      continue;
+    } else {
+      P p = configured(base);
+      if constexpr (is_accumulated<typename P::scorer_type>::value) {
+        sig.attention_sums = sums[l].data();
+        sig.sums_stride = n;
+      }
+      std::vector<float> scores(static_cast<std::size_t>(kvh) * n);
+      std::vector<unsigned char> ws(kvevict::plan_workspace_bytes(kvevict::host, p, view, sig));
+      auto t0 = std::chrono::steady_clock::now();
+      const auto st = kvevict::score(kvevict::host, p, view, sig, scores.data(), n, ws.data(), ws.size());
+      const double score_ms = ms_since(t0);
+      if (!st) {
+        std::fprintf(stderr, "%s: %s\n", name, st.message().c_str());
+        std::exit(1);
+      }
+      for (std::size_t b = 0; b < g.budgets.size(); ++b) {
+        kvevict::eviction_policy<kvevict::precomputed, typename P::granularity_type, typename P::selector_type> q{
+            {scores.data(), n}, p.granularity, p.selector};
+        q.selector.budget.entries = g.budgets[b];
+        kept[b].emplace_back(kvh, kvevict::plan_capacity(q, view));
+        std::vector<unsigned char> ws2(kvevict::plan_workspace_bytes(kvevict::host, q, view, sig));
+        t0 = std::chrono::steady_clock::now();
+        const auto st2 = kvevict::plan(kvevict::host, q, view, sig, kept[b].back().view(), ws2.data(), ws2.size());
+        ms[b] += score_ms + ms_since(t0);
+        bytes[b] = std::max(ws.size(), ws2.size()) + sizeof(std::int32_t) * kept[b].back().positions.size();
+        if (!st2) {
+          std::fprintf(stderr, "%s: %s\n", name, st2.message().c_str());
+          std::exit(1);
+        }
+      }
+    }
+  }
+  for (std::size_t b = 0; b < g.budgets.size(); ++b) {
+    std::vector<kvevict::const_keep_plan> views;
+    for (auto& k : kept[b]) views.push_back(k.const_view());
+    const auto q = ev.evaluate(views);
+    out.push_back({name, g.budgets[b], s.c.context, s.c.depth, s.c.seed, q.success, q.recall, q.fidelity, ms[b] / L,
+                   bytes[b]});
+  }
+}
+
+//! H2O's sums: per query head, the attention the question's queries gave each key.
+inline std::vector<std::vector<float>> question_attention_sums(kvevict::synthetic::niah_sequence& s) {
+  const auto& cfg = s.cfg;
+  const int group = cfg.q_heads / cfg.kv_heads, n = s.tokens;
+  std::vector<std::vector<float>> sums(cfg.num_layers, std::vector<float>(static_cast<std::size_t>(cfg.q_heads) * n));
+  std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(cfg.head_dim, cfg.window, group));
+  for (int l = 0; l < cfg.num_layers; ++l)
+    kvevict::host_backend::attention_sums(s.layer_view(l), 0, s.window_queries[l].data(), cfg.q_heads, cfg.window,
+                                          sums[l].data(), static_cast<std::size_t>(n), scratch.data());
+  return sums;
+}
+
+}  // namespace detail
+
+//! Runs every policy over the grid on `g.threads` threads; `progress(done, total)` after each
+//! sequence. Results are ordered by case, then policy, then budget (deterministic).
+template <class Progress>
+std::vector<case_result> run(const grid& g, Progress progress) {
+  struct point {
+    int context;
+    double depth;
+    std::uint64_t seed;
+  };
+  std::vector<point> points;
+  for (int c : g.contexts)
+    for (double d : g.depths)
+      for (auto s : g.seeds) points.push_back({c, d, s});
+  const kvevict::synthetic::niah_generator gen;
+  std::vector<std::vector<case_result>> per_point(points.size());
+  std::atomic<std::size_t> next{0}, done{0};
+  std::mutex mu;
+  auto worker = [&] {
+    for (std::size_t i; (i = next++) < points.size();) {
+      auto s = gen.generate({points[i].context, points[i].depth, points[i].seed, g.distractors});
+      const kvevict::synthetic::niah_evaluator ev(s);
+      const auto sums = detail::question_attention_sums(s);
+      std::apply([&](const auto&... entry) { (detail::run_policy(entry.name, entry.policy, s, ev, sums, g, per_point[i]), ...); },
+                 policies());
+      std::lock_guard<std::mutex> lock(mu);
+      progress(++done, points.size());
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < std::max(1, g.threads); ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  std::vector<case_result> all;
+  for (auto& v : per_point) all.insert(all.end(), v.begin(), v.end());
+  return all;
+}
+
+}  // namespace niah_report
