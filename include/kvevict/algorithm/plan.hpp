@@ -15,6 +15,7 @@
 #include "../detail/workspace.hpp"
 #include "../keep_plan.hpp"
 #include "../policy/eviction_policy.hpp"
+#include "../select/budget.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
 
@@ -36,6 +37,35 @@ int max_row_len(const Cache& c) {
   return m;
 }
 
+template <class S, class = void>
+struct scorer_needs_window_queries : std::false_type {};
+template <class S>
+struct scorer_needs_window_queries<S, std::void_t<decltype(S::needs_window_queries)>>
+    : std::bool_constant<S::needs_window_queries> {};
+
+//! The selector's parameters for one sequence, after the per-sequence overrides of `signals`.
+struct seq_params {
+  int entries, sinks, window;
+};
+template <class Policy, class T>
+seq_params params_of(const Policy& p, const signals<T>& sig, int seq) {
+  return {sig.seq_budgets ? sig.seq_budgets[seq] : p.selector.budget.entries,
+          sig.seq_sinks ? sig.seq_sinks[seq] : p.selector.sinks, sig.seq_windows ? sig.seq_windows[seq] : p.selector.window};
+}
+//! True when no head of the sequence holds more tokens than it may keep: the sequence is kept
+//! whole, without scoring. Uniform and adaptive budgets keep everything when every head holds at
+//! most `entries` tokens (the adaptive pool then covers every candidate); per-layer budgets
+//! compare with the layer's budget.
+template <class Policy, class Cache, class T>
+bool kept_whole(const Policy& p, const Cache& cache, const signals<T>& sig, int seq, const seq_params& sp) {
+  int n = 0;
+  for (int h = 0; h < cache.num_kv_heads(); ++h) n = std::max(n, cache.seq_len(seq, h));
+  if constexpr (std::is_same_v<typename Policy::selector_type::budget_type, pyramid_budget>)
+    return n <= p.selector.budget.layer_budget(sp.entries, sig.layer, sig.num_layers, sp.sinks, sp.window);
+  else
+    return n <= sp.entries;
+}
+
 //! Everything a plan checks before it computes: cache structure, selector, scorer signals,
 //! granularity inputs. Returns the first problem found.
 template <class Policy, class Cache, class T>
@@ -52,6 +82,21 @@ status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T
   if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");
   if (sig.layer < 0 || sig.layer >= sig.num_layers)
     return make_error(errc::out_of_range, "signals.layer", "must lie in [0, num_layers)");
+  for (int s = 0; s < cache.num_seqs(); ++s) {
+    const seq_params sp = params_of(p, sig, s);
+    if (sp.sinks < 0) return make_error(errc::invalid_argument, "signals.seq_sinks", "must be >= 0");
+    if (sp.window < 0 || sp.window > p.selector.window)
+      return make_error(errc::out_of_range, "signals.seq_windows", "must lie in [0, selector.window]");
+    if (sp.entries < sp.sinks + sp.window)
+      return make_error(errc::budget_too_small, "signals.seq_budgets", "below the sequence's protected tokens (sinks + window)");
+    for (int h = 0; h < cache.num_kv_heads(); ++h)
+      if (sp.window > cache.seq_len(s, h))
+        return make_error(errc::out_of_range, sig.seq_windows ? "signals.seq_windows" : "selector.window",
+                          "longer than a sequence (its window queries must lie in it)");
+    if (scorer_needs_window_queries<typename Policy::scorer_type>::value && sp.window < 1 &&
+        !kept_whole(p, cache, sig, s, sp))
+      return make_error(errc::invalid_argument, "signals.seq_windows", "window attention needs at least one query");
+  }
   KVEVICT_TRY(p.scorer.validate(cache, sig, p.selector.window));
   KVEVICT_TRY(p.granularity.validate(cache, sig));
   return ok_status();
@@ -72,11 +117,11 @@ inline status check_workspace(const void* ws, std::size_t bytes, std::size_t nee
   return ok_status();
 }
 
-//! Scores one sequence into `scores` and rejects non-finite results.
+//! Scores one sequence (with its window) into `scores` and rejects non-finite results.
 template <class Policy, class Cache, class T>
-status score_sequence(const Policy& p, const Cache& cache, const signals<T>& sig, int seq, float* scores,
+status score_sequence(const Policy& p, const Cache& cache, const signals<T>& sig, int seq, int window, float* scores,
                       std::size_t stride, void* scratch) {
-  p.scorer.score(cache, sig, seq, p.selector.window, scores, stride, scratch);
+  p.scorer.score(cache, sig, seq, window, scores, stride, scratch);
   for (int h = 0; h < cache.num_kv_heads(); ++h) {
     const float* row = scores + static_cast<std::size_t>(h) * stride;
     for (int t = 0, n = cache.seq_len(seq, h); t < n; ++t)
@@ -99,7 +144,22 @@ std::size_t plan_workspace_bytes(host_t, const Policy& p, const Cache& cache, co
 //! Plan capacity (entries per row) that always suffices for this policy and cache.
 template <class Policy, class Cache>
 int plan_capacity(const Policy& p, const Cache& cache) {
-  return std::max(1, std::min(p.selector.budget.max_budget(cache.num_kv_heads()), detail::max_row_len(cache)));
+  using budget = typename Policy::selector_type::budget_type;
+  return std::max(1, std::min(budget::max_budget(p.selector.budget.entries, cache.num_kv_heads()), detail::max_row_len(cache)));
+}
+
+//! Plan capacity with the per-sequence budgets of `sig` (a sequence kept whole needs its length).
+template <class Policy, class Cache, class T>
+int plan_capacity(const Policy& p, const Cache& cache, const signals<T>& sig) {
+  using budget = typename Policy::selector_type::budget_type;
+  if (sig.seq_budgets == nullptr) return plan_capacity(p, cache);
+  int cap = 1;
+  for (int s = 0; s < cache.num_seqs(); ++s) {
+    int n = 0;
+    for (int h = 0; h < cache.num_kv_heads(); ++h) n = std::max(n, cache.seq_len(s, h));
+    cap = std::max(cap, std::min(n, budget::max_budget(sig.seq_budgets[s], cache.num_kv_heads())));
+  }
+  return cap;
 }
 
 //! Computes token scores only. `scores[(seq * kv_heads + h) * stride + t]`, `t < seq_len(seq, h)`.
@@ -118,8 +178,13 @@ status score(host_t, const Policy& p, const Cache& cache, const signals<T>& sig,
   void* buf[4];
   layout.carve(workspace, buf);
   const int kvh = cache.num_kv_heads();
-  for (int s = 0; s < cache.num_seqs(); ++s)
-    KVEVICT_TRY(detail::score_sequence(p, cache, sig, s, scores + static_cast<std::size_t>(s) * kvh * stride, stride, buf[1]));
+  for (int s = 0; s < cache.num_seqs(); ++s) {
+    const int w = detail::params_of(p, sig, s).window;
+    if (detail::scorer_needs_window_queries<typename Policy::scorer_type>::value && w < 1)
+      return make_error(errc::invalid_argument, "signals.seq_windows", "window attention needs at least one query");
+    KVEVICT_TRY(detail::score_sequence(p, cache, sig, s, w, scores + static_cast<std::size_t>(s) * kvh * stride, stride,
+                                       buf[1]));
+  }
   return ok_status();
 }
 
@@ -147,8 +212,8 @@ status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, 
   KVEVICT_TRY(detail::validate_plan_inputs(p, cache, sig));
   if (out.positions == nullptr || out.counts == nullptr)
     return make_error(errc::invalid_argument, "plan", "null positions or counts");
-  if (out.capacity < plan_capacity(p, cache))
-    return make_error(errc::buffer_too_small, "plan.capacity", "smaller than plan_capacity(policy, cache)");
+  if (out.capacity < plan_capacity(p, cache, sig))
+    return make_error(errc::buffer_too_small, "plan.capacity", "smaller than plan_capacity(policy, cache, signals)");
   const auto layout = detail::plan_layout(p, cache, sig);
   KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, layout.total()));
   void* buf[4];
@@ -159,12 +224,21 @@ status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, 
   int* budgets = reinterpret_cast<int*>(scores + static_cast<std::size_t>(kvh) * stride);
   int lens[1024];
   if (kvh > 1024) return make_error(errc::invalid_argument, "cache.kv_heads", "at most 1024 KV heads");
-  const auto& sel = p.selector;
   for (int s = 0; s < cache.num_seqs(); ++s) {
-    KVEVICT_TRY(detail::score_sequence(p, cache, sig, s, scores, stride, buf[1]));
+    const detail::seq_params sp = detail::params_of(p, sig, s);
+    if (detail::kept_whole(p, cache, sig, s, sp)) {  // nothing to evict: no scoring
+      for (int h = 0; h < kvh; ++h) {
+        const int r = s * kvh + h, n = cache.seq_len(s, h);
+        for (int t = 0; t < n; ++t) out.row(r)[t] = t;
+        out.counts[r] = n;
+      }
+      continue;
+    }
+    KVEVICT_TRY(detail::score_sequence(p, cache, sig, s, sp.window, scores, stride, buf[1]));
     for (int h = 0; h < kvh; ++h) lens[h] = cache.seq_len(s, h);
-    sel.budget.allocate(scores, stride, lens, kvh, sel.sinks, sel.window, sig.layer, sig.num_layers, budgets, buf[3]);
-    p.granularity.select(cache, sig, s, scores, stride, budgets, sel.sinks, sel.window, out, buf[2]);
+    p.selector.budget.allocate(scores, stride, lens, kvh, sp.entries, sp.sinks, sp.window, sig.layer, sig.num_layers,
+                               budgets, buf[3]);
+    p.granularity.select(cache, sig, s, scores, stride, budgets, sp.sinks, sp.window, out, buf[2]);
   }
   return ok_status();
 }

@@ -73,11 +73,12 @@ inline std::size_t window_attention_scratch_floats(int head_dim, int window, int
 //! averaged over the window queries. Keys are read with `key(t)` -> `const T*` (head_dim
 //! contiguous). Cost: 2 passes x group x window x n x head_dim FMAs. Deterministic.
 //!
-//! \param queries  [group, window, head_dim], the group's last `window` queries
+//! \param queries  the group's last `window` queries: query head j's row r at
+//!                  `queries[j * query_head_stride + r * head_dim]` (dense: stride = window * head_dim)
 //! \param scratch  window_attention_scratch_floats(head_dim, window, group) floats
 template <class KeyFn, class Q, class Emit>
-void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, int group, int window, float* scratch,
-                            Emit emit) {
+void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, std::size_t query_head_stride, int group,
+                            int window, float* scratch, Emit emit) {
   constexpr int KT = window_attention_key_tile;
   const int rows = group * window;
   float* qf = scratch;
@@ -87,7 +88,9 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, in
   float* col = row_inv + rows;
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  for (std::size_t i = 0; i < static_cast<std::size_t>(rows) * head_dim; ++i) qf[i] = to_float(queries[i]) * scale;
+  for (int j = 0; j < group; ++j)
+    for (std::size_t i = 0; i < static_cast<std::size_t>(window) * head_dim; ++i)
+      qf[static_cast<std::size_t>(j) * window * head_dim + i] = to_float(queries[j * query_head_stride + i]) * scale;
   for (int r = 0; r < rows; ++r) {
     row_max[r] = -FLT_MAX;
     row_inv[r] = 0.0f;  // running sum in pass 1, its inverse in pass 2

@@ -87,7 +87,8 @@ void attention_sums(const Cache& cache, int seq, const T* queries, int num_q_hea
     const int n = cache.seq_len(seq, h);
     const T* q = queries + static_cast<std::size_t>(h) * group * num_queries * d;
     float* o = sums + static_cast<std::size_t>(h) * group * sums_stride;
-    window_attention_group(detail::keys_of(cache, seq, h), n, d, q, group, num_queries, scratch,
+    window_attention_group(detail::keys_of(cache, seq, h), n, d, q, static_cast<std::size_t>(num_queries) * d, group,
+                           num_queries, scratch,
                            [&](int t, const float* col) {
                              for (int j = 0; j < group; ++j)
                                o[static_cast<std::size_t>(j) * sums_stride + t] = col[j] * static_cast<float>(num_queries);

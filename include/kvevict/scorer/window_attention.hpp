@@ -24,10 +24,8 @@ status validate_queries(const Cache& cache, const signals<T>& sig, int window) {
   if (sig.num_q_heads / cache.num_kv_heads() > 64)
     return make_error(errc::invalid_argument, "signals.num_q_heads", "at most 64 query heads per KV head are supported");
   if (window < 1) return make_error(errc::invalid_argument, "selector.window", "window attention needs at least one query");
-  for (int s = 0; s < cache.num_seqs(); ++s)
-    for (int h = 0; h < cache.num_kv_heads(); ++h)
-      if (cache.seq_len(s, h) < window)
-        return make_error(errc::out_of_range, "selector.window", "longer than a sequence (the window queries must lie in it)");
+  if (sig.query_rows != 0 && sig.query_rows < window)
+    return make_error(errc::shape_mismatch, "signals.query_rows", "fewer query rows than the selector's window");
   return ok_status();
 }
 
@@ -57,6 +55,7 @@ key_reader<Cache> keys_of(const Cache& c, int seq, int head) {
 //! PyTorch formula of `torch_path_baseline.py` in tests/host.
 template <class Reduce = gqa_mean, class Pool = avg_pool<pad_zeros>>
 struct window_attention {
+  static constexpr bool needs_window_queries = true;  // plan checks every scored sequence has >= 1
   using reduce_type = Reduce;
   using pool_type = Pool;
   int pool_kernel = 5;  //!< pooling window (ignored with no_pool); 5 as in kvpress/SnapKV
@@ -75,19 +74,22 @@ struct window_attention {
                             (Pool::enabled ? static_cast<std::size_t>(max_len) : 0));
   }
 
-  //! Scores of sequence `seq`: `out[h * stride + t]` for `t < seq_len(seq, h)`.
+  //! Scores of sequence `seq` with its window `window` (<= sig.query_rows):
+  //! `out[h * stride + t]` for `t < seq_len(seq, h)`.
   template <class Cache, class T>
   void score(const Cache& cache, const signals<T>& sig, int seq, int window, float* out, std::size_t stride,
              void* scratch) const {
     const int kvh = cache.num_kv_heads(), d = cache.head_dim();
-    const int group = sig.num_q_heads / kvh;
+    const int group = sig.num_q_heads / kvh, rows = sig.query_rows > 0 ? sig.query_rows : window;
     float* fs = static_cast<float*>(scratch);
     for (int h = 0; h < kvh; ++h) {
       const int n = cache.seq_len(seq, h);
       float* o = out + static_cast<std::size_t>(h) * stride;
-      const T* q = sig.queries + ((static_cast<std::size_t>(seq) * sig.num_q_heads + static_cast<std::size_t>(h) * group) *
-                                  window) * d;
-      host_backend::window_attention_group(detail::keys_of(cache, seq, h), n, d, q, group, window, fs,
+      const T* q = sig.queries +
+                   ((static_cast<std::size_t>(seq) * sig.num_q_heads + static_cast<std::size_t>(h) * group) * rows +
+                    static_cast<std::size_t>(rows - window)) * d;
+      host_backend::window_attention_group(detail::keys_of(cache, seq, h), n, d, q, static_cast<std::size_t>(rows) * d,
+                                           group, window, fs,
                                    [&](int t, const float* col) { o[t] = Reduce::reduce(col, group); });
       if constexpr (Pool::enabled) {
         const int m = n - window;

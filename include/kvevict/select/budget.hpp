@@ -1,9 +1,11 @@
 //! \file select/budget.hpp
 //! Budget allocators: how many entries each (sequence, KV head) of a layer keeps.
 //!
-//! A budget counts every kept entry, protected sinks and recent window included. Allocator
-//! interface: `validate(sinks, window)`, `max_budget(kv_heads)` (the plan capacity needed),
-//! `scratch_bytes(kv_heads, max_len)` and `allocate(...)` (host), writing one budget per KV head.
+//! A budget counts every kept entry, protected sinks and recent window included. `entries` is
+//! the allocator's own member, or a sequence's override (`signals.seq_budgets`). Allocator
+//! interface: `validate(sinks, window)`, `max_budget(entries, kv_heads)` (the most one head may
+//! keep), `scratch_bytes(kv_heads, max_len)` and `allocate(...)` (host), writing one budget per
+//! KV head of a sequence.
 #pragma once
 
 #include <algorithm>
@@ -27,11 +29,12 @@ struct uniform_budget {
       return make_error(errc::budget_too_small, "selector.budget.entries", "below the protected tokens (sinks + window)");
     return ok_status();
   }
-  int max_budget(int /*kv_heads*/) const { return entries; }
+  static int max_budget(int entries_, int /*kv_heads*/) { return entries_; }
   std::size_t scratch_bytes(int, int) const { return 0; }
   //! \param budgets [kv_heads] output
-  void allocate(const float*, std::size_t, const int*, int kv_heads, int, int, int, int, int* budgets, void*) const {
-    for (int h = 0; h < kv_heads; ++h) budgets[h] = entries;
+  void allocate(const float*, std::size_t, const int*, int kv_heads, int entries_, int, int, int, int, int* budgets,
+                void*) const {
+    for (int h = 0; h < kv_heads; ++h) budgets[h] = entries_;
   }
 };
 
@@ -53,17 +56,20 @@ struct pyramid_budget {
     return ok_status();
   }
   int layer_budget(int layer, int num_layers, int sinks, int window) const {
-    if (num_layers <= 1) return entries;
-    const double bc = entries - sinks - window;
+    return layer_budget(entries, layer, num_layers, sinks, window);
+  }
+  int layer_budget(int entries_, int layer, int num_layers, int sinks, int window) const {
+    if (num_layers <= 1) return entries_;
+    const double bc = entries_ - sinks - window;
     const double lo = std::floor(bc / beta), hi = 2.0 * bc - lo;
     const double b = hi - layer * (hi - lo) / (num_layers - 1);
     return sinks + window + static_cast<int>(std::floor(b + 1e-9));
   }
-  int max_budget(int /*kv_heads*/) const { return 2 * entries; }
+  static int max_budget(int entries_, int /*kv_heads*/) { return 2 * entries_; }
   std::size_t scratch_bytes(int, int) const { return 0; }
-  void allocate(const float*, std::size_t, const int*, int kv_heads, int sinks, int window, int layer, int num_layers,
-                int* budgets, void*) const {
-    const int b = layer_budget(layer, num_layers, sinks, window);
+  void allocate(const float*, std::size_t, const int*, int kv_heads, int entries_, int sinks, int window, int layer,
+                int num_layers, int* budgets, void*) const {
+    const int b = layer_budget(entries_, layer, num_layers, sinks, window);
     for (int h = 0; h < kv_heads; ++h) budgets[h] = b;
   }
 };
@@ -87,15 +93,15 @@ struct adaptive_budget {
       return make_error(errc::invalid_argument, "selector.budget.floor_fraction", "must lie in [0, 1]");
     return ok_status();
   }
-  int max_budget(int kv_heads) const { return entries * kv_heads; }
+  static int max_budget(int entries_, int kv_heads) { return entries_ * kv_heads; }
   std::size_t scratch_bytes(int kv_heads, int max_len) const {
     return sizeof(std::int64_t) * static_cast<std::size_t>(kv_heads) * static_cast<std::size_t>(max_len) +
            sizeof(int) * static_cast<std::size_t>(kv_heads);
   }
   //! \param scores [kv_heads, stride]  \param lens [kv_heads]  \param budgets [kv_heads] output
-  void allocate(const float* scores, std::size_t stride, const int* lens, int kv_heads, int sinks, int window, int,
-                int, int* budgets, void* scratch) const {
-    const int bc = entries - sinks - window;
+  void allocate(const float* scores, std::size_t stride, const int* lens, int kv_heads, int entries_, int sinks,
+                int window, int, int, int* budgets, void* scratch) const {
+    const int bc = entries_ - sinks - window;
     const int guaranteed = static_cast<int>(std::floor(floor_fraction * bc + 1e-9));
     std::int64_t* cand = static_cast<std::int64_t*>(scratch);  // (head << 32 | position), compressible ranges
     std::size_t nc = 0;

@@ -69,10 +69,12 @@ struct niah_config {
   int phrase_len = 6;
   int answer_len = 5;
   std::uint64_t world_seed = 20251027;  // word embeddings and directions (same for every case)
+  //! Even layers: (local, diffuse, retrieval, local); odd layers: (retrieval, retrieval, local,
+  //! diffuse), repeating every 4 KV heads.
   head_kind kind(int layer, int head) const {
-    static const head_kind k0[] = {head_kind::local, head_kind::diffuse, head_kind::retrieval, head_kind::local};
-    static const head_kind k1[] = {head_kind::retrieval, head_kind::retrieval, head_kind::local, head_kind::diffuse};
-    return (layer % 2 == 0 ? k0 : k1)[head % 4];
+    const int i = head % 4;
+    if (layer % 2 == 0) return i == 2 ? head_kind::retrieval : i == 1 ? head_kind::diffuse : head_kind::local;
+    return i < 2 ? head_kind::retrieval : i == 2 ? head_kind::local : head_kind::diffuse;
   }
 };
 
