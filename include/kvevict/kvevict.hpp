@@ -14,6 +14,7 @@
 #include "cache/validate.hpp"
 #include "concepts.hpp"
 #include "config.hpp"
+#include "decode/decode.hpp"
 #include "granularity/block_granularities.hpp"
 #include "granularity/token_level.hpp"
 #include "host/block_select.hpp"

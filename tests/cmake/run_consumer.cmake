@@ -1,4 +1,4 @@
-# Builds tests/cmake/consumer against kvevict, either installed (find_package) or vendored
+# Builds examples/consumer against kvevict, either installed (find_package) or vendored
 # (add_subdirectory), and runs it. Invoked by ctest with -DSOURCE_DIR, -DWORK_DIR, -DMODE.
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
@@ -12,9 +12,9 @@ if(MODE STREQUAL "find_package")
   run(${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${WORK_DIR}/lib -DKVEVICT_BUILD_TESTS=OFF -DKVEVICT_BUILD_BENCH=OFF
       -DKVEVICT_BUILD_EXAMPLES=OFF -DCMAKE_INSTALL_PREFIX=${WORK_DIR}/prefix)
   run(${CMAKE_COMMAND} --install ${WORK_DIR}/lib)
-  run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/cmake/consumer -B ${WORK_DIR}/app -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
+  run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples/consumer -B ${WORK_DIR}/app -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
 else()
-  run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/cmake/consumer -B ${WORK_DIR}/app -DKVEVICT_SOURCE_DIR=${SOURCE_DIR})
+  run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples/consumer -B ${WORK_DIR}/app -DKVEVICT_SOURCE_DIR=${SOURCE_DIR})
 endif()
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/app)
 run(${WORK_DIR}/app/consumer)

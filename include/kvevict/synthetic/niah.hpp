@@ -86,8 +86,8 @@ struct niah_case {
   int distractors = 0;
 };
 
-namespace detail {
-//! splitmix64: small, fast, identical everywhere.
+//! Deterministic random numbers (splitmix64, Box-Muller): the same sequence on every platform,
+//! unlike the standard distributions.
 struct rng {
   std::uint64_t s;
   explicit rng(std::uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull) {}
@@ -104,7 +104,6 @@ struct rng {
   }
   int below(int n) { return static_cast<int>(uniform() * n); }
 };
-}  // namespace detail
 
 //! A generated sequence: one paged cache per layer (vLLM-style, bf16), token ids, queries and
 //! where the needle is. Owns its storage; `layer_view(l)` gives the cache view of layer `l`.
@@ -144,7 +143,7 @@ struct niah_sequence {
 class niah_generator {
  public:
   explicit niah_generator(niah_config cfg = {}) : cfg_(cfg) {
-    detail::rng r(cfg.world_seed);
+    rng r(cfg.world_seed);
     const int d = cfg.head_dim, slots = cfg.num_layers * cfg.kv_heads;
     auto fill = [&](std::vector<float>& x, std::size_t n) {
       x.resize(n);
@@ -168,7 +167,7 @@ class niah_generator {
     niah_sequence s;
     s.cfg = cfg_;
     s.c = c;
-    detail::rng r(c.seed * 1000003ull + static_cast<std::uint64_t>(c.context) * 7919ull +
+    rng r(c.seed * 1000003ull + static_cast<std::uint64_t>(c.context) * 7919ull +
                   static_cast<std::uint64_t>(std::llround(c.depth * 1e6)));
     std::vector<token> text = build_text(s, r);
     build_caches(s, text, r);
@@ -185,11 +184,11 @@ class niah_generator {
     float strength;       // 1 for the needle, 0.8 for distractors
   };
 
-  int word(detail::rng& r) const {
+  int word(rng& r) const {
     return first_word + static_cast<int>(std::lower_bound(cdf_.begin(), cdf_.end(), r.uniform()) - cdf_.begin());
   }
 
-  std::vector<token> build_text(niah_sequence& s, detail::rng& r) const {
+  std::vector<token> build_text(niah_sequence& s, rng& r) const {
     const int n = s.c.context, w = cfg_.window;
     const int needle_len = cfg_.phrase_len + cfg_.answer_len + 1;
     const int haystack = std::max(0, n - w - 1 - needle_len * (1 + s.c.distractors));
@@ -246,7 +245,7 @@ class niah_generator {
     return vec(words_, slot, id < first_word ? id : id - first_word + 128, cfg_.vocab + 128);
   }
 
-  void build_caches(niah_sequence& s, const std::vector<token>& text, detail::rng& r) const {
+  void build_caches(niah_sequence& s, const std::vector<token>& text, rng& r) const {
     const int n = s.tokens, d = cfg_.head_dim, kvh = cfg_.kv_heads, L = cfg_.num_layers;
     s.pages = (n + cfg_.page_size - 1) / cfg_.page_size;
     const int step = std::gcd(37, s.pages) == 1 ? 37 : 1;  // scatter the pages (a permutation)
