@@ -1,4 +1,4 @@
-// The README's usage example (kept in sync by hand; this file is what CI compiles and runs).
+// The README's usage example: README.md shows this file verbatim (a test checks), CI runs it.
 #include <kvevict/kvevict.hpp>
 #include <cstdio>
 #include <vector>

@@ -118,6 +118,26 @@ struct test_cache {
     }
   }
 
+  // Regenerates every table representation (block table, CSR, lengths) from `pages` and `lens`.
+  void sync_tables() {
+    stride = 1;
+    for (auto& p : pages) stride = std::max<int>(stride, static_cast<int>(p.size()));
+    table.assign(static_cast<size_t>(lists()) * stride, -1);
+    for (int li = 0; li < lists(); ++li)
+      for (size_t i = 0; i < pages[li].size(); ++i) table[static_cast<size_t>(li) * stride + i] = pages[li][i];
+    lens32.assign(lens.begin(), lens.end());
+    indptr.assign(1, 0);
+    indices.clear();
+    last.clear();
+    for (int li = 0; li < lists(); ++li) {
+      for (int p : pages[li]) indices.push_back(p);
+      indptr.push_back(static_cast<std::int32_t>(indices.size()));
+      const int n = lens[li];
+      last.push_back(n == 0 ? 0 : n - (n - 1) / page_size * page_size);
+    }
+    if (indices.empty()) indices.push_back(0);
+  }
+
   std::uint64_t checksum() const {  // FNV-1a over K and V bytes
     std::uint64_t hsh = 1469598103934665603ull;
     auto mix = [&](const void* p, size_t n) {
@@ -179,21 +199,7 @@ test_cache<T> build(const logical& L, layout_kind kind, int page_size, std::uint
           c.k[c.addr(s, h, t) + x] = kvevict::from_float<T>(L.key(s, h, t, x));
           c.v[c.addr(s, h, t) + x] = kvevict::from_float<T>(L.val(s, h, t, x));
         }
-  // Tables.
-  c.stride = 1;
-  for (auto& p : c.pages) c.stride = std::max<int>(c.stride, static_cast<int>(p.size()));
-  c.table.assign(static_cast<size_t>(c.lists()) * c.stride, -1);
-  for (int li = 0; li < c.lists(); ++li)
-    for (size_t i = 0; i < c.pages[li].size(); ++i) c.table[static_cast<size_t>(li) * c.stride + i] = c.pages[li][i];
-  c.lens32.assign(c.lens.begin(), c.lens.end());
-  c.indptr.push_back(0);
-  for (int li = 0; li < c.lists(); ++li) {
-    for (int p : c.pages[li]) c.indices.push_back(p);
-    c.indptr.push_back(static_cast<std::int32_t>(c.indices.size()));
-    const int n = c.lens[li];
-    c.last.push_back(n == 0 ? 0 : n - (n - 1) / c.page_size * c.page_size);
-  }
-  if (c.indices.empty()) c.indices.push_back(0);
+  c.sync_tables();
   return c;
 }
 

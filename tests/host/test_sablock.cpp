@@ -297,3 +297,21 @@ TEST_CASE("missing token ids are rejected, the key-similarity segmenter stands i
   q.selector = p.selector;
   CHECK(s.plan(q).kept(1).size() == 64u);
 }
+
+TEST_CASE("regression (fuzz_segment): prefix-sum rounding at the top price keeps the budget", "[sablock][regression]") {
+  // Found by fuzz/fuzz_segment.cpp (fuzz/regressions/segment/crash-1928...): with g = 0 the block
+  // of the top-scored token has net prefix[2] - prefix[1] - max r, which rounding made positive,
+  // so the "infeasible nowhere" top price kept one token with a budget of 0.
+  const double a[] = {0.51172419529335167, 0.99998509883880615};
+  const std::int32_t off[] = {0, 1, 2};
+  for (int bc : {0, 1}) {
+    for (int steps : {1, 2, 32}) {
+      unsigned char keep[2] = {9, 9};
+      double r[3], prefix[3];
+      std::int32_t idx[2];
+      kvevict::host_backend::sablock_select(a, 0, 2, off, 2, bc, {0.0, 0.0, steps, 0}, keep, r, prefix, idx);
+      CHECK(keep[0] + keep[1] == bc);
+      if (bc == 1) CHECK(keep[1] == 1);
+    }
+  }
+}

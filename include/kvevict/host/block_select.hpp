@@ -123,6 +123,9 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
   };
 
   double lam_lo = 0.0, lam_hi = rmax + gamma;
+  // At max r + gamma no block has a positive net in exact arithmetic; rounding in the prefix
+  // sums can leave a block a hair above zero. Keep the bisection's invariant (hi feasible).
+  while (run(lam_hi, false) > bc) lam_hi = 2.0 * lam_hi + 1e-300;
   for (int it = 0; it < prm.steps; ++it) {
     const double mid = 0.5 * (lam_lo + lam_hi);
     if (run(mid, false) > bc) lam_lo = mid;
