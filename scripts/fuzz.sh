@@ -7,15 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 
-cxx=$(command -v clang++ || command -v clang++-14 || true)
-fuzzlib=$(ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a 2>/dev/null | head -1 || true)
-if [ -z "$cxx" ] || [ -z "$fuzzlib" ]; then
-  echo "installing: clang libclang-rt-dev"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq clang libclang-rt-dev >/dev/null
-  cxx=$(command -v clang++ || command -v clang++-14)
-fi
+source scripts/lib.sh
+ensure "ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a && (command -v clang++ || command -v clang++-14)" \
+  clang libclang-rt-dev
+cxx=$(command -v clang++ || command -v clang++-14)
 
 out=build/fuzz
 mkdir -p "$out"

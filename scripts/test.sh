@@ -4,18 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v cmake >/dev/null || need+=(cmake)
-command -v g++ >/dev/null || need+=(g++)
-command -v make >/dev/null || need+=(make)
-[ -f /usr/include/catch2/catch.hpp ] || need+=(catch2)
-[ -f /usr/include/benchmark/benchmark.h ] || need+=(libbenchmark-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source scripts/lib.sh
+ensure "command -v cmake" cmake
+ensure "command -v g++ && command -v make" g++ make
+ensure "test -f /usr/include/catch2/catch.hpp" catch2
+ensure "test -f /usr/include/benchmark/benchmark.h" libbenchmark-dev
 
 jobs=$(nproc 2>/dev/null || echo 2)
 

@@ -24,6 +24,7 @@
 #include "policy/eviction_policy.hpp"
 #include "policy/presets.hpp"
 #include "scorer/accumulated_attention.hpp"
+#include "scorer/key_norm.hpp"
 #include "scorer/pooling.hpp"
 #include "scorer/positional.hpp"
 #include "scorer/precomputed.hpp"

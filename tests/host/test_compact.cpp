@@ -105,3 +105,26 @@ TEST_CASE("evict = plan + compact; the compacted cache holds the planned tokens 
     CHECK(res.num_freed == (kind == layout_kind::dense ? 0 : (7 - 2) + (4 - 2)));
   }
 }
+
+TEST_CASE("a shared-heads plan is reused for the following layers (ChunkKV's index reuse)", "[compact]") {
+  // Plan once on layer A, compact layer B with the same plan: B keeps the same positions.
+  const logical A = make_logical(1, 2, 8, {60}, 1), B = make_logical(1, 2, 8, {60}, 2);
+  auto ca = build<float>(A, layout_kind::block_nhd, 8, 1);
+  auto cb = build<float>(B, layout_kind::block_nhd, 8, 1);  // same seed: same page table
+  REQUIRE(ca.pages == cb.pages);
+  std::vector<float> scores(2 * 60);
+  for (int i = 0; i < 120; ++i) scores[i] = float((i * 37) % 101);
+  kvevict::chunkkv<kvevict::precomputed> p;
+  p.scorer = {scores.data(), 60};
+  p.selector = {2, 4, kvevict::uniform_budget{20}};
+  kvevict::keep_plan_buffer kept(2, 20);
+  REQUIRE(kvevict::plan(kvevict::host, p, ca.block_view(), kvevict::signals<float>{}, kept.view()).ok());
+  REQUIRE(kept.kept(0) == kept.kept(1));
+  const auto kb = cb.k;
+  std::vector<std::int32_t> lens(2), freed(8);
+  kvevict::compact_result out{lens.data(), freed.data(), 8};
+  REQUIRE(kvevict::compact(kvevict::host, cb.block_view(), kept.const_view(), out).ok());
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 20; ++j)
+      REQUIRE(std::memcmp(&cb.k[cb.addr(0, h, j)], &kb[cb.addr(0, h, kept.kept(h)[j])], 8 * sizeof(float)) == 0);
+}

@@ -205,3 +205,22 @@ TEST_CASE("StreamingLLM keeps the sinks and the most recent tokens", "[scorer][s
     CHECK(kept.kept(2) == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8});  // 9 <= budget: all
   }
 }
+
+TEST_CASE("key norm: low-norm keys are kept", "[scorer]") {
+  const logical L = make_logical(1, 2, 8, {40}, 6);
+  auto c = build<kvevict::half>(L, layout_kind::block_hnd, 8, 3);
+  kvevict::eviction_policy<kvevict::key_norm, kvevict::token_level, kvevict::selector<>> p;
+  p.selector = {1, 2, kvevict::uniform_budget{10}};
+  auto view = c.block_hnd_view();
+  kvevict::keep_plan_buffer kept(2, 10);
+  REQUIRE(kvevict::plan(kvevict::host, p, view, kvevict::signals<kvevict::half>{}, kept.view()).ok());
+  for (int h = 0; h < 2; ++h) {
+    std::vector<double> s(40);
+    for (int t = 0; t < 40; ++t) {
+      double sq = 0;
+      for (int x = 0; x < 8; ++x) sq += std::pow(kvevict::to_float(c.k[c.addr(0, h, t) + x]), 2);
+      s[t] = -std::sqrt(sq);
+    }
+    CHECK(kept.kept(h) == ref::kept_set(s, 10, 1, 2));
+  }
+}

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "../detail/workspace.hpp"
 #include "../host/block_select.hpp"
@@ -45,6 +46,22 @@ struct block_scratch {
     return workspace_layout<8>{{sizeof(double) * m, sizeof(double) * m, sizeof(double) * m,
                                 sizeof(std::int32_t) * (2 * m), sizeof(std::int32_t) * m, sizeof(std::int32_t) * m, m,
                                 seg_bytes}};
+  }
+  //! Carves the scratch of sequence `seq` (sized by its longest head), with room for a segmenter's.
+  template <class Cache, class Segmenter, class = decltype(std::declval<const Segmenter&>().scratch_bytes(std::declval<const Cache&>(), 0))>
+  static block_scratch carve_for(const Cache& cache, int seq, void* base, const Segmenter& seg) {
+    const int n = longest(cache, seq);
+    return carve(base, n, seg.scratch_bytes(cache, n));
+  }
+  template <class Cache>
+  static block_scratch carve_for(const Cache& cache, int seq, void* base, std::size_t seg_bytes) {
+    return carve(base, longest(cache, seq), seg_bytes);
+  }
+  template <class Cache>
+  static int longest(const Cache& cache, int seq) {
+    int n = 0;
+    for (int h = 0; h < cache.num_kv_heads(); ++h) n = n > cache.seq_len(seq, h) ? n : cache.seq_len(seq, h);
+    return n;
   }
   static block_scratch carve(void* base, int n, std::size_t seg_bytes) {
     void* p[8];
@@ -118,9 +135,7 @@ struct fixed_block {
   template <class Cache, class T>
   void select(const Cache& cache, const signals<T>&, int seq, const float* scores, std::size_t stride,
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    int max_n = 0;
-    for (int h = 0; h < cache.num_kv_heads(); ++h) max_n = max_n > cache.seq_len(seq, h) ? max_n : cache.seq_len(seq, h);
-    const auto ws = detail::block_scratch::carve(scratch, max_n, 0);
+    const auto ws = detail::block_scratch::carve_for(cache, seq, scratch, 0);
     detail::select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
                                    [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int) {
                                      int c = 0;
@@ -153,9 +168,7 @@ struct segment_level {
   template <class Cache, class T>
   void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    int max_n = 0;
-    for (int h = 0; h < cache.num_kv_heads(); ++h) max_n = max_n > cache.seq_len(seq, h) ? max_n : cache.seq_len(seq, h);
-    const auto ws = detail::block_scratch::carve(scratch, max_n, segmenter.scratch_bytes(cache, max_n));
+    const auto ws = detail::block_scratch::carve_for(cache, seq, scratch, segmenter);
     detail::select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
                                    [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
                                      const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
@@ -197,9 +210,7 @@ struct adaptive_block {
   template <class Cache, class T>
   void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    int max_n = 0;
-    for (int h = 0; h < cache.num_kv_heads(); ++h) max_n = max_n > cache.seq_len(seq, h) ? max_n : cache.seq_len(seq, h);
-    const auto ws = detail::block_scratch::carve(scratch, max_n, segmenter.scratch_bytes(cache, max_n));
+    const auto ws = detail::block_scratch::carve_for(cache, seq, scratch, segmenter);
     const host_backend::sablock_params prm{alpha, g, steps, block_size};
     detail::select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
                                    [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
