@@ -36,14 +36,18 @@ struct synthetic {
     const int step = std::gcd(7, pages) == 1 ? 7 : 1;  // scatter the pages (a permutation)
     for (int i = 0; i < pages; ++i) table[i] = (i * step) % pages;
     lens = {n};
-    auto key_at = [&](int t, int h) { return &k[((size_t(table[t / page_size]) * page_size + t % page_size) * kv_heads + h) * head_dim]; };
+    auto key_at = [&](int t, int h) {
+      return &k[((size_t(table[t / page_size]) * page_size + t % page_size) * kv_heads + h) * head_dim];
+    };
     for (int h = 0; h < kv_heads; ++h) {
       for (int x = 0; x < head_dim; ++x) key_at(0, h)[x] = kvevict::from_float<elem>(topic[x] * 1.5f);  // sink
       for (int t = needle; t < needle + 4; ++t)
-        for (int x = 0; x < head_dim; ++x) key_at(t, h)[x] = kvevict::from_float<elem>(topic[x] * 0.6f + 0.4f * nd(rng));
+        for (int x = 0; x < head_dim; ++x)
+          key_at(t, h)[x] = kvevict::from_float<elem>(topic[x] * 0.6f + 0.4f * nd(rng));
     }
     queries.resize(size_t(q_heads) * window * head_dim);
-    for (size_t i = 0; i < queries.size(); ++i) queries[i] = kvevict::from_float<elem>(topic[i % head_dim] * 0.5f + 0.5f * nd(rng));
+    for (size_t i = 0; i < queries.size(); ++i)
+      queries[i] = kvevict::from_float<elem>(topic[i % head_dim] * 0.5f + 0.5f * nd(rng));
   }
   kvevict::block_table_cache<elem> view() {
     return {k.data(), v.data(), table.data(), lens.data(), 1, pages, pages, page_size, kv_heads, head_dim};
@@ -87,8 +91,10 @@ void run(const char* name, Policy policy, int tokens, int budget, int layer = 0,
 int main(int argc, char** argv) {
   int tokens = 4096, budget = 256;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--budget")) budget = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--tokens"))
+      tokens = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--budget"))
+      budget = std::atoi(argv[i + 1]);
   }
   std::printf("synthetic cache: %d tokens, %d KV heads x %d dims (bf16), %d query heads, page size %d, budget %d\n",
               tokens, kv_heads, head_dim, q_heads, page_size, budget);

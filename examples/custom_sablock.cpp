@@ -34,7 +34,8 @@ struct every_k_segmenter {
   int k = 6;
   template <class Cache, class T>
   kvevict::status validate(const Cache&, const kvevict::signals<T>&) const {
-    return k > 0 ? kvevict::ok_status() : kvevict::make_error(kvevict::errc::invalid_argument, "segmenter.k", "must be > 0");
+    return k > 0 ? kvevict::ok_status()
+                 : kvevict::make_error(kvevict::errc::invalid_argument, "segmenter.k", "must be > 0");
   }
   template <class Cache>
   std::size_t scratch_bytes(const Cache&, int) const {
@@ -55,7 +56,8 @@ int main() {
   std::vector<float> k(pages * page_size * heads * dim), v(k.size());
   for (size_t i = 0; i < k.size(); ++i) v[i] = std::sin(0.37f * float(i)) * (1.0f + float(i % 97) / 50.0f);
   std::vector<int> table = {5, 1, 7, 0, 2, 6, 3, 4}, lens = {len};
-  kvevict::block_table_cache<float> cache{k.data(), v.data(), table.data(), lens.data(), 1, pages, pages, page_size, heads, dim};
+  kvevict::block_table_cache<float> cache{k.data(), v.data(), table.data(), lens.data(), 1,
+                                          pages,    pages,    page_size,    heads,       dim};
 
   kvevict::sablock<every_k_segmenter, value_norm_scorer> policy;  // segmenter, scorer
   policy.selector = {4, 8, kvevict::uniform_budget{40}};

@@ -1,6 +1,6 @@
 // The README's usage example: README.md shows this file verbatim (a test checks), CI runs it.
-#include <kvevict/kvevict.hpp>
 #include <cstdio>
+#include <kvevict/kvevict.hpp>
 #include <vector>
 
 int main() {
@@ -8,18 +8,23 @@ int main() {
   std::vector<kvevict::bfloat16> k(size_t(pages) * page_size * kv_heads * head_dim, {0x3f80}), v = k;  // 1.0
   std::vector<int> block_table(pages), seq_lens = {len};  // one sequence, vLLM-style table
   for (int i = 0; i < pages; ++i) block_table[i] = i;
-  kvevict::block_table_cache<kvevict::bfloat16> cache{k.data(), v.data(), block_table.data(), seq_lens.data(),
-                                                      /*num_seqs*/ 1, /*stride*/ pages, pages, page_size, kv_heads, head_dim};
+  kvevict::block_table_cache<kvevict::bfloat16> cache{k.data(),        v.data(),         block_table.data(),
+                                                      seq_lens.data(),
+                                                      /*num_seqs*/ 1,  /*stride*/ pages, pages,
+                                                      page_size,       kv_heads,         head_dim};
   std::vector<kvevict::bfloat16> queries(size_t(q_heads) * window * head_dim, {0x3f80});  // last `window` queries
   kvevict::signals<kvevict::bfloat16> sig{queries.data(), q_heads};
 
-  kvevict::snapkv<> policy;                      // window attention + pooling + top-k
+  kvevict::snapkv<> policy;                                     // window attention + pooling + top-k
   policy.selector = {4, window, kvevict::uniform_budget{256}};  // sinks, window, entries per head
   kvevict::keep_plan_buffer kept(kv_heads, kvevict::plan_capacity(policy, cache));
   std::vector<int> new_lens(kv_heads), freed(pages);
   kvevict::compact_result out{new_lens.data(), freed.data(), pages};
   kvevict::status st = kvevict::evict(kvevict::host, policy, cache, sig, kept.view(), out);
-  if (!st) { std::puts(st.message().c_str()); return 1; }
+  if (!st) {
+    std::puts(st.message().c_str());
+    return 1;
+  }
   std::printf("kept %d of %d tokens per head, freed %d pages\n", new_lens[0], len, out.num_freed);
   const int pages_before = (len + page_size - 1) / page_size, pages_after = 256 / page_size;
   return new_lens[0] == 256 && out.num_freed == pages_before - pages_after ? 0 : 1;

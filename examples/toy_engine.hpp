@@ -63,9 +63,12 @@ template <table_kind Kind, class Policy>
 class engine {
  public:
   engine(const model& m, settings s, Policy p)
-      : m_(m), s_(s), policy_(p),
+      : m_(m),
+        s_(s),
+        policy_(p),
         pool_(s.num_pages, std::size_t(s.page_size) * m.hkv * m.d),
-        pages_(s.num_seqs), lens_(s.num_seqs, 0),
+        pages_(s.num_seqs),
+        lens_(s.num_seqs, 0),
         origin_(std::size_t(s.num_seqs) * m.hkv),
         sums_(std::size_t(s.num_seqs) * m.hq * s.max_tokens, 0.0f),
         ring_(s.num_seqs, m.hq, s.window, m.d) {
@@ -188,7 +191,8 @@ class engine {
       for (int t = 0; t < n; ++t) {
         float dot = 0;
         const elem* k = key(seq, h, t);
-        for (int x = 0; x < m_.d; ++x) dot += kvevict::to_float(q_[std::size_t(qh) * m_.d + x]) * kvevict::to_float(k[x]);
+        for (int x = 0; x < m_.d; ++x)
+          dot += kvevict::to_float(q_[std::size_t(qh) * m_.d + x]) * kvevict::to_float(k[x]);
         p[t] = dot / std::sqrt(float(m_.d));
         mx = std::max(mx, p[t]);
       }
@@ -200,8 +204,8 @@ class engine {
         for (int x = 0; x < m_.d; ++x) out[std::size_t(qh) * m_.d + x] += p[t] * kvevict::to_float(v[x]);
       }
       // The engine passes its own probabilities to the H2O accumulator.
-      kvevict::accumulate_attention(&sums_[(std::size_t(seq) * m_.hq + qh) * s_.max_tokens], s_.max_tokens, p.data(),
-                                    n, 1, n);
+      kvevict::accumulate_attention(&sums_[(std::size_t(seq) * m_.hq + qh) * s_.max_tokens], s_.max_tokens, p.data(), n,
+                                    1, n);
     }
     return out;
   }

@@ -42,8 +42,9 @@ void run(FuzzedDataProvider& in, testing::test_cache<T>& c, Policy policy, bool 
   const int rows = std::max(0, policy.selector.window) + in.ConsumeIntegralInRange<int>(0, 2);
   std::vector<T> queries(static_cast<size_t>(seqs) * std::max(hq, 1) * std::max(rows, 1) * d);
   for (auto& x : queries) x = kvevict::from_float<T>(in.ConsumeFloatingPointInRange<float>(-3.0f, 3.0f));
-  if (in.ConsumeBool() && !queries.empty()) queries[in.ConsumeIntegralInRange<size_t>(0, queries.size() - 1)] =
-      kvevict::from_float<T>(std::numeric_limits<float>::quiet_NaN());
+  if (in.ConsumeBool() && !queries.empty())
+    queries[in.ConsumeIntegralInRange<size_t>(0, queries.size() - 1)] =
+        kvevict::from_float<T>(std::numeric_limits<float>::quiet_NaN());
   int max_len = 1;
   for (int n : c.lens) max_len = std::max(max_len, n);
   const int stride = max_len + in.ConsumeIntegralInRange<int>(-1, 2);
@@ -91,15 +92,20 @@ void run(FuzzedDataProvider& in, testing::test_cache<T>& c, Policy policy, bool 
         kept.counts[r] = cnt;
       }
       if (in.ConsumeProbability<float>() < 0.2f && !kept.positions.empty())
-        kept.positions[in.ConsumeIntegralInRange<size_t>(0, kept.positions.size() - 1)] = in.ConsumeIntegralInRange<int>(-2, 300);
+        kept.positions[in.ConsumeIntegralInRange<size_t>(0, kept.positions.size() - 1)] =
+            in.ConsumeIntegralInRange<int>(-2, 300);
     }
     const int freed_cap = in.ConsumeIntegralInRange<int>(0, c.num_pages + 1);
-    std::vector<std::int32_t> new_lens(static_cast<size_t>(seqs) * kvh, -7), freed(static_cast<size_t>(freed_cap) + 1, -7);
+    std::vector<std::int32_t> new_lens(static_cast<size_t>(seqs) * kvh, -7),
+        freed(static_cast<size_t>(freed_cap) + 1, -7);
     kvevict::compact_result out{new_lens.data(), freed.data(), freed_cap};
     kvevict::status st;
-    if (op == 0) st = kvevict::plan(kvevict::host, policy, view, sig, kept.view());
-    else if (op == 1) st = kvevict::compact(kvevict::host, view, kept.const_view(), out);
-    else st = kvevict::evict(kvevict::host, policy, view, sig, kept.view(), out);
+    if (op == 0)
+      st = kvevict::plan(kvevict::host, policy, view, sig, kept.view());
+    else if (op == 1)
+      st = kvevict::compact(kvevict::host, view, kept.const_view(), out);
+    else
+      st = kvevict::evict(kvevict::host, policy, view, sig, kept.view(), out);
 
     if (!st.ok()) {
       if (st.argument == nullptr || st.argument[0] == '\0') fail("error without an argument name");
@@ -147,12 +153,17 @@ void run(FuzzedDataProvider& in, testing::test_cache<T>& c, Policy policy, bool 
         if (new_lens[r] != kept.counts[r]) fail("new length differs from the plan");
         const bool rows_per_head = c.kind == testing::layout_kind::head_rows;
         if (c.kind != testing::layout_kind::dense && (rows_per_head || h == 0)) {
+          // The sequence's pages are those its (view) length covers; pages past it are not its own.
           const auto& pg = c.pages[c.list_of(s, h)];
-          for (size_t lp = (kept.counts[r] + c.page_size - 1) / c.page_size; lp < pg.size(); ++lp) want_freed.push_back(pg[lp]);
+          const int listed = view.num_row_pages(s, h);
+          for (int lp = (kept.counts[r] + c.page_size - 1) / c.page_size; lp < listed; ++lp)
+            want_freed.push_back(pg[lp]);
         }
       }
-    if (std::memcmp(c.k.data(), ek.data(), ek.size() * sizeof(T)) != 0) fail("compacted K differs from the naive gather");
-    if (std::memcmp(c.v.data(), ev.data(), ev.size() * sizeof(T)) != 0) fail("compacted V differs from the naive gather");
+    if (std::memcmp(c.k.data(), ek.data(), ek.size() * sizeof(T)) != 0)
+      fail("compacted K differs from the naive gather");
+    if (std::memcmp(c.v.data(), ev.data(), ev.size() * sizeof(T)) != 0)
+      fail("compacted V differs from the naive gather");
     if (std::vector<int>(freed.begin(), freed.begin() + out.num_freed) != want_freed) fail("freed pages differ");
   });
 }
@@ -171,7 +182,8 @@ void with_type(FuzzedDataProvider& in) {
   if (in.ConsumeProbability<float>() < 0.15f && kind != testing::layout_kind::dense) {
     const int li = in.ConsumeIntegralInRange<int>(0, c.lists() - 1);
     if (!c.pages[li].empty())
-      c.pages[li][in.ConsumeIntegralInRange<size_t>(0, c.pages[li].size() - 1)] = in.ConsumeIntegralInRange<int>(-1, c.num_pages);
+      c.pages[li][in.ConsumeIntegralInRange<size_t>(0, c.pages[li].size() - 1)] =
+          in.ConsumeIntegralInRange<int>(-1, c.num_pages);
     c.sync_tables();
   }
   if (in.ConsumeProbability<float>() < 0.05f) {
@@ -183,22 +195,38 @@ void with_type(FuzzedDataProvider& in) {
   // cheapest preset and fuzzed plans, which keeps the build small.
   const int choice = std::is_same_v<T, bfloat16> ? in.ConsumeIntegralInRange<int>(0, 9) : 0;
   switch (choice) {
-    case 0: run(in, c, streaming_llm{}, true); break;
-    case 1: run(in, c, h2o<>{}, true); break;
-    case 2: run(in, c, snapkv<>{}, true); break;
-    case 3: run(in, c, snapkv<gqa_max, max_pool<>>{}, true); break;
-    case 4: run(in, c, pyramidkv<>{}, false); break;
-    case 5: run(in, c, ada_snapkv<>{}, false); break;
-    case 6: run(in, c, chunkkv<>{}, true); break;
+    case 0:
+      run(in, c, streaming_llm{}, true);
+      break;
+    case 1:
+      run(in, c, h2o<>{}, true);
+      break;
+    case 2:
+      run(in, c, snapkv<>{}, true);
+      break;
+    case 3:
+      run(in, c, snapkv<gqa_max, max_pool<>>{}, true);
+      break;
+    case 4:
+      run(in, c, pyramidkv<>{}, false);
+      break;
+    case 5:
+      run(in, c, ada_snapkv<>{}, false);
+      break;
+    case 6:
+      run(in, c, chunkkv<>{}, true);
+      break;
     case 7: {
       sentencekv<> p;
-      p.granularity.segmenter = {delimiters, 2, in.ConsumeIntegralInRange<int>(0, 5), in.ConsumeIntegralInRange<int>(0, 20)};
+      p.granularity.segmenter = {delimiters, 2, in.ConsumeIntegralInRange<int>(0, 5),
+                                 in.ConsumeIntegralInRange<int>(0, 20)};
       run(in, c, p, true);
       break;
     }
     case 8: {
       sablock<> p;
-      p.granularity.segmenter = {delimiters, 2, in.ConsumeIntegralInRange<int>(0, 5), in.ConsumeIntegralInRange<int>(0, 20)};
+      p.granularity.segmenter = {delimiters, 2, in.ConsumeIntegralInRange<int>(0, 5),
+                                 in.ConsumeIntegralInRange<int>(0, 20)};
       p.granularity.alpha = in.ConsumeFloatingPointInRange<double>(-0.5, 1.5);
       p.granularity.g = in.ConsumeFloatingPointInRange<double>(-1.0, 60.0);
       p.granularity.steps = in.ConsumeIntegralInRange<int>(0, 40);
@@ -219,9 +247,15 @@ void with_type(FuzzedDataProvider& in) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider in(data, size);
   switch (in.ConsumeIntegralInRange<int>(0, 2)) {
-    case 0: with_type<float>(in); break;
-    case 1: with_type<kvevict::half>(in); break;
-    default: with_type<kvevict::bfloat16>(in); break;
+    case 0:
+      with_type<float>(in);
+      break;
+    case 1:
+      with_type<kvevict::half>(in);
+      break;
+    default:
+      with_type<kvevict::bfloat16>(in);
+      break;
   }
   return 0;
 }

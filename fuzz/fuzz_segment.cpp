@@ -24,7 +24,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (auto& x : ids) x = in.ConsumeIntegralInRange<int>(0, 6);
   const std::int32_t delims[] = {1, 2, 3};
   const int nd = in.ConsumeIntegralInRange<int>(0, 3);
-  kvevict::delimiter_segmenter seg{delims, nd, in.ConsumeIntegralInRange<int>(1, 12), in.ConsumeIntegralInRange<int>(1, 70)};
+  kvevict::delimiter_segmenter seg{delims, nd, in.ConsumeIntegralInRange<int>(1, 12),
+                                   in.ConsumeIntegralInRange<int>(1, 70)};
   const int lo = in.ConsumeIntegralInRange<int>(0, n), hi = in.ConsumeIntegralInRange<int>(lo, n);
   std::vector<std::int32_t> off(2 * static_cast<size_t>(hi - lo) + 2);
   const int count = seg.segment_ids(ids.data(), lo, hi, off.data());
@@ -49,9 +50,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::vector<unsigned char> keep(hi - lo);
   std::vector<double> r(hi - lo + 1), prefix(hi - lo + 1), means(hi - lo + 1);
   std::vector<std::int32_t> idx(hi - lo), order(hi - lo + 1);
-  kvevict::host_backend::sablock_params prm{in.ConsumeFloatingPointInRange<double>(0.0, 1.0),
-                                            in.ConsumeFloatingPointInRange<double>(0.0, 100.0),
-                                            in.ConsumeIntegralInRange<int>(1, 64), in.ConsumeIntegralInRange<int>(0, 9)};
+  kvevict::host_backend::sablock_params prm{
+      in.ConsumeFloatingPointInRange<double>(0.0, 1.0), in.ConsumeFloatingPointInRange<double>(0.0, 100.0),
+      in.ConsumeIntegralInRange<int>(1, 64), in.ConsumeIntegralInRange<int>(0, 9)};
   if (bc < hi - lo) {
     kvevict::host_backend::sablock_select(a.data(), lo, hi, off.data(), count, bc, prm, keep.data(), r.data(),
                                           prefix.data(), idx.data());

@@ -30,8 +30,8 @@ void BM_decode_step_batch(benchmark::State& state) {
   const int stride = base_len + 256;
   std::vector<float> sums(std::size_t(seqs) * hq * stride);
   for (auto& x : sums) x = static_cast<float>(r.uniform());
-  kvevict::csr_page_cache<kvevict::bfloat16> cache{k.data(), v.data(), indptr.data(), indices.data(), last.data(),
-                                                   seqs, num_pages, ps, kvh, d};
+  kvevict::csr_page_cache<kvevict::bfloat16> cache{
+      k.data(), v.data(), indptr.data(), indices.data(), last.data(), seqs, num_pages, ps, kvh, d};
   kvevict::h2o<> p;
   p.selector = {4, 32, kvevict::uniform_budget{budget}};
   std::vector<std::int32_t> seq_budgets(seqs), seq_windows(seqs), new_lens(std::size_t(seqs) * kvh), freed(num_pages),

@@ -79,7 +79,10 @@ void BM_window_triple_loop(benchmark::State& state) {
         float s = 0;
         for (int x = 0; x < head_dim; ++x) s += q[x] * kf[size_t(t) * head_dim + x];
         s *= scale;
-        if (s > m) { l *= std::exp(m - s); m = s; }
+        if (s > m) {
+          l *= std::exp(m - s);
+          m = s;
+        }
         l += std::exp(s - m);
       }
       for (int t = 0; t <= last; ++t) {
@@ -112,7 +115,8 @@ void BM_compact(benchmark::State& state) {
     benchmark::DoNotOptimize(st);
   }
   // K and V, read and written, for every kept token of every head.
-  state.counters["bytes"] = benchmark::Counter(4.0 * (n / 2) * kv_heads * head_dim * 2, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes"] =
+      benchmark::Counter(4.0 * (n / 2) * kv_heads * head_dim * 2, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 }  // namespace

@@ -13,7 +13,9 @@ namespace {
 kvevict::synthetic::niah_sequence& sequence(int n) {
   static std::map<int, std::unique_ptr<kvevict::synthetic::niah_sequence>> cache;
   auto& s = cache[n];
-  if (!s) s = std::make_unique<kvevict::synthetic::niah_sequence>(kvevict::synthetic::niah_generator{}.generate({n, 0.5, 1, 0}));
+  if (!s)
+    s = std::make_unique<kvevict::synthetic::niah_sequence>(
+        kvevict::synthetic::niah_generator{}.generate({n, 0.5, 1, 0}));
   return *s;
 }
 
@@ -78,7 +80,11 @@ const bool registered = [] {
         (one(entry), ...);
       },
       niah_report::policies());
-  benchmark::RegisterBenchmark("BM_niah_compact", BM_niah_compact)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("BM_niah_compact", BM_niah_compact)
+      ->Arg(8192)
+      ->Arg(32768)
+      ->Arg(131072)
+      ->Unit(benchmark::kMillisecond);
   return true;
 }();
 

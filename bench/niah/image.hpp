@@ -79,11 +79,19 @@ inline bool write_png(const std::string& path, const image& img) {
   };
   const std::uint8_t sig[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
   f.write(reinterpret_cast<const char*>(sig), 8);
-  std::vector<std::uint8_t> ihdr = {static_cast<std::uint8_t>(img.w >> 24), static_cast<std::uint8_t>(img.w >> 16),
-                                    static_cast<std::uint8_t>(img.w >> 8),  static_cast<std::uint8_t>(img.w),
-                                    static_cast<std::uint8_t>(img.h >> 24), static_cast<std::uint8_t>(img.h >> 16),
-                                    static_cast<std::uint8_t>(img.h >> 8),  static_cast<std::uint8_t>(img.h),
-                                    8, 2, 0, 0, 0};
+  std::vector<std::uint8_t> ihdr = {static_cast<std::uint8_t>(img.w >> 24),
+                                    static_cast<std::uint8_t>(img.w >> 16),
+                                    static_cast<std::uint8_t>(img.w >> 8),
+                                    static_cast<std::uint8_t>(img.w),
+                                    static_cast<std::uint8_t>(img.h >> 24),
+                                    static_cast<std::uint8_t>(img.h >> 16),
+                                    static_cast<std::uint8_t>(img.h >> 8),
+                                    static_cast<std::uint8_t>(img.h),
+                                    8,
+                                    2,
+                                    0,
+                                    0,
+                                    0};
   chunk("IHDR", ihdr);
   chunk("IDAT", z);
   chunk("IEND", {});

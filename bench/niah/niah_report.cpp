@@ -42,16 +42,29 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const char* next = i + 1 < argc ? argv[i + 1] : "";
-    if (a == "--full") full = true, g = niah_report::default_grid(true);
-    else if (a == "--seeds" && *next) { g.seeds.clear(); for (int s = 1; s <= std::atoi(next); ++s) g.seeds.push_back(s); ++i; }
-    else if (a == "--threads" && *next) g.threads = std::atoi(next), ++i;
-    else if (a == "--out" && *next) out = next, ++i;
-    else if (a == "--contexts" && *next) { g.contexts.clear(); for (double c : parse_list(next)) g.contexts.push_back(int(c)); ++i; }
-    else if (a == "--depths" && *next) g.depths = parse_list(next), ++i;
-    else if (a == "--distractors" && *next) g.distractors = std::atoi(next), ++i;
+    if (a == "--full")
+      full = true, g = niah_report::default_grid(true);
+    else if (a == "--seeds" && *next) {
+      g.seeds.clear();
+      for (int s = 1; s <= std::atoi(next); ++s) g.seeds.push_back(s);
+      ++i;
+    } else if (a == "--threads" && *next)
+      g.threads = std::atoi(next), ++i;
+    else if (a == "--out" && *next)
+      out = next, ++i;
+    else if (a == "--contexts" && *next) {
+      g.contexts.clear();
+      for (double c : parse_list(next)) g.contexts.push_back(int(c));
+      ++i;
+    } else if (a == "--depths" && *next)
+      g.depths = parse_list(next), ++i;
+    else if (a == "--distractors" && *next)
+      g.distractors = std::atoi(next), ++i;
     else {
-      std::fprintf(stderr, "unknown argument '%s'\nusage: niah_report [--full] [--seeds N] [--threads N] [--out DIR] "
-                           "[--contexts a,b,..] [--depths a,b,..] [--distractors N]\n", a.c_str());
+      std::fprintf(stderr,
+                   "unknown argument '%s'\nusage: niah_report [--full] [--seeds N] [--threads N] [--out DIR] "
+                   "[--contexts a,b,..] [--depths a,b,..] [--distractors N]\n",
+                   a.c_str());
       return 2;
     }
   }
@@ -89,8 +102,9 @@ int main(int argc, char** argv) {
     h.first += r.success, ++h.second;
   }
   std::ostringstream md;
-  md << "Synthetic NIAH (kvevict synthetic/niah.hpp): " << total << " sequences, contexts " << g.contexts.front() << ".."
-     << big << ", " << g.depths.size() << " depths, " << g.seeds.size() << " seeds; 2 layers x 4 KV heads x 64 dims, 16 query heads.\n"
+  md << "Synthetic NIAH (kvevict synthetic/niah.hpp): " << total << " sequences, contexts " << g.contexts.front()
+     << ".." << big << ", " << g.depths.size() << " depths, " << g.seeds.size()
+     << " seeds; 2 layers x 4 KV heads x 64 dims, 16 query heads.\n"
      << "Cells: success % / answer recall / fidelity. Time: plan (scoring + selection) per layer at " << big
      << " tokens, host, one thread.\n\n| policy |";
   for (int b : g.budgets) md << " budget " << b << " |";
@@ -102,7 +116,8 @@ int main(int argc, char** argv) {
     md << "| " << p << " |";
     for (int b : g.budgets) {
       const auto& c = table[p][b];
-      std::snprintf(buf, sizeof buf, " %.1f / %.3f / %.3f |", 100.0 * c.success / c.n, c.recall / c.n, c.fidelity / c.n);
+      std::snprintf(buf, sizeof buf, " %.1f / %.3f / %.3f |", 100.0 * c.success / c.n, c.recall / c.n,
+                    c.fidelity / c.n);
       md << buf;
     }
     const auto& c = table[p][g.budgets.front()];
@@ -125,7 +140,7 @@ int main(int argc, char** argv) {
         }
     niah_report::write_png(out + "/heatmap_" + p + ".png", img);
   }
-  std::printf("\n%s\nwrote %s/cases.csv, %s/summary.md, %s/heatmap_<policy>.png (%.1f s)\n", md.str().c_str(), out.c_str(),
-              out.c_str(), out.c_str(), niah_report::detail::ms_since(t0) / 1000.0);
+  std::printf("\n%s\nwrote %s/cases.csv, %s/summary.md, %s/heatmap_<policy>.png (%.1f s)\n", md.str().c_str(),
+              out.c_str(), out.c_str(), out.c_str(), niah_report::detail::ms_since(t0) / 1000.0);
   return 0;
 }

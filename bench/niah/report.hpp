@@ -71,8 +71,8 @@ struct case_result {
   std::uint64_t seed = 0;
   bool success = false;
   double recall = 0, fidelity = 0;
-  double plan_ms = 0;             // scoring + selection, per layer
-  std::size_t extra_bytes = 0;    // workspace + plan, per layer
+  double plan_ms = 0;           // scoring + selection, per layer
+  std::size_t extra_bytes = 0;  // workspace + plan, per layer
 };
 
 namespace detail {
@@ -160,8 +160,8 @@ void run_policy(const char* name, const P& base, kvevict::synthetic::niah_sequen
     std::vector<kvevict::const_keep_plan> views;
     for (auto& k : kept[b]) views.push_back(k.const_view());
     const auto q = ev.evaluate(views);
-    out.push_back({name, g.budgets[b], s.c.context, s.c.depth, s.c.seed, q.success, q.recall, q.fidelity, ms[b] / L,
-                   bytes[b]});
+    out.push_back(
+        {name, g.budgets[b], s.c.context, s.c.depth, s.c.seed, q.success, q.recall, q.fidelity, ms[b] / L, bytes[b]});
   }
 }
 
@@ -201,8 +201,11 @@ std::vector<case_result> run(const grid& g, Progress progress) {
       auto s = gen.generate({points[i].context, points[i].depth, points[i].seed, g.distractors});
       const kvevict::synthetic::niah_evaluator ev(s);
       const auto sums = detail::question_attention_sums(s);
-      std::apply([&](const auto&... entry) { (detail::run_policy(entry.name, entry.policy, s, ev, sums, g, per_point[i]), ...); },
-                 policies());
+      std::apply(
+          [&](const auto&... entry) {
+            (detail::run_policy(entry.name, entry.policy, s, ev, sums, g, per_point[i]), ...);
+          },
+          policies());
       std::lock_guard<std::mutex> lock(mu);
       progress(++done, points.size());
     }

@@ -8,7 +8,8 @@ int main() {
   const int pages = 4, page_size = 4, heads = 2, dim = 8, len = 14;
   std::vector<float> k(pages * page_size * heads * dim, 1.0f), v = k;
   std::vector<int> table = {2, 0, 3, 1}, lens = {len};
-  kvevict::block_table_cache<float> cache{k.data(), v.data(), table.data(), lens.data(), 1, 4, pages, page_size, heads, dim};
+  kvevict::block_table_cache<float> cache{k.data(), v.data(), table.data(), lens.data(), 1,
+                                          4,        pages,    page_size,    heads,       dim};
   kvevict::streaming_llm policy;
   policy.selector = {2, 2, kvevict::uniform_budget{6}};
   kvevict::keep_plan_buffer kept(heads, kvevict::plan_capacity(policy, cache));

@@ -38,8 +38,8 @@ struct paged_kv_cache_impl<
                    decltype(std::declval<const C&>().num_kv_heads()), decltype(std::declval<const C&>().head_dim()),
                    decltype(std::declval<const C&>().seq_len(0, 0)),
                    decltype(std::declval<const C&>().num_row_pages(0, 0)),
-                   decltype(std::declval<const C&>().page(0, 0, 0)),
-                   decltype(std::declval<const C&>().key(0, 0, 0)), decltype(std::declval<const C&>().value(0, 0, 0))>>
+                   decltype(std::declval<const C&>().page(0, 0, 0)), decltype(std::declval<const C&>().key(0, 0, 0)),
+                   decltype(std::declval<const C&>().value(0, 0, 0))>>
     : std::bool_constant<std::is_trivially_copyable_v<C> && is_element_type<typename C::value_type>::value &&
                          std::is_same_v<decltype(std::declval<const C&>().key(0, 0, 0)), typename C::value_type*> &&
                          std::is_same_v<decltype(std::declval<const C&>().value(0, 0, 0)), typename C::value_type*>> {};

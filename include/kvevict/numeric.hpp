@@ -38,9 +38,7 @@ KVEVICT_HOST_DEVICE float bits_float(std::uint32_t u) {
 
 KVEVICT_HOST_DEVICE float to_float(float x) { return x; }
 
-KVEVICT_HOST_DEVICE float to_float(bfloat16 x) {
-  return detail::bits_float(static_cast<std::uint32_t>(x.bits) << 16);
-}
+KVEVICT_HOST_DEVICE float to_float(bfloat16 x) { return detail::bits_float(static_cast<std::uint32_t>(x.bits) << 16); }
 
 KVEVICT_HOST_DEVICE float to_float(half x) {
   const std::uint32_t sign = static_cast<std::uint32_t>(x.bits & 0x8000u) << 16;
@@ -82,7 +80,7 @@ KVEVICT_HOST_DEVICE half from_float<half>(float f) {
   const std::uint32_t abs = u & 0x7fffffffu;
   if (abs > 0x7f800000u) return half{static_cast<std::uint16_t>(sign | 0x7e00u | ((abs >> 13) & 0x3ffu))};
   if (abs >= 0x477ff000u) return half{static_cast<std::uint16_t>(sign | 0x7c00u)};  // rounds to >= 65520: inf
-  if (abs >= 0x38800000u) {  // normal half range (>= 2^-14)
+  if (abs >= 0x38800000u) {                                                         // normal half range (>= 2^-14)
     const std::uint32_t mant = abs & 0x7fffffu;
     std::uint32_t h = ((abs >> 23) - 112u) << 10 | (mant >> 13);
     const std::uint32_t rest = mant & 0x1fffu;
@@ -91,9 +89,9 @@ KVEVICT_HOST_DEVICE half from_float<half>(float f) {
   }
   if (abs < 0x33000000u) return half{sign};  // below half of the smallest subnormal: +-0
   // Subnormal half: value = m * 2^-24 with m in [1, 1023].
-  const std::uint32_t exp = abs >> 23;            // biased float exponent, 102..112
+  const std::uint32_t exp = abs >> 23;  // biased float exponent, 102..112
   const std::uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-  const std::uint32_t shift = 126u - exp;         // 14..24
+  const std::uint32_t shift = 126u - exp;  // 14..24
   std::uint32_t h = mant >> shift;
   const std::uint32_t rest = mant & ((1u << shift) - 1u);
   const std::uint32_t halfway = 1u << (shift - 1u);

@@ -9,26 +9,34 @@ namespace kvevict {
 //! Error categories. The README's error catalogue documents each one.
 enum class errc : int {
   ok = 0,
-  invalid_argument,   //!< a parameter is outside its documented domain
-  budget_too_small,   //!< budget below the protected tokens (sinks + window)
-  shape_mismatch,     //!< two arguments disagree about a size
-  out_of_range,       //!< an index (page id, position, head) is outside its array
-  non_finite,         //!< a NaN or infinite score, key or query
-  empty_batch,        //!< no sequences
-  buffer_too_small,   //!< a caller-provided output or workspace is too small
+  invalid_argument,  //!< a parameter is outside its documented domain
+  budget_too_small,  //!< budget below the protected tokens (sinks + window)
+  shape_mismatch,    //!< two arguments disagree about a size
+  out_of_range,      //!< an index (page id, position, head) is outside its array
+  non_finite,        //!< a NaN or infinite score, key or query
+  empty_batch,       //!< no sequences
+  buffer_too_small,  //!< a caller-provided output or workspace is too small
 };
 
 //! Name of an error category, for messages.
 inline const char* to_string(errc e) noexcept {
   switch (e) {
-    case errc::ok: return "ok";
-    case errc::invalid_argument: return "invalid argument";
-    case errc::budget_too_small: return "budget too small";
-    case errc::shape_mismatch: return "shape mismatch";
-    case errc::out_of_range: return "out of range";
-    case errc::non_finite: return "non-finite value";
-    case errc::empty_batch: return "empty batch";
-    case errc::buffer_too_small: return "buffer too small";
+    case errc::ok:
+      return "ok";
+    case errc::invalid_argument:
+      return "invalid argument";
+    case errc::budget_too_small:
+      return "budget too small";
+    case errc::shape_mismatch:
+      return "shape mismatch";
+    case errc::out_of_range:
+      return "out of range";
+    case errc::non_finite:
+      return "non-finite value";
+    case errc::empty_batch:
+      return "empty batch";
+    case errc::buffer_too_small:
+      return "buffer too small";
   }
   return "unknown";
 }
@@ -59,8 +67,8 @@ constexpr status make_error(errc code, const char* argument, const char* detail)
 }  // namespace kvevict
 
 //! Propagates a non-ok status to the caller.
-#define KVEVICT_TRY(expr)                          \
-  do {                                             \
-    ::kvevict::status kvevict_try_s_ = (expr);     \
+#define KVEVICT_TRY(expr)                            \
+  do {                                               \
+    ::kvevict::status kvevict_try_s_ = (expr);       \
     if (!kvevict_try_s_.ok()) return kvevict_try_s_; \
   } while (0)

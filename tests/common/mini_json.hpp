@@ -35,7 +35,9 @@ struct value {
 
 struct parser {
   const char* p;
-  void ws() { while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t') ++p; }
+  void ws() {
+    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t') ++p;
+  }
   value parse() {
     ws();
     value v;
@@ -43,7 +45,10 @@ struct parser {
       v.kind = value::obj_v;
       ++p;
       ws();
-      if (*p == '}') { ++p; return v; }
+      if (*p == '}') {
+        ++p;
+        return v;
+      }
       while (true) {
         ws();
         std::string k = parse().str;
@@ -51,7 +56,10 @@ struct parser {
         if (*p++ != ':') throw std::runtime_error("json: ':' expected");
         v.obj[k] = parse();
         ws();
-        if (*p == ',') { ++p; continue; }
+        if (*p == ',') {
+          ++p;
+          continue;
+        }
         if (*p++ != '}') throw std::runtime_error("json: '}' expected");
         return v;
       }
@@ -60,11 +68,17 @@ struct parser {
       v.kind = value::arr_v;
       ++p;
       ws();
-      if (*p == ']') { ++p; return v; }
+      if (*p == ']') {
+        ++p;
+        return v;
+      }
       while (true) {
         v.arr.push_back(parse());
         ws();
-        if (*p == ',') { ++p; continue; }
+        if (*p == ',') {
+          ++p;
+          continue;
+        }
         if (*p++ != ']') throw std::runtime_error("json: ']' expected");
         return v;
       }
@@ -79,9 +93,21 @@ struct parser {
       ++p;
       return v;
     }
-    if (std::string(p, 4) == "true") { p += 4; v.kind = value::bool_v; v.b = true; return v; }
-    if (std::string(p, 5) == "false") { p += 5; v.kind = value::bool_v; return v; }
-    if (std::string(p, 4) == "null") { p += 4; return v; }
+    if (std::string(p, 4) == "true") {
+      p += 4;
+      v.kind = value::bool_v;
+      v.b = true;
+      return v;
+    }
+    if (std::string(p, 5) == "false") {
+      p += 5;
+      v.kind = value::bool_v;
+      return v;
+    }
+    if (std::string(p, 4) == "null") {
+      p += 4;
+      return v;
+    }
     char* end = nullptr;
     v.num = std::strtod(p, &end);
     if (end == p) throw std::runtime_error("json: unexpected character");

@@ -70,7 +70,8 @@ inline std::vector<std::vector<double>> window_attention(const std::vector<doubl
       std::vector<double> logit(last + 1);
       for (int t = 0; t <= last; ++t) {
         double s = 0;
-        for (int x = 0; x < d; ++x) s += queries[(static_cast<size_t>(j) * w + r) * d + x] * keys[static_cast<size_t>(t) * d + x];
+        for (int x = 0; x < d; ++x)
+          s += queries[(static_cast<size_t>(j) * w + r) * d + x] * keys[static_cast<size_t>(t) * d + x];
         logit[t] = s / std::sqrt(static_cast<double>(d));
       }
       const double m = *std::max_element(logit.begin(), logit.end());
@@ -106,8 +107,10 @@ std::vector<int> kept_set(const std::vector<Score>& scores, int budget, int sink
   }
   std::vector<int> mid;
   for (int t = 0; t < n; ++t) {
-    if (t < sinks || t >= n - window) out.push_back(t);
-    else mid.push_back(t);
+    if (t < sinks || t >= n - window)
+      out.push_back(t);
+    else
+      mid.push_back(t);
   }
   std::stable_sort(mid.begin(), mid.end(), [&](int a, int b) { return scores[a] > scores[b]; });
   const int k = budget - static_cast<int>(out.size());
@@ -152,7 +155,9 @@ inline std::vector<std::pair<int, int>> segments(const std::vector<int>& ids, co
       out.push_back({a, b});
       continue;
     }
-    for (int j = 0; j < p; ++j) out.push_back({a + static_cast<int>(static_cast<long>(n) * j / p), a + static_cast<int>(static_cast<long>(n) * (j + 1) / p)});
+    for (int j = 0; j < p; ++j)
+      out.push_back({a + static_cast<int>(static_cast<long>(n) * j / p),
+                     a + static_cast<int>(static_cast<long>(n) * (j + 1) / p)});
   }
   return out;
 }

@@ -24,8 +24,8 @@ inline std::string name(layout_kind k) {
 // Logical content: value(seq, head, pos, x) for every token, as float; lens per (seq, head).
 struct logical {
   int num_seqs = 1, kv_heads = 1, head_dim = 4;
-  std::vector<int> lens;                 // [num_seqs * kv_heads]; equal across heads unless head_rows
-  std::vector<float> kvals, vvals;       // [num_seqs, kv_heads, max_len, head_dim]
+  std::vector<int> lens;            // [num_seqs * kv_heads]; equal across heads unless head_rows
+  std::vector<float> kvals, vvals;  // [num_seqs, kv_heads, max_len, head_dim]
   int max_len = 0;
   float key(int s, int h, int t, int x) const { return kvals[idx(s, h, t, x)]; }
   float val(int s, int h, int t, int x) const { return vvals[idx(s, h, t, x)]; }
@@ -77,44 +77,59 @@ struct test_cache {
     const int pg = pages[list_of(s, h)][pos / page_size], slot = pos % page_size;
     switch (kind) {
       case layout_kind::block_nhd:
-      case layout_kind::csr_nhd: return ((static_cast<size_t>(pg) * page_size + slot) * kv_heads + h) * head_dim;
+      case layout_kind::csr_nhd:
+        return ((static_cast<size_t>(pg) * page_size + slot) * kv_heads + h) * head_dim;
       case layout_kind::block_hnd:
-      case layout_kind::csr_hnd: return ((static_cast<size_t>(pg) * kv_heads + h) * page_size + slot) * head_dim;
-      default: return (static_cast<size_t>(pg) * page_size + slot) * head_dim;
+      case layout_kind::csr_hnd:
+        return ((static_cast<size_t>(pg) * kv_heads + h) * page_size + slot) * head_dim;
+      default:
+        return (static_cast<size_t>(pg) * page_size + slot) * head_dim;
     }
   }
 
   auto block_view() {
-    return kvevict::block_table_cache<T, kvevict::nhd>{k.data(), v.data(), table.data(), lens32.data(), num_seqs, stride,
-                                                      num_pages, page_size, kv_heads, head_dim};
+    return kvevict::block_table_cache<T, kvevict::nhd>{k.data(), v.data(),  table.data(), lens32.data(), num_seqs,
+                                                       stride,   num_pages, page_size,    kv_heads,      head_dim};
   }
   auto block_hnd_view() {
-    return kvevict::block_table_cache<T, kvevict::hnd>{k.data(), v.data(), table.data(), lens32.data(), num_seqs, stride,
-                                                      num_pages, page_size, kv_heads, head_dim};
+    return kvevict::block_table_cache<T, kvevict::hnd>{k.data(), v.data(),  table.data(), lens32.data(), num_seqs,
+                                                       stride,   num_pages, page_size,    kv_heads,      head_dim};
   }
   template <class L>
   auto csr_view() {
-    return kvevict::csr_page_cache<T, L>{k.data(), v.data(), indptr.data(), indices.data(), last.data(), num_seqs,
-                                         num_pages, page_size, kv_heads, head_dim};
+    return kvevict::csr_page_cache<T, L>{k.data(), v.data(),  indptr.data(), indices.data(), last.data(),
+                                         num_seqs, num_pages, page_size,     kv_heads,       head_dim};
   }
   auto dense_view() {
     return kvevict::dense_cache<T>{k.data(), v.data(), lens32.data(), num_seqs, kv_heads, capacity, head_dim};
   }
   auto head_rows_view() {
-    return kvevict::head_row_table_cache<T>{k.data(), v.data(), table.data(), lens32.data(), num_seqs, stride,
-                                           num_pages, page_size, kv_heads, head_dim};
+    return kvevict::head_row_table_cache<T>{k.data(), v.data(),  table.data(), lens32.data(), num_seqs,
+                                            stride,   num_pages, page_size,    kv_heads,      head_dim};
   }
 
   // Calls f(view) with the view of this layout.
   template <class F>
   void visit(F&& f) {
     switch (kind) {
-      case layout_kind::block_nhd: f(block_view()); break;
-      case layout_kind::block_hnd: f(block_hnd_view()); break;
-      case layout_kind::csr_nhd: f(csr_view<kvevict::nhd>()); break;
-      case layout_kind::csr_hnd: f(csr_view<kvevict::hnd>()); break;
-      case layout_kind::dense: f(dense_view()); break;
-      case layout_kind::head_rows: f(head_rows_view()); break;
+      case layout_kind::block_nhd:
+        f(block_view());
+        break;
+      case layout_kind::block_hnd:
+        f(block_hnd_view());
+        break;
+      case layout_kind::csr_nhd:
+        f(csr_view<kvevict::nhd>());
+        break;
+      case layout_kind::csr_hnd:
+        f(csr_view<kvevict::hnd>());
+        break;
+      case layout_kind::dense:
+        f(dense_view());
+        break;
+      case layout_kind::head_rows:
+        f(head_rows_view());
+        break;
     }
   }
 

@@ -9,7 +9,8 @@ using namespace testing;
 namespace {
 
 // Random sorted keep sets: the same count for every head of a sequence unless per_head.
-kvevict::keep_plan_buffer random_plan(const std::vector<int>& lens, int num_seqs, int kvh, bool per_head, std::mt19937& rng) {
+kvevict::keep_plan_buffer random_plan(const std::vector<int>& lens, int num_seqs, int kvh, bool per_head,
+                                      std::mt19937& rng) {
   kvevict::keep_plan_buffer p(num_seqs * kvh, 1 + *std::max_element(lens.begin(), lens.end()));
   for (int s = 0; s < num_seqs; ++s) {
     const int n0 = lens[s * kvh];
@@ -52,7 +53,8 @@ void check_compaction(layout_kind kind, int ps, std::uint32_t seed) {
         }
       if (kind != layout_kind::dense && (rows || h == 0)) {
         const auto& pg = c.pages[c.list_of(s, h)];
-        for (size_t lp = (plan.counts[r] + c.page_size - 1) / c.page_size; lp < pg.size(); ++lp) expect_freed.push_back(pg[lp]);
+        for (size_t lp = (plan.counts[r] + c.page_size - 1) / c.page_size; lp < pg.size(); ++lp)
+          expect_freed.push_back(pg[lp]);
       }
     }
   std::vector<std::int32_t> new_lens(5 * kvh, -1), freed(64, -1);
@@ -98,8 +100,7 @@ TEST_CASE("evict = plan + compact; the compacted cache holds the planned tokens 
         const auto pos = kept.kept(s * kvh + h);
         REQUIRE(pos.size() == 12u);
         REQUIRE(lens[s * kvh + h] == 12);
-        for (int j = 0; j < 12; ++j)
-          REQUIRE(std::memcmp(&c.k[c.addr(s, h, j)], &k0[c.addr(s, h, pos[j])], d * 2) == 0);
+        for (int j = 0; j < 12; ++j) REQUIRE(std::memcmp(&c.k[c.addr(s, h, j)], &k0[c.addr(s, h, pos[j])], d * 2) == 0);
       }
     // Freed: pages past ceil(12 / 8) = 2 of each sequence (dense caches free none).
     CHECK(res.num_freed == (kind == layout_kind::dense ? 0 : (7 - 2) + (4 - 2)));

@@ -44,7 +44,7 @@ void run_invariants(Policy policy, std::uint64_t seed) {
       for (int h = 0; h < m.hkv; ++h) {
         const auto& o = e.origin(seq, h);
         REQUIRE(static_cast<int>(o.size()) == n);
-        for (std::size_t j = 1; j < o.size(); ++j) REQUIRE(o[j] > o[j - 1]);  // order kept
+        for (std::size_t j = 1; j < o.size(); ++j) REQUIRE(o[j] > o[j - 1]);       // order kept
         if (n > 0) REQUIRE(o.back() == static_cast<int>(tokens[seq].size()) - 1);  // the newest token is kept
         // Every slot holds exactly the K and V of the token it claims to.
         for (int j = 0; j < n; ++j) {

@@ -147,8 +147,8 @@ TEST_CASE("compact rejects bad plans and leaves the cache unchanged", "[errors]"
       "plan.positions");
   run([](fixture&, kvevict::keep_plan_buffer& p) { p.counts[1] = 9; }, kvevict::errc::shape_mismatch, "plan.counts");
   run([](fixture&, kvevict::keep_plan_buffer& p) { p.counts[0] = 41; }, kvevict::errc::out_of_range, "plan.counts");
-  run([](fixture& f, kvevict::keep_plan_buffer&) { f.c.table[f.c.stride] = f.c.table[0]; }, kvevict::errc::invalid_argument,
-      "cache");
+  run([](fixture& f, kvevict::keep_plan_buffer&) { f.c.table[f.c.stride] = f.c.table[0]; },
+      kvevict::errc::invalid_argument, "cache");
   run([](fixture& f, kvevict::keep_plan_buffer&) { f.res.new_lens = nullptr; }, kvevict::errc::invalid_argument,
       "result.new_lens");
 }
@@ -163,7 +163,8 @@ TEST_CASE("CSR page tables are validated", "[errors]") {
   kvevict::compact_result res{lens.data(), freed.data(), 32};
   const auto before = c.checksum();
   auto expect = [&](kvevict::errc code, const std::string& arg) {
-    const auto st = kvevict::evict(kvevict::host, p, c.csr_view<kvevict::nhd>(), kvevict::signals<float>{}, kept.view(), res);
+    const auto st =
+        kvevict::evict(kvevict::host, p, c.csr_view<kvevict::nhd>(), kvevict::signals<float>{}, kept.view(), res);
     CHECK(st.code == code);
     CHECK(std::string(st.argument) == arg);
     CHECK(c.checksum() == before);
@@ -179,7 +180,8 @@ TEST_CASE("CSR page tables are validated", "[errors]") {
 }
 
 TEST_CASE("status messages name the category and the argument", "[errors]") {
-  const auto st = kvevict::make_error(kvevict::errc::budget_too_small, "selector.budget.entries", "below the protected tokens");
+  const auto st =
+      kvevict::make_error(kvevict::errc::budget_too_small, "selector.budget.entries", "below the protected tokens");
   CHECK(st.message() == "kvevict: budget too small in 'selector.budget.entries': below the protected tokens");
   CHECK(kvevict::ok_status().message() == "kvevict: ok");
 }

@@ -42,7 +42,8 @@ TEST_CASE("NIAH generator: the needle sits at the requested depth", "[niah]") {
       if (depth == 0.0) CHECK(s.phrase_begin == 1);
       if (depth == 1.0) CHECK(s.answer_end + 1 == ctx - s.cfg.window);  // right before the question
       CHECK(s.token_ids[s.phrase_begin] == phrase0);
-      for (int t = s.answer_begin; t < s.answer_end; ++t) CHECK((s.token_ids[t] >= digit0 && s.token_ids[t] < digit0 + 10));
+      for (int t = s.answer_begin; t < s.answer_end; ++t)
+        CHECK((s.token_ids[t] >= digit0 && s.token_ids[t] < digit0 + 10));
       CHECK(s.token_ids[s.answer_end] == period);
     }
   }
@@ -87,7 +88,8 @@ TEST_CASE("NIAH generator: window queries peak on the key phrase, decode queries
 }
 
 TEST_CASE("NIAH generator: the same seed gives the same cache, another seed another", "[niah]") {
-  const auto a = gen().generate({1500, 0.3, 11, 1}), b = gen().generate({1500, 0.3, 11, 1}), c = gen().generate({1500, 0.3, 12, 1});
+  const auto a = gen().generate({1500, 0.3, 11, 1}), b = gen().generate({1500, 0.3, 11, 1}),
+             c = gen().generate({1500, 0.3, 12, 1});
   CHECK(a.token_ids == b.token_ids);
   for (int l = 0; l < a.cfg.num_layers; ++l) {
     CHECK(std::memcmp(a.k[l].data(), b.k[l].data(), a.k[l].size() * 2) == 0);

@@ -5,8 +5,8 @@
 #include <limits>
 #include <random>
 
-#include "common/reference.hpp"
 #include <kvevict/numeric.hpp>
+#include "common/reference.hpp"
 
 namespace {
 float from_bits(std::uint32_t u) {
@@ -39,10 +39,26 @@ TEST_CASE("bfloat16: every bit pattern round-trips through float", "[numeric]") 
 
 TEST_CASE("float to half and bfloat16 rounds to nearest even like the reference", "[numeric]") {
   std::mt19937 rng(7);
-  std::vector<float> xs = {0.0f, -0.0f, 1.0f, 65504.0f, 65519.99f, 65520.0f, 1e10f, -1e10f,
-                           std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
-                           5.96046448e-8f, 2.98023224e-8f, 2.98023254e-8f, 6.1035156e-5f, 6.1e-5f, 3.0e38f, 3.4e38f,
-                           from_bits(0x3f808000u), from_bits(0x3f818000u), from_bits(0x3f801000u)};
+  std::vector<float> xs = {0.0f,
+                           -0.0f,
+                           1.0f,
+                           65504.0f,
+                           65519.99f,
+                           65520.0f,
+                           1e10f,
+                           -1e10f,
+                           std::numeric_limits<float>::infinity(),
+                           -std::numeric_limits<float>::infinity(),
+                           5.96046448e-8f,
+                           2.98023224e-8f,
+                           2.98023254e-8f,
+                           6.1035156e-5f,
+                           6.1e-5f,
+                           3.0e38f,
+                           3.4e38f,
+                           from_bits(0x3f808000u),
+                           from_bits(0x3f818000u),
+                           from_bits(0x3f801000u)};
   for (int i = 0; i < 200000; ++i) xs.push_back(from_bits(static_cast<std::uint32_t>(rng())));
   std::uniform_real_distribution<float> small(-70000.0f, 70000.0f);
   for (int i = 0; i < 100000; ++i) xs.push_back(small(rng) * std::ldexp(1.0f, -static_cast<int>(rng() % 40)));

@@ -73,7 +73,10 @@ struct setup {
   std::vector<int> ids;
   kvevict::signals<float> sig;
   setup(int kvh_, int n_, std::uint32_t seed, double rate = 0.15, bool distinct = true)
-      : kvh(kvh_), n(n_), L(make_logical(1, kvh_, 4, {n_}, seed)), c(build<float>(L, layout_kind::block_nhd, 16, seed)) {
+      : kvh(kvh_),
+        n(n_),
+        L(make_logical(1, kvh_, 4, {n_}, seed)),
+        c(build<float>(L, layout_kind::block_nhd, 16, seed)) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> u(0, 1);
     scores.resize(static_cast<size_t>(kvh) * n);
@@ -132,7 +135,8 @@ TEST_CASE("SABlock with one candidate size is fixed-block selection", "[sablock]
 TEST_CASE("SABlock keeps exactly min(budget, n), covers the protected tokens, reruns agree", "[sablock]") {
   std::mt19937 rng(99);
   for (int trial = 0; trial < 40; ++trial) {
-    const int n = 1 + static_cast<int>(rng() % 400), sinks = static_cast<int>(rng() % 5), window = static_cast<int>(rng() % 20);
+    const int n = 1 + static_cast<int>(rng() % 400), sinks = static_cast<int>(rng() % 5),
+              window = static_cast<int>(rng() % 20);
     const int budget = sinks + window + static_cast<int>(rng() % 120);
     setup s(2, n, 1000 + trial, 0.02 + (trial % 5) * 0.2, trial % 3 != 0);
     given_policy<kvevict::adaptive_block<>> p;
@@ -194,7 +198,8 @@ TEST_CASE("SABlock with a large fee keeps whole segments", "[sablock]") {
 
 TEST_CASE("ChunkKV and SentenceKV equal naive unit selection", "[sablock][chunkkv][sentencekv]") {
   for (std::uint32_t seed = 1; seed <= 12; ++seed) {
-    const int n = 150 + static_cast<int>(seed) * 13, kvh = 3, sinks = 2, window = 8, budget = 30 + static_cast<int>(seed) * 3;
+    const int n = 150 + static_cast<int>(seed) * 13, kvh = 3, sinks = 2, window = 8,
+              budget = 30 + static_cast<int>(seed) * 3;
     setup s(kvh, n, seed, 0.12, seed % 3 != 0);
     given_policy<kvevict::segment_level<>> sk;
     sk.granularity.segmenter = {delims.data(), 3, 3, 20};

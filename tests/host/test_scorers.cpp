@@ -108,7 +108,8 @@ TEST_CASE("SnapKV 32q/8kv/d128/w64/pool5 keeps the PyTorch formula's set", "[sco
   REQUIRE(kvevict::plan(kvevict::host, p, view, sig, kept.view()).ok());
   int compared_ties = 0;
   for (int h = 0; h < hkv; ++h) {
-    std::vector<double> qg(qs.qd.begin() + static_cast<size_t>(h) * 4 * w * d, qs.qd.begin() + static_cast<size_t>(h + 1) * 4 * w * d);
+    std::vector<double> qg(qs.qd.begin() + static_cast<size_t>(h) * 4 * w * d,
+                           qs.qd.begin() + static_cast<size_t>(h + 1) * 4 * w * d);
     auto per_q = ref::window_attention(stored_keys(c, 0, h, n), n, d, qg, 4, w);
     std::vector<double> s(n - w, 0.0);
     for (int j = 0; j < 4; ++j) {
@@ -171,8 +172,7 @@ TEST_CASE("H2O: engine-provided sums reduced over the GQA group, and prefill sum
   REQUIRE(kvevict::plan(kvevict::host, p, view, sig, kept.view()).ok());
   for (int h = 0; h < kvh; ++h) {
     std::vector<double> red(n);
-    for (int t = 0; t < n; ++t)
-      red[t] = std::max(sums[(h * group + 0) * 40 + t], sums[(h * group + 1) * 40 + t]);
+    for (int t = 0; t < n; ++t) red[t] = std::max(sums[(h * group + 0) * 40 + t], sums[(h * group + 1) * 40 + t]);
     REQUIRE(kept.kept(h) == ref::kept_set(red, 15, 2, 4));
   }
 
@@ -182,10 +182,12 @@ TEST_CASE("H2O: engine-provided sums reduced over the GQA group, and prefill sum
   std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(d, n, group));
   kvevict::host_backend::prefill_attention_sums(view, 0, qs.q.data(), kvh * group, pre.data(), n, scratch.data());
   for (int h = 0; h < kvh; ++h) {
-    std::vector<double> qg(qs.qd.begin() + static_cast<size_t>(h) * group * n * d, qs.qd.begin() + static_cast<size_t>(h + 1) * group * n * d);
+    std::vector<double> qg(qs.qd.begin() + static_cast<size_t>(h) * group * n * d,
+                           qs.qd.begin() + static_cast<size_t>(h + 1) * group * n * d);
     auto per_q = ref::window_attention(stored_keys(c, 0, h, n), n, d, qg, group, n);
     for (int j = 0; j < group; ++j)
-      for (int t = 0; t < n; ++t) REQUIRE(pre[(h * group + j) * n + t] == Approx(per_q[j][t] * n).epsilon(1e-5).margin(1e-6));
+      for (int t = 0; t < n; ++t)
+        REQUIRE(pre[(h * group + j) * n + t] == Approx(per_q[j][t] * n).epsilon(1e-5).margin(1e-6));
   }
 }
 

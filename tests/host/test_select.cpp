@@ -8,15 +8,14 @@
 
 using namespace testing;
 
-
 TEST_CASE("token top-k equals the naive kept set, edge cases included", "[select]") {
   std::mt19937 rng(3);
   struct tc {
     int n, budget, sinks, window;
     bool equal;
   };
-  const tc cases[] = {{0, 8, 2, 0, false},  {1, 8, 1, 0, false},   {1, 1, 0, 1, false}, {50, 50, 4, 8, false},
-                      {50, 60, 4, 8, false}, {50, 12, 4, 8, false}, {50, 12, 4, 8, true}, {50, 20, 0, 0, false},
+  const tc cases[] = {{0, 8, 2, 0, false},   {1, 8, 1, 0, false},   {1, 1, 0, 1, false},    {50, 50, 4, 8, false},
+                      {50, 60, 4, 8, false}, {50, 12, 4, 8, false}, {50, 12, 4, 8, true},   {50, 20, 0, 0, false},
                       {50, 0, 0, 0, false},  {9, 7, 4, 3, false},   {200, 64, 4, 16, true}, {200, 64, 4, 16, false}};
   for (const auto& k : cases) {
     for (int ps : {7, 8, 9}) {

@@ -31,7 +31,8 @@ int page_list_heads(const Cache& c) {
 template <class Cache>
 status validate_compact_inputs(const Cache& cache, const_keep_plan plan, const compact_result& out, void* workspace,
                                std::size_t workspace_bytes) {
-  static_assert(is_paged_kv_cache_v<Cache>, "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
+  static_assert(is_paged_kv_cache_v<Cache>,
+                "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
   KVEVICT_TRY(validate_cache(cache));
   if (plan.positions == nullptr || plan.counts == nullptr)
     return make_error(errc::invalid_argument, "plan", "null positions or counts");
@@ -50,7 +51,8 @@ status validate_compact_inputs(const Cache& cache, const_keep_plan plan, const c
                           "(use a (sequence, head)-row cache for per-head budgets)");
       const std::int32_t* row = plan.row(r);
       for (int j = 0; j < c; ++j) {
-        if (row[j] < 0 || row[j] >= n) return make_error(errc::out_of_range, "plan.positions", "position outside the sequence");
+        if (row[j] < 0 || row[j] >= n)
+          return make_error(errc::out_of_range, "plan.positions", "position outside the sequence");
         if (j > 0 && row[j] <= row[j - 1])
           return make_error(errc::invalid_argument, "plan.positions", "positions must be strictly increasing");
       }
@@ -70,7 +72,9 @@ status validate_compact_inputs(const Cache& cache, const_keep_plan plan, const c
       for (int h = 0; h < page_list_heads(cache); ++h)
         for (int lp = 0, np = cache.num_row_pages(s, h); lp < np; ++lp) {
           const int pg = cache.page(s, h, lp);
-          if (seen[pg]) return make_error(errc::invalid_argument, "cache", "a page is listed twice (shared pages must be copied before compaction)");
+          if (seen[pg])
+            return make_error(errc::invalid_argument, "cache",
+                              "a page is listed twice (shared pages must be copied before compaction)");
           seen[pg] = 1;
         }
   }

@@ -50,7 +50,8 @@ struct seq_params {
 template <class Policy, class T>
 seq_params params_of(const Policy& p, const signals<T>& sig, int seq) {
   return {sig.seq_budgets ? sig.seq_budgets[seq] : p.selector.budget.entries,
-          sig.seq_sinks ? sig.seq_sinks[seq] : p.selector.sinks, sig.seq_windows ? sig.seq_windows[seq] : p.selector.window};
+          sig.seq_sinks ? sig.seq_sinks[seq] : p.selector.sinks,
+          sig.seq_windows ? sig.seq_windows[seq] : p.selector.window};
 }
 //! True when no head of the sequence holds more tokens than it may keep: the sequence is kept
 //! whole, without scoring. Uniform and adaptive budgets keep everything when every head holds at
@@ -70,7 +71,8 @@ bool kept_whole(const Policy& p, const Cache& cache, const signals<T>& sig, int 
 //! granularity inputs. Returns the first problem found.
 template <class Policy, class Cache, class T>
 status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T>& sig) {
-  static_assert(is_paged_kv_cache_v<Cache>, "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
+  static_assert(is_paged_kv_cache_v<Cache>,
+                "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
   static_assert(std::is_same_v<typename Cache::value_type, T>,
                 "kvevict: signals<T> must use the cache's element type for its queries");
   static_assert(!(granularity_shares_heads<typename Policy::granularity_type>::value &&
@@ -88,7 +90,8 @@ status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T
     if (sp.window < 0 || sp.window > p.selector.window)
       return make_error(errc::out_of_range, "signals.seq_windows", "must lie in [0, selector.window]");
     if (sp.entries < sp.sinks + sp.window)
-      return make_error(errc::budget_too_small, "signals.seq_budgets", "below the sequence's protected tokens (sinks + window)");
+      return make_error(errc::budget_too_small, "signals.seq_budgets",
+                        "below the sequence's protected tokens (sinks + window)");
     for (int h = 0; h < cache.num_kv_heads(); ++h)
       if (sp.window > cache.seq_len(s, h))
         return make_error(errc::out_of_range, sig.seq_windows ? "signals.seq_windows" : "selector.window",
@@ -145,7 +148,8 @@ std::size_t plan_workspace_bytes(host_t, const Policy& p, const Cache& cache, co
 template <class Policy, class Cache>
 int plan_capacity(const Policy& p, const Cache& cache) {
   using budget = typename Policy::selector_type::budget_type;
-  return std::max(1, std::min(budget::max_budget(p.selector.budget.entries, cache.num_kv_heads()), detail::max_row_len(cache)));
+  return std::max(
+      1, std::min(budget::max_budget(p.selector.budget.entries, cache.num_kv_heads()), detail::max_row_len(cache)));
 }
 
 //! Plan capacity with the per-sequence budgets of `sig` (a sequence kept whole needs its length).

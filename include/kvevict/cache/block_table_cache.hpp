@@ -25,8 +25,8 @@ struct block_table_cache {
   using layout_type = Layout;
   static constexpr bool per_head_rows = false;
 
-  T* k = nullptr;                            // [num_pages, page_size, kv_heads, head_dim]
-  T* v = nullptr;                            // [num_pages, page_size, kv_heads, head_dim]
+  T* k = nullptr;                             // [num_pages, page_size, kv_heads, head_dim]
+  T* v = nullptr;                             // [num_pages, page_size, kv_heads, head_dim]
   const std::int32_t* block_table = nullptr;  // [num_seqs, block_table_stride]
   const std::int32_t* seq_lens = nullptr;     // [num_seqs]
   int num_seqs_ = 0;
@@ -73,8 +73,8 @@ struct head_row_table_cache {
   using layout_type = nhd;
   static constexpr bool per_head_rows = true;
 
-  T* k = nullptr;                            // [num_pages, page_size, head_dim]
-  T* v = nullptr;                            // [num_pages, page_size, head_dim]
+  T* k = nullptr;                             // [num_pages, page_size, head_dim]
+  T* v = nullptr;                             // [num_pages, page_size, head_dim]
   const std::int32_t* block_table = nullptr;  // [num_seqs * kv_heads, block_table_stride]
   const std::int32_t* row_lens = nullptr;     // [num_seqs * kv_heads]
   int num_seqs_ = 0;

@@ -24,8 +24,8 @@ struct csr_page_cache {
   using layout_type = Layout;
   static constexpr bool per_head_rows = false;
 
-  T* k = nullptr;                              // [num_pages, <Layout page>]
-  T* v = nullptr;                              // [num_pages, <Layout page>]
+  T* k = nullptr;                               // [num_pages, <Layout page>]
+  T* v = nullptr;                               // [num_pages, <Layout page>]
   const std::int32_t* indptr = nullptr;         // [num_seqs + 1]
   const std::int32_t* indices = nullptr;        // [indptr[num_seqs]]
   const std::int32_t* last_page_len = nullptr;  // [num_seqs]

@@ -19,8 +19,8 @@ struct dense_cache {
   static constexpr bool per_head_rows = false;
   static constexpr bool frees_pages = false;
 
-  T* k = nullptr;                         // [batch, kv_heads, capacity, head_dim]
-  T* v = nullptr;                         // [batch, kv_heads, capacity, head_dim]
+  T* k = nullptr;                          // [batch, kv_heads, capacity, head_dim]
+  T* v = nullptr;                          // [batch, kv_heads, capacity, head_dim]
   const std::int32_t* seq_lens = nullptr;  // [batch]
   int batch = 0;
   int kv_heads = 0;

@@ -34,7 +34,8 @@ inline status validate_table_rows(const std::int32_t* table, const std::int32_t*
     if (len < 0) return make_error(errc::out_of_range, "cache.seq_lens", "negative sequence length");
     const std::int64_t pages = (len + page_size - 1) / page_size;
     if (pages > stride)
-      return make_error(errc::shape_mismatch, "cache.seq_lens", "sequence needs more pages than the block table row holds");
+      return make_error(errc::shape_mismatch, "cache.seq_lens",
+                        "sequence needs more pages than the block table row holds");
     for (std::int64_t p = 0; p < pages; ++p) {
       const std::int32_t id = table[static_cast<std::int64_t>(r) * stride + p];
       if (id < 0 || id >= num_pages) return make_error(errc::out_of_range, "cache.block_table", "page id out of range");
@@ -71,13 +72,15 @@ status validate_cache(const csr_page_cache<T, L>& c) {
   KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
                                             c.v != nullptr));
   if (c.indptr == nullptr) return make_error(errc::invalid_argument, "cache.indptr", "null indptr");
-  if (c.last_page_len == nullptr) return make_error(errc::invalid_argument, "cache.last_page_len", "null last_page_len");
+  if (c.last_page_len == nullptr)
+    return make_error(errc::invalid_argument, "cache.last_page_len", "null last_page_len");
   if (c.indptr[0] != 0) return make_error(errc::invalid_argument, "cache.indptr", "indptr[0] must be 0");
   for (int s = 0; s < c.num_seqs(); ++s) {
     const int n = c.indptr[s + 1] - c.indptr[s];
     if (n < 0) return make_error(errc::invalid_argument, "cache.indptr", "indptr must be non-decreasing");
     if (n > 0 && (c.last_page_len[s] < 1 || c.last_page_len[s] > c.page_size()))
-      return make_error(errc::out_of_range, "cache.last_page_len", "must lie in [1, page_size] for a sequence with pages");
+      return make_error(errc::out_of_range, "cache.last_page_len",
+                        "must lie in [1, page_size] for a sequence with pages");
   }
   if (c.indptr[c.num_seqs()] > 0 && c.indices == nullptr)
     return make_error(errc::invalid_argument, "cache.indices", "null page indices");

@@ -100,9 +100,13 @@ template <class T>
 class query_ring {
  public:
   query_ring(int num_seqs, int num_q_heads, int rows, int head_dim)
-      : seqs_(num_seqs), heads_(num_q_heads), rows_(rows), dim_(head_dim),
+      : seqs_(num_seqs),
+        heads_(num_q_heads),
+        rows_(rows),
+        dim_(head_dim),
         data_(static_cast<std::size_t>(num_seqs) * num_q_heads * rows * head_dim, from_float<T>(0.0f)),
-        next_(static_cast<std::size_t>(num_seqs), 0), filled_(static_cast<std::size_t>(num_seqs), 0) {}
+        next_(static_cast<std::size_t>(num_seqs), 0),
+        filled_(static_cast<std::size_t>(num_seqs), 0) {}
 
   //! Adds the step's query of sequence `seq`. \param q [num_q_heads, head_dim]
   void push(int seq, const T* q) {
@@ -131,7 +135,8 @@ class query_ring {
             continue;
           }
           const int slot = ((next_[s] - 1 - age) % rows_ + rows_) % rows_;
-          std::memcpy(dst, &data_[((static_cast<std::size_t>(s) * heads_ + h) * rows_ + slot) * dim_], sizeof(T) * dim_);
+          std::memcpy(dst, &data_[((static_cast<std::size_t>(s) * heads_ + h) * rows_ + slot) * dim_],
+                      sizeof(T) * dim_);
         }
   }
 

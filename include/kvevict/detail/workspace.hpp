@@ -9,7 +9,9 @@ namespace kvevict::detail {
 
 inline constexpr std::size_t workspace_alignment = 256;
 
-inline std::size_t align_up(std::size_t n) { return (n + workspace_alignment - 1) / workspace_alignment * workspace_alignment; }
+inline std::size_t align_up(std::size_t n) {
+  return (n + workspace_alignment - 1) / workspace_alignment * workspace_alignment;
+}
 
 //! Lays out N buffers at 256-byte boundaries. With a null base only the total size is computed.
 template <std::size_t N>

@@ -32,14 +32,14 @@ namespace detail {
 
 //! Scratch of one sequence for the block granularities.
 struct block_scratch {
-  double* row;             // [n] scores of the head (or summed over heads)
-  double* r;               // [n + 1]
-  double* prefix;          // [n + 1]
-  std::int32_t* offsets;   // [2n + 2]
-  std::int32_t* idx;       // [n]
-  std::int32_t* order;     // [n]
-  unsigned char* keep;     // [n]
-  void* segmenter;         // segmenter scratch
+  double* row;            // [n] scores of the head (or summed over heads)
+  double* r;              // [n + 1]
+  double* prefix;         // [n + 1]
+  std::int32_t* offsets;  // [2n + 2]
+  std::int32_t* idx;      // [n]
+  std::int32_t* order;    // [n]
+  unsigned char* keep;    // [n]
+  void* segmenter;        // segmenter scratch
 
   static workspace_layout<8> layout(int n, std::size_t seg_bytes) {
     const std::size_t m = static_cast<std::size_t>(n) + 2;
@@ -48,7 +48,8 @@ struct block_scratch {
                                 seg_bytes}};
   }
   //! Carves the scratch of sequence `seq` (sized by its longest head), with room for a segmenter's.
-  template <class Cache, class Segmenter, class = decltype(std::declval<const Segmenter&>().scratch_bytes(std::declval<const Cache&>(), 0))>
+  template <class Cache, class Segmenter,
+            class = decltype(std::declval<const Segmenter&>().scratch_bytes(std::declval<const Cache&>(), 0))>
   static block_scratch carve_for(const Cache& cache, int seq, void* base, const Segmenter& seg) {
     const int n = longest(cache, seq);
     return carve(base, n, seg.scratch_bytes(cache, n));
@@ -66,8 +67,9 @@ struct block_scratch {
   static block_scratch carve(void* base, int n, std::size_t seg_bytes) {
     void* p[8];
     layout(n, seg_bytes).carve(base, p);
-    return {static_cast<double*>(p[0]),       static_cast<double*>(p[1]),       static_cast<double*>(p[2]),
-            static_cast<std::int32_t*>(p[3]), static_cast<std::int32_t*>(p[4]), static_cast<std::int32_t*>(p[5]),
+    return {static_cast<double*>(p[0]),        static_cast<double*>(p[1]),
+            static_cast<double*>(p[2]),        static_cast<std::int32_t*>(p[3]),
+            static_cast<std::int32_t*>(p[4]),  static_cast<std::int32_t*>(p[5]),
             static_cast<unsigned char*>(p[6]), p[7]};
   }
 };
@@ -144,8 +146,8 @@ struct fixed_block {
                                        t = t + chunk < hi ? t + chunk : hi;
                                        s.offsets[++c] = t;
                                      }
-                                     host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order,
-                                                                          s.idx, s.r);
+                                     host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep,
+                                                                          s.order, s.idx, s.r);
                                    });
   }
 };
@@ -169,12 +171,12 @@ struct segment_level {
   void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
     const auto ws = detail::block_scratch::carve_for(cache, seq, scratch, segmenter);
-    detail::select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
-                                   [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
-                                     const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
-                                     host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order,
-                                                                          s.idx, s.r);
-                                   });
+    detail::select_blocks<Sharing>(
+        cache, seq, scores, stride, budgets, sinks, window, plan, ws,
+        [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
+          const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
+          host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order, s.idx, s.r);
+        });
   }
 };
 
@@ -197,9 +199,11 @@ struct adaptive_block {
 
   template <class Cache, class T>
   status validate(const Cache& cache, const signals<T>& sig) const {
-    if (!(alpha >= 0.0 && alpha <= 1.0)) return make_error(errc::invalid_argument, "granularity.alpha", "must lie in [0, 1]");
+    if (!(alpha >= 0.0 && alpha <= 1.0))
+      return make_error(errc::invalid_argument, "granularity.alpha", "must lie in [0, 1]");
     if (!(g >= 0.0) || g > 1e300) return make_error(errc::invalid_argument, "granularity.g", "must be finite and >= 0");
-    if (steps < 1 || steps > 200) return make_error(errc::invalid_argument, "granularity.steps", "must lie in [1, 200]");
+    if (steps < 1 || steps > 200)
+      return make_error(errc::invalid_argument, "granularity.steps", "must lie in [1, 200]");
     if (block_size < 0) return make_error(errc::invalid_argument, "granularity.block_size", "must be >= 0");
     return segmenter.validate(cache, sig);
   }
@@ -212,12 +216,12 @@ struct adaptive_block {
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
     const auto ws = detail::block_scratch::carve_for(cache, seq, scratch, segmenter);
     const host_backend::sablock_params prm{alpha, g, steps, block_size};
-    detail::select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
-                                   [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
-                                     const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
-                                     host_backend::sablock_select(row, lo, hi, s.offsets, c, bc, prm, s.keep, s.r,
-                                                                  s.prefix, s.idx);
-                                   });
+    detail::select_blocks<Sharing>(
+        cache, seq, scores, stride, budgets, sinks, window, plan, ws,
+        [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
+          const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
+          host_backend::sablock_select(row, lo, hi, s.offsets, c, bc, prm, s.keep, s.r, s.prefix, s.idx);
+        });
   }
 };
 

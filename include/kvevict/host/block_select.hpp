@@ -35,7 +35,8 @@ void select_units_then_fill(const Score* score, int lo, int hi, const std::int32
     means[u] = s / (offsets[u + 1] - offsets[u]);
     order[u] = u;
   }
-  std::sort(order, order + count, [&](std::int32_t a, std::int32_t b) { return means[a] > means[b] || (means[a] == means[b] && a < b); });
+  std::sort(order, order + count,
+            [&](std::int32_t a, std::int32_t b) { return means[a] > means[b] || (means[a] == means[b] && a < b); });
   int left = bc;
   for (int i = 0; i < count && left > 0; ++i) {
     const int u = order[i], len = offsets[u + 1] - offsets[u];
@@ -48,9 +49,9 @@ void select_units_then_fill(const Score* score, int lo, int hi, const std::int32
 
 //! SABlock parameters (see granularity/adaptive_block.hpp and the design specification).
 struct sablock_params {
-  double alpha = 0.5;  //!< segment guidance in [0, 1]
-  double g = 2.0;      //!< fragmentation fee, in units of the mean refined score (>= 0)
-  int steps = 32;      //!< bisection steps on the price
+  double alpha = 0.5;      //!< segment guidance in [0, 1]
+  double g = 2.0;          //!< fragmentation fee, in units of the mean refined score (>= 0)
+  int steps = 32;          //!< bisection steps on the price
   int max_candidates = 0;  //!< 0: sizes 1, 2, 4, ... below |S| and |S|; c > 0: the single size c
 };
 
@@ -68,7 +69,8 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
     double s = 0;
     for (int t = offsets[u]; t < offsets[u + 1]; ++t) s += static_cast<double>(a[t]);
     const double mean = s / (offsets[u + 1] - offsets[u]);
-    for (int t = offsets[u]; t < offsets[u + 1]; ++t) r[t - lo] = (1.0 - prm.alpha) * static_cast<double>(a[t]) + prm.alpha * mean;
+    for (int t = offsets[u]; t < offsets[u + 1]; ++t)
+      r[t - lo] = (1.0 - prm.alpha) * static_cast<double>(a[t]) + prm.alpha * mean;
   }
   prefix[0] = 0;
   double rmax = r[0], rsum = 0;
@@ -128,8 +130,10 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
   while (run(lam_hi, false) > bc) lam_hi = 2.0 * lam_hi + 1e-300;
   for (int it = 0; it < prm.steps; ++it) {
     const double mid = 0.5 * (lam_lo + lam_hi);
-    if (run(mid, false) > bc) lam_lo = mid;
-    else lam_hi = mid;
+    if (run(mid, false) > bc)
+      lam_lo = mid;
+    else
+      lam_hi = mid;
   }
   std::fill(keep, keep + n, 0);
   const std::int64_t kept = run(lam_hi, true);

@@ -58,7 +58,7 @@ inline constexpr int window_attention_key_tile = 16;
 //! Floats of scratch `window_attention_group` needs.
 inline std::size_t window_attention_scratch_floats(int head_dim, int window, int group) {
   const std::size_t rows = static_cast<std::size_t>(window) * group;
-  return rows * head_dim                                                  // queries as float, pre-scaled
+  return rows * head_dim                                                   // queries as float, pre-scaled
          + static_cast<std::size_t>(head_dim) * window_attention_key_tile  // key tile, transposed
          + 2 * rows                                                        // row max, 1 / row sum
          + static_cast<std::size_t>(group) * window_attention_key_tile;    // per-query-head column tile

@@ -23,8 +23,10 @@ struct accumulated_attention {
   template <class Cache, class T>
   status validate(const Cache& cache, const signals<T>& sig, int /*window*/) const {
     if (sig.attention_sums == nullptr)
-      return make_error(errc::invalid_argument, "signals.attention_sums", "H2O scoring needs accumulated attention sums");
-    if (sig.num_q_heads <= 0 || sig.num_q_heads % cache.num_kv_heads() != 0 || sig.num_q_heads / cache.num_kv_heads() > 64)
+      return make_error(errc::invalid_argument, "signals.attention_sums",
+                        "H2O scoring needs accumulated attention sums");
+    if (sig.num_q_heads <= 0 || sig.num_q_heads % cache.num_kv_heads() != 0 ||
+        sig.num_q_heads / cache.num_kv_heads() > 64)
       return make_error(errc::shape_mismatch, "signals.num_q_heads",
                         "must be a positive multiple of the cache's KV heads, at most 64 per KV head");
     for (int s = 0; s < cache.num_seqs(); ++s) {
@@ -58,8 +60,8 @@ struct accumulated_attention {
     for (int h = 0; h < kvh; ++h) {
       const int n = cache.seq_len(seq, h);
       const float* base =
-          sig.attention_sums + (static_cast<std::size_t>(seq) * sig.num_q_heads + static_cast<std::size_t>(h) * group) *
-                                   sig.sums_stride;
+          sig.attention_sums +
+          (static_cast<std::size_t>(seq) * sig.num_q_heads + static_cast<std::size_t>(h) * group) * sig.sums_stride;
       for (int t = 0; t < n; ++t) {
         for (int j = 0; j < group; ++j) vals[j] = base[static_cast<std::size_t>(j) * sig.sums_stride + t];
         out[static_cast<std::size_t>(h) * stride + t] = Reduce::reduce(vals, group);
@@ -88,10 +90,10 @@ void attention_sums(const Cache& cache, int seq, const T* queries, int num_q_hea
     const T* q = queries + static_cast<std::size_t>(h) * group * num_queries * d;
     float* o = sums + static_cast<std::size_t>(h) * group * sums_stride;
     window_attention_group(detail::keys_of(cache, seq, h), n, d, q, static_cast<std::size_t>(num_queries) * d, group,
-                           num_queries, scratch,
-                           [&](int t, const float* col) {
+                           num_queries, scratch, [&](int t, const float* col) {
                              for (int j = 0; j < group; ++j)
-                               o[static_cast<std::size_t>(j) * sums_stride + t] = col[j] * static_cast<float>(num_queries);
+                               o[static_cast<std::size_t>(j) * sums_stride + t] =
+                                   col[j] * static_cast<float>(num_queries);
                            });
   }
 }

@@ -24,7 +24,8 @@ struct positional {
   template <class Cache, class T>
   void score(const Cache& cache, const signals<T>&, int seq, int, float* out, std::size_t stride, void*) const {
     for (int h = 0; h < cache.num_kv_heads(); ++h)
-      for (int t = 0; t < cache.seq_len(seq, h); ++t) out[static_cast<std::size_t>(h) * stride + t] = static_cast<float>(t);
+      for (int t = 0; t < cache.seq_len(seq, h); ++t)
+        out[static_cast<std::size_t>(h) * stride + t] = static_cast<float>(t);
   }
 };
 

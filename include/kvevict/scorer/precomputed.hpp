@@ -22,7 +22,8 @@ struct precomputed {
     if (scores == nullptr) return make_error(errc::invalid_argument, "scorer.scores", "null scores");
     for (int s = 0; s < cache.num_seqs(); ++s)
       for (int h = 0; h < cache.num_kv_heads(); ++h)
-        if (cache.seq_len(s, h) > stride) return make_error(errc::shape_mismatch, "scorer.stride", "shorter than a sequence");
+        if (cache.seq_len(s, h) > stride)
+          return make_error(errc::shape_mismatch, "scorer.stride", "shorter than a sequence");
     return ok_status();
   }
   template <class Cache>

@@ -18,12 +18,16 @@ namespace detail {
 //! Checks the query signals shared by attention-based scorers.
 template <class Cache, class T>
 status validate_queries(const Cache& cache, const signals<T>& sig, int window) {
-  if (sig.queries == nullptr) return make_error(errc::invalid_argument, "signals.queries", "this scorer needs the window queries");
+  if (sig.queries == nullptr)
+    return make_error(errc::invalid_argument, "signals.queries", "this scorer needs the window queries");
   if (sig.num_q_heads <= 0 || sig.num_q_heads % cache.num_kv_heads() != 0)
-    return make_error(errc::shape_mismatch, "signals.num_q_heads", "must be a positive multiple of the cache's KV heads");
+    return make_error(errc::shape_mismatch, "signals.num_q_heads",
+                      "must be a positive multiple of the cache's KV heads");
   if (sig.num_q_heads / cache.num_kv_heads() > 64)
-    return make_error(errc::invalid_argument, "signals.num_q_heads", "at most 64 query heads per KV head are supported");
-  if (window < 1) return make_error(errc::invalid_argument, "selector.window", "window attention needs at least one query");
+    return make_error(errc::invalid_argument, "signals.num_q_heads",
+                      "at most 64 query heads per KV head are supported");
+  if (window < 1)
+    return make_error(errc::invalid_argument, "selector.window", "window attention needs at least one query");
   if (sig.query_rows != 0 && sig.query_rows < window)
     return make_error(errc::shape_mismatch, "signals.query_rows", "fewer query rows than the selector's window");
   return ok_status();
@@ -63,7 +67,8 @@ struct window_attention {
   template <class Cache, class T>
   status validate(const Cache& cache, const signals<T>& sig, int window) const {
     KVEVICT_TRY(detail::validate_queries(cache, sig, window));
-    if (Pool::enabled && pool_kernel < 1) return make_error(errc::invalid_argument, "scorer.pool_kernel", "must be >= 1");
+    if (Pool::enabled && pool_kernel < 1)
+      return make_error(errc::invalid_argument, "scorer.pool_kernel", "must be >= 1");
     return ok_status();
   }
 
@@ -87,10 +92,11 @@ struct window_attention {
       float* o = out + static_cast<std::size_t>(h) * stride;
       const T* q = sig.queries +
                    ((static_cast<std::size_t>(seq) * sig.num_q_heads + static_cast<std::size_t>(h) * group) * rows +
-                    static_cast<std::size_t>(rows - window)) * d;
+                    static_cast<std::size_t>(rows - window)) *
+                       d;
       host_backend::window_attention_group(detail::keys_of(cache, seq, h), n, d, q, static_cast<std::size_t>(rows) * d,
                                            group, window, fs,
-                                   [&](int t, const float* col) { o[t] = Reduce::reduce(col, group); });
+                                           [&](int t, const float* col) { o[t] = Reduce::reduce(col, group); });
       if constexpr (Pool::enabled) {
         const int m = n - window;
         if (m > 0) {

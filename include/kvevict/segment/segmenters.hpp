@@ -7,8 +7,8 @@
 //! template <class Cache> std::size_t scratch_bytes(const Cache&, int max_len) const;
 //! // Writes offsets[0] = lo < offsets[1] < ... < offsets[count] = hi and returns count (0 when lo == hi).
 //! template <class Cache, class T>
-//! int segment(const Cache&, const signals<T>&, int seq, int head, int lo, int hi, std::int32_t* offsets, void* scratch) const;
-//! \endcode
+//! int segment(const Cache&, const signals<T>&, int seq, int head, int lo, int hi, std::int32_t* offsets, void*
+//! scratch) const; \endcode
 #pragma once
 
 #include <cmath>

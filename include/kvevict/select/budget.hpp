@@ -26,7 +26,8 @@ struct uniform_budget {
   status validate(int sinks, int window) const {
     if (entries < 0) return make_error(errc::invalid_argument, "selector.budget.entries", "must be >= 0");
     if (entries < sinks + window)
-      return make_error(errc::budget_too_small, "selector.budget.entries", "below the protected tokens (sinks + window)");
+      return make_error(errc::budget_too_small, "selector.budget.entries",
+                        "below the protected tokens (sinks + window)");
     return ok_status();
   }
   static int max_budget(int entries_, int /*kv_heads*/) { return entries_; }
@@ -51,7 +52,8 @@ struct pyramid_budget {
 
   status validate(int sinks, int window) const {
     if (entries < sinks + window)
-      return make_error(errc::budget_too_small, "selector.budget.entries", "below the protected tokens (sinks + window)");
+      return make_error(errc::budget_too_small, "selector.budget.entries",
+                        "below the protected tokens (sinks + window)");
     if (!(beta >= 1.0)) return make_error(errc::invalid_argument, "selector.budget.beta", "must be >= 1");
     return ok_status();
   }
@@ -88,7 +90,8 @@ struct adaptive_budget {
 
   status validate(int sinks, int window) const {
     if (entries < sinks + window)
-      return make_error(errc::budget_too_small, "selector.budget.entries", "below the protected tokens (sinks + window)");
+      return make_error(errc::budget_too_small, "selector.budget.entries",
+                        "below the protected tokens (sinks + window)");
     if (!(floor_fraction >= 0.0 && floor_fraction <= 1.0))
       return make_error(errc::invalid_argument, "selector.budget.floor_fraction", "must lie in [0, 1]");
     return ok_status();
@@ -116,7 +119,9 @@ struct adaptive_budget {
       budgets[h] = lo + (n - hi) + granted[h];
       pool -= granted[h];
     }
-    auto score_of = [&](std::int64_t c) { return scores[static_cast<std::size_t>(c >> 32) * stride + (c & 0xffffffff)]; };
+    auto score_of = [&](std::int64_t c) {
+      return scores[static_cast<std::size_t>(c >> 32) * stride + (c & 0xffffffff)];
+    };
     std::sort(cand, cand + nc, [&](std::int64_t a, std::int64_t b) {
       const float sa = score_of(a), sb = score_of(b);
       return sa > sb || (sa == sb && a < b);

@@ -37,7 +37,8 @@ class niah_evaluator {
             qa.layer = l;
             qa.head = h;
             qa.weight.resize(static_cast<std::size_t>(n));
-            const bfloat16* q = &s.decode_queries[l][((static_cast<std::size_t>(h) * group + g) * cfg.answer_len + j) * d];
+            const bfloat16* q =
+                &s.decode_queries[l][((static_cast<std::size_t>(h) * group + g) * cfg.answer_len + j) * d];
             double m = -1e300;
             for (int t = 0; t < n; ++t) {
               double dot = 0;

@@ -19,8 +19,8 @@
 //! Layer 0 heads are (local, diffuse, retrieval, local), layer 1 (retrieval, retrieval, local,
 //! diffuse). Optional distractors: sentences with the phrase at 0.8 strength and other digits.
 //! Every vector has i.i.d. N(0, 1) entries, so a logit `q . k / sqrt(d)` between matching unit
-//! components is about `8 x` the product of their weights at head_dim 64 (phrase ~6, sink ~7, answer to its decode query ~14,
-//! answer to the window queries ~1.7, other tokens ~N(0, 1)). Values are N(0, 1).
+//! components is about `8 x` the product of their weights at head_dim 64 (phrase ~6, sink ~7, answer to its decode
+//! query ~14, answer to the window queries ~1.7, other tokens ~N(0, 1)). Values are N(0, 1).
 //!
 //! These parameters are fixed here, once, and are the same for every policy. Deterministic: the
 //! same config and case give the same cache on every platform (own RNG and normal sampler).
@@ -46,9 +46,9 @@ enum token_id : std::int32_t {
   comma = 2,
   newline = 3,
   question_mark = 4,
-  digit0 = 10,        // digits 10..19
-  phrase0 = 20,       // key phrase 20..25
-  first_word = 100,   // ordinary words 100 .. 100 + vocab
+  digit0 = 10,       // digits 10..19
+  phrase0 = 20,      // key phrase 20..25
+  first_word = 100,  // ordinary words 100 .. 100 + vocab
 };
 
 //! Delimiter ids a segmenter should use for this vocabulary.
@@ -62,7 +62,7 @@ struct niah_config {
   int q_heads = 16;  // GQA groups of 4
   int head_dim = 64;
   int num_layers = 2;
-  int window = 32;    // question length = observation window
+  int window = 32;  // question length = observation window
   int page_size = 16;
   int vocab = 4000;
   double zipf_s = 1.1;
@@ -80,8 +80,8 @@ struct niah_config {
 
 //! One grid point.
 struct niah_case {
-  int context = 2000;    //!< tokens, question included
-  double depth = 0.5;    //!< needle position in [0, 1] of the haystack
+  int context = 2000;  //!< tokens, question included
+  double depth = 0.5;  //!< needle position in [0, 1] of the haystack
   std::uint64_t seed = 1;
   int distractors = 0;
 };
@@ -111,15 +111,15 @@ struct niah_sequence {
   niah_config cfg;
   niah_case c;
   int tokens = 0, pages = 0;
-  std::vector<std::int32_t> token_ids;        // [tokens]
-  std::vector<std::int32_t> block_table, lens;  // [pages], [1]
-  std::vector<std::vector<bfloat16>> k, v;    // per layer [pages, page_size, kv_heads, head_dim]
-  std::vector<std::vector<bfloat16>> window_queries;  // per layer [q_heads, window, head_dim]
-  std::vector<std::vector<bfloat16>> decode_queries;  // per layer [q_heads, answer_len, head_dim]
+  std::vector<std::int32_t> token_ids;                     // [tokens]
+  std::vector<std::int32_t> block_table, lens;             // [pages], [1]
+  std::vector<std::vector<bfloat16>> k, v;                 // per layer [pages, page_size, kv_heads, head_dim]
+  std::vector<std::vector<bfloat16>> window_queries;       // per layer [q_heads, window, head_dim]
+  std::vector<std::vector<bfloat16>> decode_queries;       // per layer [q_heads, answer_len, head_dim]
   int phrase_begin = 0, answer_begin = 0, answer_end = 0;  // needle positions
 
   block_table_cache<bfloat16> layer_view(int layer) {
-    return {k[layer].data(), v[layer].data(), block_table.data(), lens.data(), 1,
+    return {k[layer].data(), v[layer].data(), block_table.data(), lens.data(),  1,
             pages,           pages,           cfg.page_size,      cfg.kv_heads, cfg.head_dim};
   }
   signals<bfloat16> layer_signals(int layer) const {
@@ -134,7 +134,9 @@ struct niah_sequence {
   }
   //! Element offset of (token, head) in a layer's K or V.
   std::size_t offset(int t, int h) const {
-    return ((static_cast<std::size_t>(block_table[t / cfg.page_size]) * cfg.page_size + t % cfg.page_size) * cfg.kv_heads + h) *
+    return ((static_cast<std::size_t>(block_table[t / cfg.page_size]) * cfg.page_size + t % cfg.page_size) *
+                cfg.kv_heads +
+            h) *
            cfg.head_dim;
   }
 };
@@ -168,7 +170,7 @@ class niah_generator {
     s.cfg = cfg_;
     s.c = c;
     rng r(c.seed * 1000003ull + static_cast<std::uint64_t>(c.context) * 7919ull +
-                  static_cast<std::uint64_t>(std::llround(c.depth * 1e6)));
+          static_cast<std::uint64_t>(std::llround(c.depth * 1e6)));
     std::vector<token> text = build_text(s, r);
     build_caches(s, text, r);
     return s;
@@ -179,9 +181,9 @@ class niah_generator {
   struct token {
     std::int32_t id;
     role what;
-    std::int16_t topic;   // sentence topic (0..31) for words
-    std::int8_t slot;     // answer digit index for answers
-    float strength;       // 1 for the needle, 0.8 for distractors
+    std::int16_t topic;  // sentence topic (0..31) for words
+    std::int8_t slot;    // answer digit index for answers
+    float strength;      // 1 for the needle, 0.8 for distractors
   };
 
   int word(rng& r) const {
@@ -272,12 +274,22 @@ class niah_generator {
           const float* D = vec(slot_dir_, slot, tk.slot, cfg_.answer_len);
           for (int x = 0; x < d; ++x) {
             switch (tk.what) {
-              case role::sink: k[x] = 1.5f * S[x]; break;
-              case role::phrase: k[x] = 0.8f * E[x] + 1.25f * tk.strength * U[x] + 0.3f * r.normal(); break;
-              case role::answer: k[x] = 0.8f * E[x] + 1.5f * D[x] + 0.35f * tk.strength * U[x] + 0.3f * r.normal(); break;
+              case role::sink:
+                k[x] = 1.5f * S[x];
+                break;
+              case role::phrase:
+                k[x] = 0.8f * E[x] + 1.25f * tk.strength * U[x] + 0.3f * r.normal();
+                break;
+              case role::answer:
+                k[x] = 0.8f * E[x] + 1.5f * D[x] + 0.35f * tk.strength * U[x] + 0.3f * r.normal();
+                break;
               case role::other_needle:
-              case role::question: k[x] = 0.8f * E[x] + 0.4f * r.normal(); break;
-              case role::word: k[x] = 0.8f * E[x] + 0.4f * T[x] + 0.4f * r.normal(); break;
+              case role::question:
+                k[x] = 0.8f * E[x] + 0.4f * r.normal();
+                break;
+              case role::word:
+                k[x] = 0.8f * E[x] + 0.4f * T[x] + 0.4f * r.normal();
+                break;
             }
           }
           for (int x = 0; x < d; ++x) {
@@ -306,12 +318,14 @@ class niah_generator {
           for (int i = 0; i < cfg_.window; ++i) {
             query(n - cfg_.window + i, 0.6f, U, 0.6f, S, 0.5f);
             for (int x = 0; x < d; ++x)
-              s.window_queries[l][(static_cast<std::size_t>(qh) * cfg_.window + i) * d + x] = from_float<bfloat16>(q[x]);
+              s.window_queries[l][(static_cast<std::size_t>(qh) * cfg_.window + i) * d + x] =
+                  from_float<bfloat16>(q[x]);
           }
           for (int j = 0; j < cfg_.answer_len; ++j) {
             query(n - 1, 1.2f, vec(slot_dir_, slot, j, cfg_.answer_len), 0.3f, U, 0.3f);
             for (int x = 0; x < d; ++x)
-              s.decode_queries[l][(static_cast<std::size_t>(qh) * cfg_.answer_len + j) * d + x] = from_float<bfloat16>(q[x]);
+              s.decode_queries[l][(static_cast<std::size_t>(qh) * cfg_.answer_len + j) * d + x] =
+                  from_float<bfloat16>(q[x]);
           }
         }
       }
