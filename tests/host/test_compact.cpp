@@ -76,7 +76,7 @@ TEMPLATE_TEST_CASE("compaction equals a naive gather byte for byte (every layout
       for (std::uint32_t seed : {1u, 2u, 3u}) check_compaction<TestType>(kind, ps, seed);
 }
 
-TEST_CASE("evict = plan + compact; the compacted cache holds the planned tokens in order", "[compact]") {
+TEST_CASE("evict = plan + compact, and the compacted cache holds the planned tokens in order", "[compact]") {
   const int kvh = 2, d = 16, w = 4;
   const logical L = make_logical(2, kvh, d, {50, 31}, 17);
   for (layout_kind kind : {layout_kind::block_nhd, layout_kind::csr_hnd, layout_kind::dense}) {

@@ -99,7 +99,7 @@ TEST_CASE("NIAH generator: the same seed gives the same cache, another seed anot
   CHECK(a.token_ids != c.token_ids);
 }
 
-TEST_CASE("NIAH report: a small grid runs; the full cache scores 100% and fidelity 1", "[niah][report]") {
+TEST_CASE("NIAH report: a small grid runs and the full cache scores 100% and fidelity 1", "[niah][report]") {
   niah_report::grid g;
   g.contexts = {600, 900};
   g.depths = {0.0, 0.5, 1.0};
