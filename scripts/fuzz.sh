@@ -28,7 +28,7 @@ for t in evict segment; do
   mkdir -p "$out/corpus_$t"
   if "$out/fuzz_$t" -max_total_time="$secs" -print_final_stats=1 -artifact_prefix="$out/" \
        "$out/corpus_$t" "fuzz/corpus/$t" >"$out/fuzz_$t.log" 2>&1; then
-    grep -E "^#[0-9]+ +DONE|stat::number_of_executed_units|stat::average_exec_per_sec" "$out/fuzz_$t.log" || true
+    grep -E "DONE|stat::number_of_executed_units|stat::average_exec_per_sec" "$out/fuzz_$t.log" || true
   else
     tail -40 "$out/fuzz_$t.log"
     echo "fuzz_$t: FAILED (artifact in $out/)"

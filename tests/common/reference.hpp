@@ -34,6 +34,7 @@ inline double round_to_grid(double x, int mant_bits, int min_exp, double max_fin
 
 inline std::uint16_t half_bits(float f) {
   if (std::isnan(f)) return 0x7e00;
+  if (std::isinf(f)) return std::signbit(f) ? 0xfc00 : 0x7c00;
   bool of = false;
   const double r = round_to_grid(f, 10, -14, 65504.0, &of);
   const std::uint16_t sign = std::signbit(f) ? 0x8000 : 0;
@@ -48,6 +49,7 @@ inline std::uint16_t half_bits(float f) {
 
 inline std::uint16_t bf16_bits(float f) {
   if (std::isnan(f)) return 0x7fc0;
+  if (std::isinf(f)) return std::signbit(f) ? 0xff80 : 0x7f80;
   bool of = false;
   const double r = round_to_grid(f, 7, -126, 3.3895313892515355e38, &of);
   std::uint32_t u;

@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "common/reference.hpp"
@@ -225,4 +226,17 @@ TEST_CASE("key norm: low-norm keys are kept", "[scorer]") {
     }
     CHECK(kept.kept(h) == ref::kept_set(s, 10, 1, 2));
   }
+}
+
+TEST_CASE("regression (fuzz_evict): the softmax exponential is defined for NaN and keeps it", "[scorer][regression]") {
+  // fuzz/regressions/evict/ev2_crash-5bf1...: a NaN query reached exp_nonpositive, whose float to
+  // int conversion of NaN was undefined behaviour (UBSan float-cast-overflow). Now NaN stays NaN
+  // (the plan then rejects the non-finite score) and every other input stays accurate.
+  CHECK(std::isnan(kvevict::detail::exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
+  CHECK(kvevict::detail::exp_nonpositive(-std::numeric_limits<float>::infinity()) == Approx(std::exp(-87.0)).epsilon(1e-6));
+  CHECK(kvevict::detail::exp_nonpositive(0.0f) == 1.0f);
+  double worst = 0;
+  for (float x = -87.0f; x <= 0.0f; x += 0.00731f)
+    worst = std::max(worst, std::fabs(kvevict::detail::exp_nonpositive(x) - std::exp(double(x))) / std::exp(double(x)));
+  CHECK(worst < 2e-7);
 }
