@@ -8,21 +8,14 @@
 #include "../numeric.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
+#include "positional.hpp"
 
 namespace kvevict {
 
 //! Score `-||k_t||_2` (Devoto et al., "A Simple and Effective L2 Norm-Based Strategy for KV Cache
 //! Compression", arXiv 2406.11430: low-norm keys draw high attention). Reads no signal; costs
 //! one pass over the keys. Checked against a naive norm in tests/host.
-struct key_norm {
-  template <class Cache, class T>
-  status validate(const Cache&, const signals<T>&, int) const {
-    return ok_status();
-  }
-  template <class Cache>
-  std::size_t scratch_bytes(const Cache&, int, int, int) const {
-    return 0;
-  }
+struct key_norm : reads_only_the_cache {
   template <class Cache, class T>
   void score(const Cache& c, const signals<T>&, int seq, int, float* out, std::size_t stride, void*) const {
     for (int h = 0; h < c.num_kv_heads(); ++h)
