@@ -109,7 +109,7 @@ template <class Policy, class Cache, class T>
 workspace_layout<4> plan_layout(const Policy& p, const Cache& cache, const signals<T>& sig) {
   const int kvh = cache.num_kv_heads(), n = max_row_len(cache);
   const std::size_t stride = static_cast<std::size_t>(n);
-  return workspace_layout<4>{{sizeof(float) * kvh * stride + sizeof(int) * kvh,
+  return workspace_layout<4>{{sizeof(float) * kvh * stride + 2 * sizeof(int) * kvh,  // scores, budgets, lengths
                               p.scorer.scratch_bytes(cache, p.selector.window, sig.num_q_heads, n),
                               p.granularity.scratch_bytes(cache, n), p.selector.budget.scratch_bytes(kvh, n)}};
 }
@@ -226,8 +226,7 @@ status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, 
   const std::size_t stride = static_cast<std::size_t>(detail::max_row_len(cache));
   float* scores = static_cast<float*>(buf[0]);
   int* budgets = reinterpret_cast<int*>(scores + static_cast<std::size_t>(kvh) * stride);
-  int lens[1024];
-  if (kvh > 1024) return make_error(errc::invalid_argument, "cache.kv_heads", "at most 1024 KV heads");
+  int* lens = budgets + kvh;
   for (int s = 0; s < cache.num_seqs(); ++s) {
     const detail::seq_params sp = detail::params_of(p, sig, s);
     if (detail::kept_whole(p, cache, sig, s, sp)) {  // nothing to evict: no scoring
