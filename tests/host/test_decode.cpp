@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "common/test_cache.hpp"
 #include "toy_engine.hpp"
 
 namespace {
@@ -165,4 +166,41 @@ TEST_CASE("accumulate_step_attention adds the newest query's attention", "[decod
     for (int t = 0; t < n; ++t) CHECK(sums[j * 16 + t] == Approx(1.0 + std::exp(l[t] - m) / z).epsilon(1e-5));
     CHECK(sums[j * 16 + n] == 1.0f);
   }
+}
+
+TEST_CASE("one call plans and compacts a batch with per-sequence budgets, sinks and windows", "[decode]") {
+  // StreamingLLM keeps sinks + the most recent tokens, so the expected sets are known exactly.
+  const auto L = testing::make_logical(3, 2, 4, {40, 25, 60}, 3);
+  auto c = testing::build<float>(L, testing::layout_kind::csr_nhd, 8, 3);
+  const std::int32_t budgets[] = {10, 30, 16}, sinks[] = {2, 0, 5}, windows[] = {3, 4, 0};
+  kvevict::signals<float> sig;
+  sig.seq_budgets = budgets;
+  sig.seq_sinks = sinks;
+  sig.seq_windows = windows;
+  kvevict::streaming_llm p;
+  p.selector = {4, 8, kvevict::uniform_budget{12}};
+  auto view = c.csr_view<kvevict::nhd>();
+  kvevict::keep_plan_buffer kept(6, kvevict::plan_capacity(p, view, sig));
+  std::vector<std::int32_t> lens(6), freed(32);
+  kvevict::compact_result out{lens.data(), freed.data(), 32};
+  const auto st = kvevict::evict(kvevict::host, p, view, sig, kept.view(), out);
+  INFO(st.message());
+  REQUIRE(st.ok());
+  auto range = [](std::vector<int> v, int a, int b) {
+    for (int t = a; t < b; ++t) v.push_back(t);
+    return v;
+  };
+  CHECK(kept.kept(0) == range({0, 1}, 32, 40));  // 2 sinks + the last 8 of 40
+  CHECK(kept.kept(2) == range({}, 0, 25));        // 25 <= 30: kept whole
+  CHECK(kept.kept(4) == range({0, 1, 2, 3, 4}, 49, 60));  // 5 sinks + the last 11 of 60
+  CHECK(lens == std::vector<std::int32_t>{10, 10, 25, 25, 16, 16});
+  CHECK(out.num_freed == (5 - 2) + (8 - 2));  // pages of 8: 40 -> 10 tokens, 60 -> 16 tokens
+  // A per-sequence budget below that sequence's protected tokens is rejected, naming it.
+  const std::int32_t bad[] = {10, 30, 4};
+  sig.seq_budgets = bad;
+  const auto before = c.checksum();
+  const auto st2 = kvevict::evict(kvevict::host, p, view, sig, kept.view(), out);
+  CHECK(st2.code == kvevict::errc::budget_too_small);
+  CHECK(std::string(st2.argument) == "signals.seq_budgets");
+  CHECK(c.checksum() == before);
 }
