@@ -114,6 +114,25 @@ void select_blocks(const Cache& cache, int seq, const float* scores, std::size_t
   }
 }
 
+//! Segment-based flow (SentenceKV-style and SABlock): segment each head's compressible range
+//! with `seg`, then `pick(row, lo, hi, offsets, count, bc, scratch)` marks exactly bc tokens.
+template <class Sharing, class Segmenter, class Cache, class T, class Pick>
+void select_segmented(const Segmenter& seg, const Cache& cache, const signals<T>& sig, int seq, const float* scores,
+                      std::size_t stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch,
+                      Pick pick) {
+  const auto ws = block_scratch::carve_for(cache, seq, scratch, seg);
+  select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
+                         [&](const double* row, int lo, int hi, int bc, const block_scratch& s, int h) {
+                           const int c = seg.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
+                           pick(row, lo, hi, s.offsets, c, bc, s);
+                         });
+}
+
+template <class Segmenter, class Cache>
+std::size_t segmented_scratch_bytes(const Segmenter& seg, const Cache& cache, int max_len) {
+  return block_scratch::layout(max_len, seg.scratch_bytes(cache, max_len)).total();
+}
+
 }  // namespace detail
 
 //! Fixed blocks (ChunkKV, arXiv 2502.00299): the compressible range is cut into chunks of
@@ -165,17 +184,15 @@ struct segment_level {
   }
   template <class Cache>
   std::size_t scratch_bytes(const Cache& cache, int max_len) const {
-    return detail::block_scratch::layout(max_len, segmenter.scratch_bytes(cache, max_len)).total();
+    return detail::segmented_scratch_bytes(segmenter, cache, max_len);
   }
   template <class Cache, class T>
   void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    const auto ws = detail::block_scratch::carve_for(cache, seq, scratch, segmenter);
-    detail::select_blocks<Sharing>(
-        cache, seq, scores, stride, budgets, sinks, window, plan, ws,
-        [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
-          const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
-          host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order, s.idx, s.r);
+    detail::select_segmented<Sharing>(
+        segmenter, cache, sig, seq, scores, stride, budgets, sinks, window, plan, scratch,
+        [](const double* row, int lo, int hi, const std::int32_t* off, int c, int bc, const detail::block_scratch& s) {
+          host_backend::select_units_then_fill(row, lo, hi, off, c, bc, s.keep, s.order, s.idx, s.r);
         });
   }
 };
@@ -209,18 +226,16 @@ struct adaptive_block {
   }
   template <class Cache>
   std::size_t scratch_bytes(const Cache& cache, int max_len) const {
-    return detail::block_scratch::layout(max_len, segmenter.scratch_bytes(cache, max_len)).total();
+    return detail::segmented_scratch_bytes(segmenter, cache, max_len);
   }
   template <class Cache, class T>
   void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    const auto ws = detail::block_scratch::carve_for(cache, seq, scratch, segmenter);
     const host_backend::sablock_params prm{alpha, g, steps, block_size};
-    detail::select_blocks<Sharing>(
-        cache, seq, scores, stride, budgets, sinks, window, plan, ws,
-        [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
-          const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
-          host_backend::sablock_select(row, lo, hi, s.offsets, c, bc, prm, s.keep, s.r, s.prefix, s.idx);
+    detail::select_segmented<Sharing>(
+        segmenter, cache, sig, seq, scores, stride, budgets, sinks, window, plan, scratch,
+        [&](const double* row, int lo, int hi, const std::int32_t* off, int c, int bc, const detail::block_scratch& s) {
+          host_backend::sablock_select(row, lo, hi, off, c, bc, prm, s.keep, s.r, s.prefix, s.idx);
         });
   }
 };
