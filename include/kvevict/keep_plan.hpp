@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "config.hpp"
+
 namespace kvevict {
 
 //! Caller-owned keep plan. Row `r = seq * kv_heads + head` holds `counts[r]` strictly increasing
@@ -16,7 +18,7 @@ struct basic_keep_plan {
   Index* counts = nullptr;     // [num_seqs, kv_heads]
   int capacity = 0;            // entries per row (>= the largest per-head budget)
 
-  Index* row(int r) const { return positions + static_cast<std::size_t>(r) * capacity; }
+  KVEVICT_HOST_DEVICE Index* row(int r) const { return positions + static_cast<std::size_t>(r) * capacity; }
 };
 
 using keep_plan = basic_keep_plan<std::int32_t>;

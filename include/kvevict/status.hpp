@@ -16,6 +16,7 @@ enum class errc : int {
   non_finite,        //!< a NaN or infinite score, key or query
   empty_batch,       //!< no sequences
   buffer_too_small,  //!< a caller-provided output or workspace is too small
+  device_error,      //!< a CUDA runtime call failed (launch, copy, no device); `detail` says which
 };
 
 //! Name of an error category, for messages.
@@ -37,6 +38,8 @@ inline const char* to_string(errc e) noexcept {
       return "empty batch";
     case errc::buffer_too_small:
       return "buffer too small";
+    case errc::device_error:
+      return "device error";
   }
   return "unknown";
 }

@@ -38,6 +38,26 @@ struct max_pool {
   using padding = Padding;
 };
 
+namespace detail {
+//! Output `i` of `pool_1d` (host and device share this formula, so both pool bit for bit alike).
+template <class Pool>
+KVEVICT_HOST_DEVICE float pool_at(const float* in, int n, int kernel, int i) {
+  constexpr bool zeros = std::is_same_v<typename Pool::padding, pad_zeros>;
+  const int lo = i - kernel / 2, hi = lo + kernel;  // [lo, hi)
+  const int a = lo < 0 ? 0 : lo, b = hi > n ? n : hi;
+  if constexpr (Pool::is_max) {
+    float m = in[a];
+    for (int t = a + 1; t < b; ++t) m = in[t] > m ? in[t] : m;
+    if (zeros && (lo < 0 || hi > n)) m = m > 0.0f ? m : 0.0f;
+    return m;
+  } else {
+    float s = 0.0f;
+    for (int t = a; t < b; ++t) s += in[t];
+    return s / static_cast<float>(zeros ? kernel : b - a);
+  }
+}
+}  // namespace detail
+
 namespace host_backend {
 
 //! Pools `in[0, n)` into `out[0, n)` (distinct arrays) with an odd or even `kernel >= 1`: output `i`
@@ -45,22 +65,7 @@ namespace host_backend {
 template <class Pool>
 void pool_1d(const float* in, float* out, int n, int kernel) {
   static_assert(Pool::enabled, "pool_1d needs avg_pool or max_pool");
-  constexpr bool zeros = std::is_same_v<typename Pool::padding, pad_zeros>;
-  const int left = kernel / 2;
-  for (int i = 0; i < n; ++i) {
-    const int lo = i - left, hi = i - left + kernel;  // [lo, hi)
-    const int a = lo < 0 ? 0 : lo, b = hi > n ? n : hi;
-    if constexpr (Pool::is_max) {
-      float m = in[a];
-      for (int t = a + 1; t < b; ++t) m = in[t] > m ? in[t] : m;
-      if (zeros && (lo < 0 || hi > n)) m = m > 0.0f ? m : 0.0f;
-      out[i] = m;
-    } else {
-      float s = 0.0f;
-      for (int t = a; t < b; ++t) s += in[t];
-      out[i] = s / static_cast<float>(zeros ? kernel : b - a);
-    }
-  }
+  for (int i = 0; i < n; ++i) out[i] = detail::pool_at<Pool>(in, n, kernel, i);
 }
 
 }  // namespace host_backend

@@ -10,9 +10,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <math.h>
 #include <cstddef>
 #include <cstdint>
 
+#include "../config.hpp"
 #include "../status.hpp"
 #include "top_k.hpp"
 
@@ -60,12 +62,12 @@ struct pyramid_budget {
   int layer_budget(int layer, int num_layers, int sinks, int window) const {
     return layer_budget(entries, layer, num_layers, sinks, window);
   }
-  int layer_budget(int entries_, int layer, int num_layers, int sinks, int window) const {
+  KVEVICT_HOST_DEVICE int layer_budget(int entries_, int layer, int num_layers, int sinks, int window) const {
     if (num_layers <= 1) return entries_;
     const double bc = entries_ - sinks - window;
-    const double lo = std::floor(bc / beta), hi = 2.0 * bc - lo;
+    const double lo = floor(bc / beta), hi = 2.0 * bc - lo;  // ::floor: also callable on the device
     const double b = hi - layer * (hi - lo) / (num_layers - 1);
-    return sinks + window + static_cast<int>(std::floor(b + 1e-9));
+    return sinks + window + static_cast<int>(floor(b + 1e-9));
   }
   static int max_budget(int entries_, int /*kv_heads*/) { return 2 * entries_; }
   std::size_t scratch_bytes(int, int) const { return 0; }

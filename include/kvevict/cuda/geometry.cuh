@@ -1,0 +1,229 @@
+//! \file cuda/geometry.cuh
+//! Where each (sequence, KV head) row's per-token scratch lives, and the cache checks that need
+//! the device-resident tables. Not API.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../cache/block_table_cache.hpp"
+#include "../cache/csr_page_cache.hpp"
+#include "../cache/dense_cache.hpp"
+#include "../cache/validate.hpp"
+#include "backend.cuh"
+
+namespace kvevict::cuda_backend {
+
+//! A row's per-token scratch: `cap` floats from `base` (cap >= the row's length).
+struct slab {
+  std::size_t base;
+  int cap;
+};
+
+// Per-token scratch is laid out by the table's capacity, which the host knows without reading
+// device memory: a block table reserves `block_table_stride * page_size` tokens per row, a CSR
+// table at most `num_pages * page_size` tokens over all sequences.
+
+template <class T, class L>
+std::size_t slab_tokens(const block_table_cache<T, L>& c) {
+  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.block_table_stride * c.page_size();
+}
+template <class T, class L>
+int max_row_cap(const block_table_cache<T, L>& c) {
+  return c.block_table_stride * c.page_size();
+}
+template <class T, class L>
+__device__ slab row_slab(const block_table_cache<T, L>& c, int s, int h) {
+  const int cap = c.block_table_stride * c.page_size();
+  return {(static_cast<std::size_t>(s) * c.num_kv_heads() + h) * cap, cap};
+}
+
+template <class T>
+std::size_t slab_tokens(const head_row_table_cache<T>& c) {
+  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.block_table_stride * c.page_size();
+}
+template <class T>
+int max_row_cap(const head_row_table_cache<T>& c) {
+  return c.block_table_stride * c.page_size();
+}
+template <class T>
+__device__ slab row_slab(const head_row_table_cache<T>& c, int s, int h) {
+  const int cap = c.block_table_stride * c.page_size();
+  return {(static_cast<std::size_t>(s) * c.num_kv_heads() + h) * cap, cap};
+}
+
+template <class T, class L>
+std::size_t slab_tokens(const csr_page_cache<T, L>& c) {
+  return static_cast<std::size_t>(c.num_pages()) * c.page_size() * c.num_kv_heads();
+}
+template <class T, class L>
+int max_row_cap(const csr_page_cache<T, L>& c) {
+  return c.num_pages() * c.page_size();
+}
+template <class T, class L>
+__device__ slab row_slab(const csr_page_cache<T, L>& c, int s, int h) {
+  const int first = c.indptr[s], np = c.indptr[s + 1] - first;
+  return {static_cast<std::size_t>(c.page_size()) *
+              (static_cast<std::size_t>(first) * c.num_kv_heads() + static_cast<std::size_t>(h) * np),
+          np * c.page_size()};
+}
+
+template <class T>
+std::size_t slab_tokens(const dense_cache<T>& c) {
+  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.capacity;
+}
+template <class T>
+int max_row_cap(const dense_cache<T>& c) {
+  return c.capacity;
+}
+template <class T>
+__device__ slab row_slab(const dense_cache<T>& c, int s, int h) {
+  return {(static_cast<std::size_t>(s) * c.num_kv_heads() + h) * c.capacity, c.capacity};
+}
+
+//! Rows of chunk-level scratch (one entry per `chunk` tokens of a row), laid out like the slabs:
+//! row (s, h) uses entries `[base / chunk + s * kv_heads + h, + ceil(len / chunk))`, which never
+//! overlap between rows.
+template <class Cache>
+std::size_t chunk_entries(const Cache& c, int chunk) {
+  return slab_tokens(c) / static_cast<std::size_t>(chunk) + static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() + 1;
+}
+template <class Cache>
+__device__ std::size_t chunk_base(const Cache& c, int s, int h, int chunk) {
+  return row_slab(c, s, h).base / static_cast<std::size_t>(chunk) + static_cast<std::size_t>(s) * c.num_kv_heads() + h;
+}
+
+// ---- host-side shape checks (scalars and pointers only) ----
+
+template <class T, class L>
+status validate_cache_shape(const block_table_cache<T, L>& c) {
+  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                            c.v != nullptr));
+  if (c.seq_lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
+  if (c.block_table == nullptr) return make_error(errc::invalid_argument, "cache.block_table", "null block table");
+  if (c.block_table_stride <= 0)
+    return make_error(errc::invalid_argument, "cache.block_table_stride", "must be positive");
+  if (static_cast<std::int64_t>(c.block_table_stride) * c.page_size() > INT_MAX)
+    return make_error(errc::out_of_range, "cache.block_table_stride", "a row would hold more than INT_MAX tokens");
+  return ok_status();
+}
+template <class T>
+status validate_cache_shape(const head_row_table_cache<T>& c) {
+  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                            c.v != nullptr));
+  if (c.row_lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null row lengths");
+  if (c.block_table == nullptr) return make_error(errc::invalid_argument, "cache.block_table", "null block table");
+  if (c.block_table_stride <= 0)
+    return make_error(errc::invalid_argument, "cache.block_table_stride", "must be positive");
+  if (static_cast<std::int64_t>(c.block_table_stride) * c.page_size() > INT_MAX)
+    return make_error(errc::out_of_range, "cache.block_table_stride", "a row would hold more than INT_MAX tokens");
+  return ok_status();
+}
+template <class T, class L>
+status validate_cache_shape(const csr_page_cache<T, L>& c) {
+  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                            c.v != nullptr));
+  if (c.indptr == nullptr) return make_error(errc::invalid_argument, "cache.indptr", "null indptr");
+  if (c.last_page_len == nullptr)
+    return make_error(errc::invalid_argument, "cache.last_page_len", "null last_page_len");
+  if (c.indices == nullptr)
+    return make_error(errc::invalid_argument, "cache.indices", "null page indices (the CUDA backend needs the array)");
+  if (static_cast<std::int64_t>(c.num_pages()) * c.page_size() > INT_MAX)
+    return make_error(errc::out_of_range, "cache.num_pages", "more than INT_MAX tokens of pages");
+  return ok_status();
+}
+template <class T>
+status validate_cache_shape(const dense_cache<T>& c) {
+  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                            c.v != nullptr));
+  if (c.seq_lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
+  return ok_status();
+}
+
+// ---- device-side table checks: one thread per table entry (grid-stride) ----
+
+template <class Rows>
+__device__ void check_table_entry(const std::int32_t* table, const Rows& lens, std::size_t rows, int stride,
+                                  int page_size, int num_pages, std::size_t i, int* word) {
+  const std::size_t r = i / static_cast<std::size_t>(stride);
+  const int p = static_cast<int>(i % static_cast<std::size_t>(stride));
+  if (r >= rows) return;
+  const std::int64_t len = lens[r];
+  if (len < 0) {
+    if (p == 0) raise(word, dc_seq_len_negative);
+    return;
+  }
+  const std::int64_t pages = (len + page_size - 1) / page_size;
+  if (pages > stride && p == 0) raise(word, dc_table_row_too_short);
+  if (p < pages) {
+    const std::int32_t id = table[i];
+    if (id < 0 || id >= num_pages) raise(word, dc_page_out_of_range);
+  }
+}
+
+template <class T, class L>
+std::size_t table_check_items(const block_table_cache<T, L>& c) {
+  return static_cast<std::size_t>(c.num_seqs()) * c.block_table_stride;
+}
+template <class T, class L>
+__device__ void check_item(const block_table_cache<T, L>& c, std::size_t i, int* word) {
+  check_table_entry(c.block_table, c.seq_lens, static_cast<std::size_t>(c.num_seqs()), c.block_table_stride,
+                    c.page_size(), c.num_pages(), i, word);
+}
+template <class T>
+std::size_t table_check_items(const head_row_table_cache<T>& c) {
+  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.block_table_stride;
+}
+template <class T>
+__device__ void check_item(const head_row_table_cache<T>& c, std::size_t i, int* word) {
+  check_table_entry(c.block_table, c.row_lens, static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads(),
+                    c.block_table_stride, c.page_size(), c.num_pages(), i, word);
+}
+template <class T, class L>
+std::size_t table_check_items(const csr_page_cache<T, L>& c) {
+  const std::size_t a = static_cast<std::size_t>(c.num_seqs()) + 1, b = static_cast<std::size_t>(c.num_pages());
+  return a > b ? a : b;
+}
+template <class T, class L>
+__device__ void check_item(const csr_page_cache<T, L>& c, std::size_t i, int* word) {
+  const int seqs = c.num_seqs();
+  if (i == 0 && c.indptr[0] != 0) raise(word, dc_indptr_start);
+  if (i < static_cast<std::size_t>(seqs)) {
+    const int s = static_cast<int>(i), n = c.indptr[s + 1] - c.indptr[s];
+    if (n < 0) raise(word, dc_indptr_order);
+    if (n > 0 && (c.last_page_len[s] < 1 || c.last_page_len[s] > c.page_size())) raise(word, dc_last_page_len);
+  }
+  const int total = c.indptr[seqs];
+  if (i == 0 && total > c.num_pages()) raise(word, dc_indptr_total);
+  if (i < static_cast<std::size_t>(total < c.num_pages() ? total : c.num_pages())) {
+    const std::int32_t id = c.indices[i];
+    if (id < 0 || id >= c.num_pages()) raise(word, dc_page_out_of_range);
+  }
+}
+template <class T>
+std::size_t table_check_items(const dense_cache<T>& c) {
+  return static_cast<std::size_t>(c.num_seqs());
+}
+template <class T>
+__device__ void check_item(const dense_cache<T>& c, std::size_t i, int* word) {
+  if (i < static_cast<std::size_t>(c.num_seqs()) && (c.seq_lens[i] < 0 || c.seq_lens[i] > c.capacity))
+    raise(word, dc_dense_len);
+}
+
+template <class Cache>
+__global__ void check_tables_kernel(Cache c, std::size_t items, int* word) {
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < items;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+    check_item(c, i, word);
+}
+
+//! Resets the status word and enqueues the table checks.
+template <class Cache>
+status enqueue_cache_checks(cudaStream_t stream, const Cache& c, int* word) {
+  set_word_kernel<<<1, 1, 0, stream>>>(word, no_problem);
+  const std::size_t items = table_check_items(c);
+  check_tables_kernel<<<grid_for(items), threads_per_block, 0, stream>>>(c, items, word);
+  return check_launch("cache checks: kernel launch");
+}
+
+}  // namespace kvevict::cuda_backend

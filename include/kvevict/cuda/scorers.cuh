@@ -1,0 +1,285 @@
+//! \file cuda/scorers.cuh
+//! Device implementations of the scorers, one `device_scorer<Scorer>` each: host-side checks of
+//! scalar arguments, scratch size, and the kernels they enqueue. A scorer without one fails to
+//! compile with kvevict::cuda, naming itself. Not API.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <type_traits>
+
+#include "../scorer/accumulated_attention.hpp"
+#include "../scorer/key_norm.hpp"
+#include "../scorer/positional.hpp"
+#include "../scorer/precomputed.hpp"
+#include "../scorer/window_attention.hpp"
+#include "window_attention.cuh"
+
+namespace kvevict::cuda_backend {
+
+template <class>
+inline constexpr bool always_false = false;
+
+template <class Scorer>
+struct device_scorer {
+  static_assert(always_false<Scorer>, "kvevict::cuda: this scorer has no CUDA implementation (see cuda/scorers.cuh)");
+};
+
+// ---- scorers that read per-token data: one thread per token ----
+
+template <class Cache, class F>
+__global__ void per_token_kernel(Cache c, seq_rules rules, float* out, int* word, F f) {
+  const int s = blockIdx.z, h = blockIdx.y;
+  if (failed(word)) return;
+  if (rules.info(c, s).kept_whole) return;
+  const int n = c.seq_len(s, h);
+  const slab sl = row_slab(c, s, h);
+  for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n; t += gridDim.x * blockDim.x)
+    out[sl.base + t] = f(c, s, h, t);
+}
+
+template <class Cache, class F>
+status launch_per_token(cudaStream_t st, const Cache& c, const seq_rules& rules, float* out, int* word, F f) {
+  const dim3 grid(grid_for(static_cast<std::size_t>(max_row_cap(c)), threads_per_block, 1024), c.num_kv_heads(),
+                  c.num_seqs());
+  per_token_kernel<<<grid, threads_per_block, 0, st>>>(c, rules, out, word, f);
+  return check_launch("scorer: kernel launch");
+}
+
+struct positional_fn {
+  template <class Cache>
+  __device__ float operator()(const Cache&, int, int, int t) const {
+    return static_cast<float>(t);
+  }
+};
+template <>
+struct device_scorer<positional> {
+  template <class Cache, class T>
+  static status host_check(const positional&, const Cache&, const signals<T>&, int) {
+    return ok_status();
+  }
+  template <class Cache, class T>
+  static std::size_t scratch_bytes(const positional&, const Cache&, const signals<T>&, int) {
+    return 0;
+  }
+  template <class Cache, class T>
+  static status enqueue(const positional&, cudaStream_t st, const Cache& c, const signals<T>&, const seq_rules& rules,
+                        float* out, void*, int* word) {
+    return launch_per_token(st, c, rules, out, word, positional_fn{});
+  }
+};
+
+//! -||k||, summed in head_dim order without contraction (the host's arithmetic, bit for bit).
+struct key_norm_fn {
+  template <class Cache>
+  __device__ float operator()(const Cache& c, int s, int h, int t) const {
+    const auto* k = c.key(c.page(s, h, t / c.page_size()), t % c.page_size(), h);
+    float acc = 0.0f;
+    for (int x = 0; x < c.head_dim(); ++x) {
+      const float v = to_float(k[x]);
+      acc = __fadd_rn(acc, __fmul_rn(v, v));
+    }
+    return -sqrtf(acc);
+  }
+};
+template <>
+struct device_scorer<key_norm> {
+  template <class Cache, class T>
+  static status host_check(const key_norm&, const Cache&, const signals<T>&, int) {
+    return ok_status();
+  }
+  template <class Cache, class T>
+  static std::size_t scratch_bytes(const key_norm&, const Cache&, const signals<T>&, int) {
+    return 0;
+  }
+  template <class Cache, class T>
+  static status enqueue(const key_norm&, cudaStream_t st, const Cache& c, const signals<T>&, const seq_rules& rules,
+                        float* out, void*, int* word) {
+    return launch_per_token(st, c, rules, out, word, key_norm_fn{});
+  }
+};
+
+//! Caller scores (device memory); a row longer than the stride fails the call.
+struct precomputed_fn {
+  const float* scores;
+  int stride;
+  int* word;
+  template <class Cache>
+  __device__ float operator()(const Cache& c, int s, int h, int t) const {
+    if (t == 0 && c.seq_len(s, h) > stride) raise(word, dc_precomputed_stride);
+    if (t >= stride) return 0.0f;
+    return scores[(static_cast<std::size_t>(s) * c.num_kv_heads() + h) * static_cast<std::size_t>(stride) + t];
+  }
+};
+template <>
+struct device_scorer<precomputed> {
+  template <class Cache, class T>
+  static status host_check(const precomputed& p, const Cache&, const signals<T>&, int) {
+    if (p.scores == nullptr) return make_error(errc::invalid_argument, "scorer.scores", "null scores");
+    if (p.stride < 0) return make_error(errc::invalid_argument, "scorer.stride", "must be >= 0");
+    return ok_status();
+  }
+  template <class Cache, class T>
+  static std::size_t scratch_bytes(const precomputed&, const Cache&, const signals<T>&, int) {
+    return 0;
+  }
+  template <class Cache, class T>
+  static status enqueue(const precomputed& p, cudaStream_t st, const Cache& c, const signals<T>&,
+                        const seq_rules& rules, float* out, void*, int* word) {
+    return launch_per_token(st, c, rules, out, word, precomputed_fn{p.scores, p.stride, word});
+  }
+};
+
+//! H2O: the engine's accumulated attention sums, reduced over the GQA group.
+template <class Reduce>
+struct accumulated_fn {
+  const float* sums;
+  int num_q_heads, stride;
+  int* word;
+  template <class Cache>
+  __device__ float operator()(const Cache& c, int s, int h, int t) const {
+    const int group = num_q_heads / c.num_kv_heads();
+    if (t == 0 && c.seq_len(s, h) > stride) raise(word, dc_sums_stride);
+    if (t >= stride) return 0.0f;
+    float vals[64];
+    const float* base = sums + (static_cast<std::size_t>(s) * num_q_heads + static_cast<std::size_t>(h) * group) * stride;
+    for (int j = 0; j < group; ++j) {
+      vals[j] = base[static_cast<std::size_t>(j) * stride + t];
+      if (!isfinite(vals[j])) raise(word, dc_sums_non_finite);
+    }
+    return Reduce::reduce(vals, group);
+  }
+};
+template <class Reduce>
+struct device_scorer<accumulated_attention<Reduce>> {
+  template <class Cache, class T>
+  static status host_check(const accumulated_attention<Reduce>&, const Cache& c, const signals<T>& sig, int) {
+    if (sig.attention_sums == nullptr)
+      return make_error(errc::invalid_argument, "signals.attention_sums", "H2O scoring needs accumulated attention sums");
+    if (sig.num_q_heads <= 0 || sig.num_q_heads % c.num_kv_heads() != 0 || sig.num_q_heads / c.num_kv_heads() > 64)
+      return make_error(errc::shape_mismatch, "signals.num_q_heads",
+                        "must be a positive multiple of the cache's KV heads, at most 64 per KV head");
+    if (sig.sums_stride < 0) return make_error(errc::invalid_argument, "signals.sums_stride", "must be >= 0");
+    return ok_status();
+  }
+  template <class Cache, class T>
+  static std::size_t scratch_bytes(const accumulated_attention<Reduce>&, const Cache&, const signals<T>&, int) {
+    return 0;
+  }
+  template <class Cache, class T>
+  static status enqueue(const accumulated_attention<Reduce>&, cudaStream_t st, const Cache& c, const signals<T>& sig,
+                        const seq_rules& rules, float* out, void*, int* word) {
+    return launch_per_token(st, c, rules, out, word,
+                            accumulated_fn<Reduce>{sig.attention_sums, sig.num_q_heads, sig.sums_stride, word});
+  }
+};
+
+// ---- window attention ----
+
+template <class Reduce, class Pool>
+struct device_scorer<window_attention<Reduce, Pool>> {
+  using scorer = window_attention<Reduce, Pool>;
+
+  template <class Cache>
+  static bool vec_rows(const Cache& c) {
+    using T = typename Cache::value_type;
+    const std::size_t row = c.head_dim() * sizeof(T);
+    return row % 16 == 0 && reinterpret_cast<std::uintptr_t>(c.k) % 16 == 0;
+  }
+  template <class Cache, class T>
+  static wa_smem smem_of(const Cache& c, const signals<T>& sig, int window) {
+    return wa_smem::make(c.head_dim(), sig.num_q_heads / c.num_kv_heads(), window, static_cast<int>(sizeof(T)),
+                         vec_rows(c));
+  }
+  static int max_smem() {
+    int dev = 0, v = 48 * 1024;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    return v;
+  }
+
+  template <class Cache, class T>
+  static status host_check(const scorer& sc, const Cache& c, const signals<T>& sig, int window) {
+    KVEVICT_TRY(sc.validate(c, sig, window));  // scalar checks only
+    if (smem_of(c, sig, window).total > static_cast<std::size_t>(max_smem()))
+      return make_error(errc::invalid_argument, "selector.window",
+                        "window x query heads per KV head x head_dim exceeds the CUDA scorer's shared memory");
+    return ok_status();
+  }
+
+  struct layout {
+    std::size_t raw, part, stat;
+  };
+  template <class Cache, class T>
+  static layout sizes(const Cache& c, const signals<T>& sig, int window) {
+    const wa_smem sm = smem_of(c, sig, window);
+    return {Pool::enabled ? sizeof(float) * slab_tokens(c) : 0,
+            sizeof(float) * chunk_entries(c, wa_chunk) * static_cast<std::size_t>(sm.rows_pad),
+            sizeof(float) * static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * sm.rows_pad};
+  }
+  template <class Cache, class T>
+  static std::size_t scratch_bytes(const scorer&, const Cache& c, const signals<T>& sig, int window) {
+    const layout l = sizes(c, sig, window);
+    return detail::workspace_layout<5>{{l.raw, l.part, l.part, l.stat, l.stat}}.total();
+  }
+
+  template <bool Vec, bool Mma, class Cache, class T>
+  static status run(cudaStream_t st, const wa_args<Cache, T>& a, dim3 grid, dim3 merge_grid) {
+    auto k1 = window_attention_kernel<1, Reduce, Vec, Mma, Cache, T>;
+    auto k2 = window_attention_kernel<2, Reduce, Vec, Mma, Cache, T>;
+    const int bytes = static_cast<int>(a.sm.total);
+    KVEVICT_TRY(check(cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+                      "window attention: cudaFuncSetAttribute"));
+    KVEVICT_TRY(check(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+                      "window attention: cudaFuncSetAttribute"));
+    k1<<<grid, wa_threads, bytes, st>>>(a);
+    KVEVICT_TRY(check_launch("window attention pass 1: kernel launch"));
+    window_attention_merge_kernel<<<merge_grid, 256, 0, st>>>(a);
+    KVEVICT_TRY(check_launch("window attention merge: kernel launch"));
+    k2<<<grid, wa_threads, bytes, st>>>(a);
+    return check_launch("window attention pass 2: kernel launch");
+  }
+
+  template <class Cache, class T>
+  static status enqueue(const scorer& sc, cudaStream_t st, const Cache& c, const signals<T>& sig,
+                        const seq_rules& rules, float* out, void* scratch, int* word) {
+    const layout l = sizes(c, sig, rules.window);
+    void* buf[5];
+    detail::workspace_layout<5>{{l.raw, l.part, l.part, l.stat, l.stat}}.carve(scratch, buf);
+    wa_args<Cache, T> a{};
+    a.cache = c;
+    a.queries = sig.queries;
+    a.num_q_heads = sig.num_q_heads;
+    a.query_rows = sig.query_rows;
+    a.group = sig.num_q_heads / c.num_kv_heads();
+    a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim()));
+    a.rules = rules;
+    a.sm = smem_of(c, sig, rules.window);
+    a.part_m = static_cast<float*>(buf[1]);
+    a.part_l = static_cast<float*>(buf[2]);
+    a.stat_m = static_cast<float*>(buf[3]);
+    a.stat_inv = static_cast<float*>(buf[4]);
+    a.out = Pool::enabled ? static_cast<float*>(buf[0]) : out;
+    a.word = word;
+    const dim3 grid((max_row_cap(c) + wa_chunk - 1) / wa_chunk, c.num_kv_heads(), c.num_seqs());
+    const dim3 merge_grid((a.sm.rows_pad + 255) / 256, c.num_kv_heads(), c.num_seqs());
+    constexpr bool sixteen_bit = !std::is_same_v<typename mma_element<T>::type, void>;
+    if (vec_rows(c)) {
+      if (sixteen_bit && c.head_dim() % 16 == 0) {
+        KVEVICT_TRY((run<true, sixteen_bit>(st, a, grid, merge_grid)));
+      } else {
+        KVEVICT_TRY((run<true, false>(st, a, grid, merge_grid)));
+      }
+    } else {
+      KVEVICT_TRY((run<false, false>(st, a, grid, merge_grid)));
+    }
+    if constexpr (Pool::enabled) {
+      const dim3 pgrid(grid_for(static_cast<std::size_t>(max_row_cap(c)), threads_per_block, 1024), c.num_kv_heads(),
+                       c.num_seqs());
+      pool_kernel<Pool><<<pgrid, threads_per_block, 0, st>>>(c, rules, sc.pool_kernel, a.out, out, word);
+      KVEVICT_TRY(check_launch("pooling: kernel launch"));
+    }
+    return ok_status();
+  }
+};
+
+}  // namespace kvevict::cuda_backend

@@ -1,0 +1,584 @@
+// CUDA backend tests: the host tests' cases re-run on the device, plans compared with the host
+// backend's, compacted caches compared byte for byte, rejected inputs leave the cache unchanged.
+// Exits 77 (ctest: skipped) when no CUDA device is present. `--small` runs the reduced sizes used
+// under compute-sanitizer.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <iterator>
+#include <numeric>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <kvevict/cuda.cuh>
+
+#include "common/test_cache.hpp"
+
+namespace {
+
+using testing::layout_kind;
+int g_failures = 0, g_checks = 0;
+bool g_small = false;
+
+#define CHECK(cond, ...)                                                       \
+  do {                                                                         \
+    ++g_checks;                                                                \
+    if (!(cond)) {                                                             \
+      ++g_failures;                                                            \
+      std::printf("FAILED %s:%d: %s | ", __FILE__, __LINE__, #cond);           \
+      std::printf(__VA_ARGS__);                                                \
+      std::printf("\n");                                                       \
+    }                                                                          \
+  } while (0)
+
+void cuda_ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::printf("CUDA error in %s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+
+template <class T>
+struct dbuf {
+  T* p = nullptr;
+  std::size_t n = 0;
+  dbuf() = default;
+  explicit dbuf(std::size_t count) : n(count) { cuda_ok(cudaMalloc(&p, sizeof(T) * (count ? count : 1)), "cudaMalloc"); }
+  explicit dbuf(const std::vector<T>& v) : dbuf(v.size()) { upload(v); }
+  dbuf(const dbuf&) = delete;
+  dbuf& operator=(const dbuf&) = delete;
+  dbuf(dbuf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; }
+  dbuf& operator=(dbuf&& o) noexcept {
+    std::swap(p, o.p);
+    std::swap(n, o.n);
+    return *this;
+  }
+  ~dbuf() {
+    if (p) cudaFree(p);
+  }
+  void upload(const std::vector<T>& v) {
+    cuda_ok(cudaMemcpy(p, v.data(), sizeof(T) * v.size(), cudaMemcpyHostToDevice), "upload");
+  }
+  std::vector<T> download() const {
+    std::vector<T> v(n);
+    cuda_ok(cudaMemcpy(v.data(), p, sizeof(T) * n, cudaMemcpyDeviceToHost), "download");
+    return v;
+  }
+};
+
+// A test cache's arrays on the device, with views of the same layout as the host views.
+template <class T>
+struct device_cache {
+  testing::test_cache<T>* h;
+  dbuf<T> k, v;
+  dbuf<std::int32_t> table, lens, indptr, indices, last;
+  explicit device_cache(testing::test_cache<T>& host)
+      : h(&host), k(host.k), v(host.v), table(host.table), lens(host.lens32), indptr(host.indptr),
+        indices(host.indices), last(host.last) {}
+  // Calls f(host_view, device_view).
+  template <class F>
+  void visit(F&& f) {
+    auto& c = *h;
+    switch (c.kind) {
+      case layout_kind::block_nhd: {
+        auto d = c.block_view();
+        d.k = k.p, d.v = v.p, d.block_table = table.p, d.seq_lens = lens.p;
+        f(c.block_view(), d);
+        break;
+      }
+      case layout_kind::block_hnd: {
+        auto d = c.block_hnd_view();
+        d.k = k.p, d.v = v.p, d.block_table = table.p, d.seq_lens = lens.p;
+        f(c.block_hnd_view(), d);
+        break;
+      }
+      case layout_kind::csr_nhd: {
+        auto d = c.template csr_view<kvevict::nhd>();
+        d.k = k.p, d.v = v.p, d.indptr = indptr.p, d.indices = indices.p, d.last_page_len = last.p;
+        f(c.template csr_view<kvevict::nhd>(), d);
+        break;
+      }
+      case layout_kind::csr_hnd: {
+        auto d = c.template csr_view<kvevict::hnd>();
+        d.k = k.p, d.v = v.p, d.indptr = indptr.p, d.indices = indices.p, d.last_page_len = last.p;
+        f(c.template csr_view<kvevict::hnd>(), d);
+        break;
+      }
+      case layout_kind::dense: {
+        auto d = c.dense_view();
+        d.k = k.p, d.v = v.p, d.seq_lens = lens.p;
+        f(c.dense_view(), d);
+        break;
+      }
+      case layout_kind::head_rows: {
+        auto d = c.head_rows_view();
+        d.k = k.p, d.v = v.p, d.block_table = table.p, d.row_lens = lens.p;
+        f(c.head_rows_view(), d);
+        break;
+      }
+    }
+  }
+  bool same_bytes_as_host() {
+    const auto dk = k.download(), dv = v.download();
+    return std::memcmp(dk.data(), h->k.data(), sizeof(T) * dk.size()) == 0 &&
+           std::memcmp(dv.data(), h->v.data(), sizeof(T) * dv.size()) == 0;
+  }
+};
+
+struct device_plan {
+  dbuf<std::int32_t> pos, counts;
+  int capacity;
+  device_plan(int rows, int cap) : pos(static_cast<std::size_t>(rows) * cap), counts(rows), capacity(cap) {}
+  kvevict::keep_plan view() { return {pos.p, counts.p, capacity}; }
+  std::vector<std::int32_t> kept(int r) const {
+    const auto all = pos.download(), cnt = counts.download();
+    return std::vector<std::int32_t>(all.begin() + static_cast<std::ptrdiff_t>(r) * capacity,
+                                     all.begin() + static_cast<std::ptrdiff_t>(r) * capacity + cnt[r]);
+  }
+};
+
+// Signals on the device mirroring host signals (queries, sums, overrides).
+template <class T>
+struct device_signals {
+  dbuf<T> q;
+  dbuf<float> sums;
+  dbuf<std::int32_t> budgets, sinks, windows;
+  kvevict::signals<T> sig;
+  explicit device_signals(const kvevict::signals<T>& host, std::size_t q_elems, std::size_t sum_elems, int seqs) : sig(host) {
+    if (host.queries) {
+      q = dbuf<T>(std::vector<T>(host.queries, host.queries + q_elems));
+      sig.queries = q.p;
+    }
+    if (host.attention_sums) {
+      sums = dbuf<float>(std::vector<float>(host.attention_sums, host.attention_sums + sum_elems));
+      sig.attention_sums = sums.p;
+    }
+    auto up = [&](const std::int32_t* src, dbuf<std::int32_t>& dst, const std::int32_t*& field) {
+      if (!src) return;
+      dst = dbuf<std::int32_t>(std::vector<std::int32_t>(src, src + seqs));
+      field = dst.p;
+    };
+    up(host.seq_budgets, budgets, sig.seq_budgets);
+    up(host.seq_sinks, sinks, sig.seq_sinks);
+    up(host.seq_windows, windows, sig.seq_windows);
+  }
+};
+
+template <class Policy, class HV, class DV, class T>
+kvevict::status run_device_plan(const Policy& p, const DV& dv, const kvevict::signals<T>& dsig, device_plan& out,
+                                dbuf<unsigned char>& ws) {
+  const std::size_t bytes = kvevict::plan_workspace_bytes(kvevict::cuda, p, dv, dsig);
+  ws = dbuf<unsigned char>(bytes);
+  KVEVICT_TRY(kvevict::plan(kvevict::cuda, p, dv, dsig, out.view(), ws.p, bytes));
+  return kvevict::device_status(kvevict::cuda, ws.p);
+}
+
+std::vector<int> random_lens(std::mt19937& rng, int seqs, int lo, int hi) {
+  std::vector<int> v;
+  for (int s = 0; s < seqs; ++s) v.push_back(lo + static_cast<int>(rng() % static_cast<unsigned>(hi - lo + 1)));
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Selection on given scores: exactly the host plan (ties included), every layout.
+template <class T>
+void test_exact_selection(layout_kind kind, int page_size, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int seqs = 3, kvh = 2;
+  const int maxn = g_small ? 300 : 3000;
+  auto L = testing::make_logical(seqs, kvh, 8, random_lens(rng, seqs, 1, maxn), seed,
+                                 kind == layout_kind::head_rows);
+  auto hc = testing::build<T>(L, kind, page_size, seed + 1);
+  device_cache<T> dc(hc);
+  const int stride = L.max_len;
+  std::vector<float> scores(static_cast<std::size_t>(seqs) * kvh * stride);
+  for (auto& x : scores) x = static_cast<float>(rng() % 17) * 0.25f - 2.0f;  // many ties, -0 and +0
+  for (std::size_t i = 0; i < scores.size(); i += 7) scores[i] = -0.0f;
+  dbuf<float> dscores(scores);
+  for (int budget : {0, 5, 40, 700}) {
+    for (int sinks : {0, 4}) {
+      const int window = std::min(budget - sinks, 16);
+      if (window < 0) continue;
+      kvevict::eviction_policy<kvevict::precomputed, kvevict::token_level, kvevict::selector<>> p;
+      p.selector.sinks = sinks;
+      p.selector.window = window;
+      p.selector.budget.entries = budget;
+      // a window longer than a sequence is rejected on both backends; keep it within the shortest
+      int shortest = 1 << 30;
+      for (int n : L.lens) shortest = std::min(shortest, n);
+      if (window > shortest) p.selector.window = shortest, p.selector.budget.entries = std::max(budget, sinks + shortest);
+      p.scorer.scores = scores.data();
+      p.scorer.stride = stride;
+      kvevict::signals<T> sig{};
+      dc.visit([&](auto hv, auto dv) {
+        kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(p, hv));
+        const auto hs = kvevict::plan(kvevict::host, p, hv, sig, hp.view());
+        auto dp = p;
+        dp.scorer.scores = dscores.p;
+        device_plan out(seqs * kvh, hp.capacity);
+        dbuf<unsigned char> ws;
+        const auto ds = run_device_plan<decltype(dp), decltype(hv)>(dp, dv, sig, out, ws);
+        CHECK(hs.ok() == ds.ok(), "%s / %s", hs.message().c_str(), ds.message().c_str());
+        if (!hs.ok() || !ds.ok()) return;
+        for (int r = 0; r < seqs * kvh; ++r)
+          CHECK(out.kept(r) == hp.kept(r), "%s ps=%d budget=%d sinks=%d row %d", testing::name(kind).c_str(), page_size,
+                budget, sinks, r);
+      });
+    }
+  }
+}
+
+// 2. Scorers with exact device arithmetic (positional, key norm, H2O sums): identical plans.
+template <class T>
+void test_exact_scorers(layout_kind kind, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int seqs = 2, kvh = 2, nq = 4, d = 16;
+  auto L = testing::make_logical(seqs, kvh, d, random_lens(rng, seqs, 40, g_small ? 200 : 2000), seed,
+                                 kind == layout_kind::head_rows);
+  auto hc = testing::build<T>(L, kind, 8, seed + 1);
+  device_cache<T> dc(hc);
+  std::vector<float> sums(static_cast<std::size_t>(seqs) * nq * L.max_len);
+  for (auto& x : sums) x = static_cast<float>(rng() % 1000) / 997.0f;
+  kvevict::signals<T> sig{};
+  sig.num_q_heads = nq;
+  sig.attention_sums = sums.data();
+  sig.sums_stride = L.max_len;
+  device_signals<T> ds(sig, 0, sums.size(), seqs);
+  auto compare = [&](auto p, const char* what) {
+    dc.visit([&](auto hv, auto dv) {
+      kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(p, hv));
+      const auto hs = kvevict::plan(kvevict::host, p, hv, sig, hp.view());
+      device_plan out(seqs * kvh, hp.capacity);
+      dbuf<unsigned char> ws;
+      const auto st = run_device_plan<decltype(p), decltype(hv)>(p, dv, ds.sig, out, ws);
+      CHECK(hs.ok() && st.ok(), "%s: %s / %s", what, hs.message().c_str(), st.message().c_str());
+      if (!hs.ok() || !st.ok()) return;
+      for (int r = 0; r < seqs * kvh; ++r) CHECK(out.kept(r) == hp.kept(r), "%s %s row %d", what, testing::name(kind).c_str(), r);
+    });
+  };
+  kvevict::streaming_llm s;
+  s.selector.budget.entries = 30;
+  s.selector.window = 8;
+  compare(s, "streaming_llm");
+  kvevict::h2o<> h;
+  h.selector.budget.entries = 33;
+  h.selector.window = 5;
+  compare(h, "h2o");
+  kvevict::h2o<kvevict::gqa_max> hm;
+  hm.selector.budget.entries = 20;
+  compare(hm, "h2o max");
+  kvevict::eviction_policy<kvevict::key_norm, kvevict::token_level, kvevict::selector<kvevict::pyramid_budget>> kn;
+  kn.selector.budget.entries = 30;
+  kn.selector.window = 4;
+  compare(kn, "key_norm pyramid");
+}
+
+// 3. Window attention (SnapKV and variants): plans agree with the host's up to near-ties, and
+// scores (through precomputed host scores) agree to rounding.
+template <class T, class Policy>
+void test_window_attention(layout_kind kind, int head_dim, int nq, int budget, int window, std::uint32_t seed,
+                           const char* what) {
+  std::mt19937 rng(seed);
+  const int seqs = 2, kvh = 2, group = nq / kvh;
+  auto L = testing::make_logical(seqs, kvh, head_dim, random_lens(rng, seqs, window + 3, g_small ? 700 : 5000), seed,
+                                 kind == layout_kind::head_rows);
+  auto hc = testing::build<T>(L, kind, 16, seed + 1);
+  device_cache<T> dc(hc);
+  const int rows = window;
+  std::vector<T> q(static_cast<std::size_t>(seqs) * nq * rows * head_dim);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto& x : q) x = kvevict::from_float<T>(nd(rng));
+  kvevict::signals<T> sig{};
+  sig.queries = q.data();
+  sig.num_q_heads = nq;
+  sig.query_rows = rows;
+  sig.layer = 1;
+  sig.num_layers = 4;
+  device_signals<T> ds(sig, q.size(), 0, seqs);
+  Policy p;
+  p.selector.budget.entries = budget;
+  p.selector.window = window;
+  p.selector.sinks = 4;
+  (void)group;
+  dc.visit([&](auto hv, auto dv) {
+    kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(p, hv));
+    const auto hs = kvevict::plan(kvevict::host, p, hv, sig, hp.view());
+    device_plan out(seqs * kvh, hp.capacity);
+    dbuf<unsigned char> ws;
+    const auto st = run_device_plan<Policy, decltype(hv)>(p, dv, ds.sig, out, ws);
+    CHECK(hs.ok() && st.ok(), "%s: %s / %s", what, hs.message().c_str(), st.message().c_str());
+    if (!hs.ok() || !st.ok()) return;
+    // Host scores, to judge any difference: a token only one backend keeps must score within
+    // rounding of the last token both keep.
+    std::vector<float> hsc(static_cast<std::size_t>(seqs) * kvh * L.max_len);
+    std::vector<unsigned char> hws(kvevict::plan_workspace_bytes(kvevict::host, p, hv, sig) + 1);
+    const auto sc = kvevict::score(kvevict::host, p, hv, sig, hsc.data(), L.max_len, hws.data(), hws.size());
+    CHECK(sc.ok(), "%s", sc.message().c_str());
+    for (int r = 0; r < seqs * kvh; ++r) {
+      const auto a = out.kept(r), b = hp.kept(r);
+      CHECK(a.size() == b.size(), "%s row %d: %zu vs %zu kept", what, r, a.size(), b.size());
+      std::vector<int> only;
+      std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(only));
+      const float* row = hsc.data() + static_cast<std::size_t>(r) * L.max_len;
+      float lo_kept = INFINITY;
+      for (int t : b) lo_kept = std::min(lo_kept, row[t]);
+      for (int t : only) {
+        const float gap = std::fabs(row[t] - lo_kept);
+        CHECK(gap <= 1e-3f * std::fabs(lo_kept) + 1e-6f, "%s %s row %d: token %d differs (score %g vs kept floor %g)",
+              what, testing::name(kind).c_str(), r, t, row[t], lo_kept);
+      }
+      CHECK(only.size() <= a.size() / 50 + 2, "%s row %d: %zu tokens differ", what, r, only.size());
+    }
+  });
+}
+
+// 4. Compaction: byte for byte the host's, with the host's lengths and freed pages.
+template <class T>
+void test_compaction(layout_kind kind, int page_size, int maxn, double keep, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int seqs = 3, kvh = 2;
+  auto L = testing::make_logical(seqs, kvh, kind == layout_kind::dense ? 24 : 64, random_lens(rng, seqs, 1, maxn),
+                                 seed, kind == layout_kind::head_rows);
+  auto hc = testing::build<T>(L, kind, page_size, seed + 1);
+  device_cache<T> dc(hc);
+  const bool per_head = kind == layout_kind::head_rows;
+  // A random valid plan: uniform count per sequence for shared tables.
+  kvevict::keep_plan_buffer hp(seqs * kvh, L.max_len);
+  std::bernoulli_distribution coin(keep);
+  for (int s = 0; s < seqs; ++s) {
+    std::vector<int> shared;
+    const int n0 = L.lens[static_cast<std::size_t>(s) * kvh];
+    int want = static_cast<int>(n0 * keep);
+    for (int h = 0; h < kvh; ++h) {
+      const int r = s * kvh + h, n = L.lens[static_cast<std::size_t>(r)];
+      std::vector<int> all(n);
+      std::iota(all.begin(), all.end(), 0);
+      std::shuffle(all.begin(), all.end(), rng);
+      int c = per_head ? static_cast<int>(n * keep) : std::min(want, n);
+      if (per_head && coin(rng)) c = std::max(0, c - 1);
+      std::sort(all.begin(), all.begin() + c);
+      std::copy(all.begin(), all.begin() + c, hp.positions.begin() + static_cast<std::ptrdiff_t>(r) * hp.capacity);
+      hp.counts[static_cast<std::size_t>(r)] = c;
+    }
+  }
+  dbuf<std::int32_t> dpos(hp.positions), dcnt(hp.counts);
+  dc.visit([&](auto hv, auto dv) {
+    kvevict::compact_result hr;
+    std::vector<std::int32_t> hlens(seqs * kvh), hfreed(std::max(1, hc.num_pages));
+    hr.new_lens = hlens.data();
+    hr.freed_pages = hfreed.data();
+    hr.freed_capacity = static_cast<int>(hfreed.size());
+    const auto hs = kvevict::compact(kvevict::host, hv, hp.const_view(), hr);
+    dbuf<std::int32_t> dlens(seqs * kvh), dfreed(hfreed.size()), dnum(1);
+    kvevict::device_compact_result dr{dlens.p, dfreed.p, static_cast<int>(hfreed.size()), dnum.p};
+    const std::size_t bytes = kvevict::compact_workspace_bytes(kvevict::cuda, dv);
+    dbuf<unsigned char> ws(bytes);
+    auto st = kvevict::compact(kvevict::cuda, dv, kvevict::const_keep_plan{dpos.p, dcnt.p, hp.capacity}, dr, ws.p, bytes);
+    if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
+    CHECK(hs.ok() && st.ok(), "%s / %s", hs.message().c_str(), st.message().c_str());
+    if (!hs.ok() || !st.ok()) return;
+    CHECK(dc.same_bytes_as_host(), "%s ps=%d n<=%d keep=%.2f: K/V bytes differ", testing::name(kind).c_str(), page_size,
+          maxn, keep);
+    CHECK(dlens.download() == hlens, "new lengths differ");
+    const int num = dnum.download()[0];
+    CHECK(num == hr.num_freed, "freed %d vs %d", num, hr.num_freed);
+    auto df = dfreed.download();
+    CHECK(std::equal(df.begin(), df.begin() + std::min(num, hr.num_freed), hfreed.begin()), "freed pages differ");
+  });
+}
+
+// 5. Rejected inputs: the status names the argument and the cache is unchanged.
+template <class T>
+void test_errors(std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int seqs = 2, kvh = 2;
+  auto L = testing::make_logical(seqs, kvh, 16, {50, 70}, seed);
+  auto hc = testing::build<T>(L, layout_kind::block_nhd, 8, seed + 1);
+  device_cache<T> dc(hc);
+  kvevict::keep_plan_buffer hp(seqs * kvh, L.max_len);
+  for (int r = 0; r < seqs * kvh; ++r) {
+    hp.counts[r] = 10;
+    for (int j = 0; j < 10; ++j) hp.positions[static_cast<std::size_t>(r) * hp.capacity + j] = 3 * j + 1;
+  }
+  auto expect_rejected = [&](kvevict::keep_plan_buffer plan, auto tweak, const char* argument) {
+    dc.visit([&](auto, auto dv) {
+      tweak(dv, plan);
+      dbuf<std::int32_t> dpos(plan.positions), dcnt(plan.counts), dlens(seqs * kvh), dfreed(2), dnum(1);
+      kvevict::device_compact_result dr{dlens.p, dfreed.p, 2, dnum.p};
+      const std::size_t bytes = kvevict::compact_workspace_bytes(kvevict::cuda, dv);
+      dbuf<unsigned char> ws(bytes);
+      auto st = kvevict::compact(kvevict::cuda, dv, kvevict::const_keep_plan{dpos.p, dcnt.p, plan.capacity}, dr, ws.p,
+                                 bytes);
+      if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
+      CHECK(!st.ok() && std::string(st.argument) == argument, "expected '%s', got %s", argument, st.message().c_str());
+      CHECK(dc.same_bytes_as_host(), "cache changed after a rejected compaction (%s)", argument);
+    });
+  };
+  auto none = [](auto&, kvevict::keep_plan_buffer&) {};
+  {  // unsorted plan
+    auto p = hp;
+    std::swap(p.positions[3], p.positions[4]);
+    expect_rejected(p, none, "plan.positions");
+  }
+  {  // uneven counts on a shared table
+    auto p = hp;
+    p.counts[1] = 9;
+    expect_rejected(p, none, "plan.counts");
+  }
+  {  // position past the sequence
+    auto p = hp;
+    p.positions[9] = 60;
+    expect_rejected(p, none, "plan.positions");
+  }
+  // freed list too small (2 entries, more pages freed)
+  expect_rejected(hp, none, "result.freed_pages");
+  {  // a page listed twice
+    dbuf<std::int32_t> bad(hc.table);
+    auto t = hc.table;
+    t[1] = t[0];
+    bad.upload(t);
+    expect_rejected(hp, [&](auto& dv, auto&) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(dv)>, kvevict::block_table_cache<T>>) dv.block_table = bad.p;
+    }, "cache");
+  }
+  {  // page id out of range
+    dbuf<std::int32_t> bad(hc.table);
+    auto t = hc.table;
+    t[2] = hc.num_pages + 5;
+    bad.upload(t);
+    expect_rejected(hp, [&](auto& dv, auto&) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(dv)>, kvevict::block_table_cache<T>>) dv.block_table = bad.p;
+    }, "cache.block_table / cache.indices");
+  }
+  // plan-side: per-sequence budget below the protected tokens; NaN key
+  {
+    kvevict::snapkv<> p;
+    p.selector.window = 8;
+    p.selector.budget.entries = 20;
+    std::vector<T> q(static_cast<std::size_t>(seqs) * 4 * 8 * 16, kvevict::from_float<T>(0.5f));
+    kvevict::signals<T> sig{};
+    sig.queries = q.data();
+    sig.num_q_heads = 4;
+    std::vector<std::int32_t> budgets = {20, 5};
+    sig.seq_budgets = budgets.data();
+    device_signals<T> ds(sig, q.size(), 0, seqs);
+    dc.visit([&](auto hv, auto dv) {
+      device_plan out(seqs * kvh, kvevict::plan_capacity(kvevict::cuda, p, dv));
+      dbuf<std::int32_t> dlens(seqs * kvh), dfreed(64), dnum(1);
+      kvevict::device_compact_result dr{dlens.p, dfreed.p, 64, dnum.p};
+      const std::size_t bytes = kvevict::evict_workspace_bytes(kvevict::cuda, p, dv, ds.sig);
+      dbuf<unsigned char> ws(bytes);
+      auto st = kvevict::evict(kvevict::cuda, p, dv, ds.sig, out.view(), dr, ws.p, bytes);
+      if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
+      CHECK(!st.ok() && std::string(st.argument) == "signals.seq_budgets", "got %s", st.message().c_str());
+      CHECK(dc.same_bytes_as_host(), "cache changed after a rejected evict");
+      // NaN key: rejected as non-finite, cache unchanged.
+      auto kk = hc.k;
+      kk[hc.addr(0, 0, 7)] = kvevict::from_float<T>(NAN);
+      dbuf<T> badk(kk);
+      auto dv2 = dv;
+      dv2.k = badk.p;
+      auto ds2 = ds.sig;
+      ds2.seq_budgets = nullptr;
+      st = kvevict::evict(kvevict::cuda, p, dv2, ds2, out.view(), dr, ws.p, bytes);
+      if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
+      CHECK(!st.ok() && st.code == kvevict::errc::non_finite, "got %s", st.message().c_str());
+      CHECK(std::memcmp(badk.download().data(), kk.data(), kk.size() * sizeof(T)) == 0, "cache changed after a NaN key");
+      (void)hv;
+    });
+  }
+}
+
+// 6. evict = plan + compact equals the host's evict (exact scores), and reruns give the same plan.
+template <class T>
+void test_evict_and_determinism(layout_kind kind, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int seqs = 2, kvh = 2;
+  auto L = testing::make_logical(seqs, kvh, 32, random_lens(rng, seqs, 60, g_small ? 400 : 4000), seed,
+                                 kind == layout_kind::head_rows);
+  auto hc = testing::build<T>(L, kind, 16, seed + 1);
+  device_cache<T> dc(hc);
+  kvevict::eviction_policy<kvevict::key_norm, kvevict::token_level, kvevict::selector<>> p;
+  p.selector.budget.entries = 50;
+  p.selector.window = 10;
+  kvevict::signals<T> sig{};
+  dc.visit([&](auto hv, auto dv) {
+    device_plan first(seqs * kvh, kvevict::plan_capacity(kvevict::cuda, p, dv));
+    dbuf<unsigned char> ws;
+    auto st = run_device_plan<decltype(p), decltype(hv)>(p, dv, sig, first, ws);
+    CHECK(st.ok(), "%s", st.message().c_str());
+    device_plan again(seqs * kvh, first.capacity);
+    st = run_device_plan<decltype(p), decltype(hv)>(p, dv, sig, again, ws);
+    for (int r = 0; r < seqs * kvh; ++r) CHECK(first.kept(r) == again.kept(r), "rerun differs row %d", r);
+
+    kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(p, hv));
+    kvevict::compact_result hr;
+    std::vector<std::int32_t> hlens(seqs * kvh), hfreed(std::max(1, hc.num_pages));
+    hr.new_lens = hlens.data();
+    hr.freed_pages = hfreed.data();
+    hr.freed_capacity = static_cast<int>(hfreed.size());
+    const auto hs = kvevict::evict(kvevict::host, p, hv, sig, hp.view(), hr);
+    dbuf<std::int32_t> dlens(seqs * kvh), dfreed(hfreed.size()), dnum(1);
+    kvevict::device_compact_result dr{dlens.p, dfreed.p, static_cast<int>(hfreed.size()), dnum.p};
+    device_plan kept(seqs * kvh, hp.capacity);
+    const std::size_t bytes = kvevict::evict_workspace_bytes(kvevict::cuda, p, dv, sig);
+    dbuf<unsigned char> ews(bytes);
+    st = kvevict::evict(kvevict::cuda, p, dv, sig, kept.view(), dr, ews.p, bytes);
+    if (st.ok()) st = kvevict::device_status(kvevict::cuda, ews.p);
+    CHECK(hs.ok() && st.ok(), "%s / %s", hs.message().c_str(), st.message().c_str());
+    CHECK(dc.same_bytes_as_host(), "%s: evicted caches differ", testing::name(kind).c_str());
+    CHECK(dlens.download() == hlens, "lengths differ");
+  });
+}
+
+template <class T>
+void run_for_type(const char* tname) {
+  std::printf("-- element type %s\n", tname);
+  std::uint32_t seed = 100;
+  for (auto kind : testing::all_layouts) {
+    for (int ps : {7, 8, 9}) test_exact_selection<T>(kind, ps, ++seed);
+    test_exact_scorers<T>(kind, ++seed);
+    for (int ps : {7, 8, 9}) {
+      test_compaction<T>(kind, ps, g_small ? 100 : 600, 0.5, ++seed);
+      test_compaction<T>(kind, ps, g_small ? 100 : 600, 0.05, ++seed);
+    }
+    if (!g_small) test_compaction<T>(kind, 16, 20000, 0.3, ++seed);  // many tiles and dependencies
+    test_evict_and_determinism<T>(kind, ++seed);
+  }
+  for (auto kind : {layout_kind::block_nhd, layout_kind::csr_hnd, layout_kind::head_rows}) {
+    test_window_attention<T, kvevict::snapkv<>>(kind, 128, 8, 120, 16, ++seed, "snapkv d128 gqa4");
+    test_window_attention<T, kvevict::snapkv<kvevict::gqa_max, kvevict::max_pool<>>>(kind, 64, 2, 64, 8, ++seed,
+                                                                                    "snapkv max/max d64");
+    test_window_attention<T, kvevict::pyramidkv<>>(kind, 40, 4, 90, 12, ++seed, "pyramidkv d40");
+    test_window_attention<T, kvevict::snapkv<kvevict::gqa_mean, kvevict::no_pool>>(kind, 64, 16, 200, 40, ++seed,
+                                                                                  "snapkv window 40 gqa8");
+  }
+  test_errors<T>(++seed);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--small") g_small = true;
+  int devices = 0;
+  const cudaError_t e = cudaGetDeviceCount(&devices);
+  if (e != cudaSuccess || devices == 0) {
+    std::printf("SKIPPED: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    return 77;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("device: %s (sm_%d%d)%s\n", prop.name, prop.major, prop.minor, g_small ? ", small sizes" : "");
+  run_for_type<float>("float");
+  run_for_type<kvevict::half>("half");
+  run_for_type<kvevict::bfloat16>("bfloat16");
+  std::printf("%d checks, %d failed\n", g_checks, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
