@@ -19,8 +19,10 @@
 #define KVEVICT_ASSERT(cond) assert(cond)
 #endif
 
-#if defined(__CUDACC__) || defined(__clang__)
+#if defined(__CUDA_ARCH__) || defined(__clang__)
 #define KVEVICT_UNROLL _Pragma("unroll")
+#elif defined(__CUDACC__)
+#define KVEVICT_UNROLL  // host pass of nvcc: its front end knows no GCC unroll pragma
 #elif defined(__GNUC__)
 #define KVEVICT_UNROLL _Pragma("GCC unroll 16")
 #else

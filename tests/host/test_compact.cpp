@@ -1,6 +1,10 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <numeric>
 #include <random>
+
+#include <kvevict/detail/compact_schedule.hpp>
 
 #include "common/test_cache.hpp"
 
@@ -128,4 +132,74 @@ TEST_CASE("a shared-heads plan is reused for the following layers (ChunkKV's ind
   for (int h = 0; h < 2; ++h)
     for (int j = 0; j < 20; ++j)
       REQUIRE(std::memcmp(&cb.k[cb.addr(0, h, j)], &kb[cb.addr(0, h, kept.kept(h)[j])], 8 * sizeof(float)) == 0);
+}
+
+// The device compaction's tile schedule (cuda/compact.cuh) driven through random interleavings:
+// tiles start in ticket order, read their sources, and write only after the tiles named by
+// `first_blocking_tile` have read. Every interleaving the kernel allows must give the gathered row,
+// and some tile must always be able to move (no deadlock).
+TEST_CASE("in-place tile schedule of the CUDA compaction is hazard-free under any interleaving", "[compact][cuda]") {
+  std::mt19937 rng(2024);
+  for (int trial = 0; trial < 400; ++trial) {
+    const int n = 1 + static_cast<int>(rng() % 300), tile = 1 + static_cast<int>(rng() % 9);
+    std::vector<int> all(n);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    const int c = static_cast<int>(rng() % (n + 1));
+    std::vector<std::int32_t> pos(all.begin(), all.begin() + c);
+    std::sort(pos.begin(), pos.end());
+    if (trial % 5 == 0)  // a kept prefix (no moves) followed by moves
+      for (int j = 0; j < c / 2; ++j) pos[j] = j;
+    std::sort(pos.begin(), pos.end());
+    pos.erase(std::unique(pos.begin(), pos.end()), pos.end());
+    const int cnt = static_cast<int>(pos.size()), tiles = (cnt + tile - 1) / tile;
+    std::vector<int> slot(n);
+    std::iota(slot.begin(), slot.end(), 0);  // slot t holds token t
+    std::vector<int> state(tiles, 0);        // 0 not started, 1 started, 2 read, 3 written
+    std::vector<std::vector<int>> buf(tiles);
+    int started = 0, done = 0;
+    while (done < tiles) {
+      std::vector<std::pair<int, int>> moves;  // (tile, action)
+      if (started < tiles) moves.push_back({started, 0});
+      for (int k = 0; k < started; ++k) {
+        if (state[k] == 1) moves.push_back({k, 1});
+        if (state[k] == 2) {
+          bool ready = true;
+          for (int t = kvevict::detail::first_blocking_tile(pos.data(), k * tile, tile); t < k; ++t)
+            ready = ready && state[t] >= 2;
+          if (ready) moves.push_back({k, 2});
+        }
+      }
+      REQUIRE(!moves.empty());  // no deadlock
+      const auto [k, action] = moves[rng() % moves.size()];
+      const int j0 = k * tile, j1 = std::min(cnt, j0 + tile);
+      if (action == 0) {
+        state[k] = 1;
+        ++started;
+      } else if (action == 1) {
+        for (int j = j0; j < j1; ++j) buf[k].push_back(slot[pos[j]]);
+        state[k] = 2;
+      } else {
+        for (int j = j0; j < j1; ++j)
+          if (pos[j] != j) slot[j] = buf[k][j - j0];
+        state[k] = 3;
+        ++done;
+      }
+    }
+    for (int j = 0; j < cnt; ++j) REQUIRE(slot[j] == pos[j]);
+  }
+}
+
+TEST_CASE("the CUDA compaction maps a global tile to its row, skipping rows with no tiles", "[compact][cuda]") {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int rows = 1 + static_cast<int>(rng() % 12);
+    std::vector<int> off(rows + 1, 0);
+    for (int r = 0; r < rows; ++r) off[r + 1] = off[r] + static_cast<int>(rng() % 4);  // zeros included
+    for (int g = 0; g < off[rows]; ++g) {
+      const int r = kvevict::detail::row_of_tile(off.data(), rows, g);
+      REQUIRE(off[r] <= g);
+      REQUIRE(g < off[r + 1]);
+    }
+  }
 }

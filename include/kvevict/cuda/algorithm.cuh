@@ -196,7 +196,7 @@ status enqueue_compact(cudaStream_t st, const Cache& c, const_keep_plan plan, co
 //! query and 512 keys). Computed on the host from the view's scalars; reads no device memory.
 template <class Policy, class Cache, class T>
 std::size_t plan_workspace_bytes(cuda_t, const Policy& p, const Cache& cache, const signals<T>& sig) {
-  if (!cuda_backend::check_plan_scalars(p, cache, sig).ok()) return 0;
+  if (!cuda_backend::validate_cache_shape(cache).ok()) return 0;
   return cuda_backend::plan_layout(p, cache, sig).total();
 }
 

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../detail/compact_schedule.hpp"
 #include "../keep_plan.hpp"
 #include "geometry.cuh"
 
@@ -124,16 +125,7 @@ __global__ void __launch_bounds__(compact_threads)
   for (;;) {
     if (threadIdx.x == 0) {
       const int g = atomicAdd(ticket, 1);
-      int row = -1;
-      if (g < total) {  // the row whose tile range holds g
-        int a = 0, b = rows - 1;
-        while (a < b) {
-          const int mid = (a + b + 1) / 2;
-          if (tile_offsets[mid] <= g) a = mid;
-          else b = mid - 1;
-        }
-        row = a;
-      }
+      const int row = g < total ? detail::row_of_tile(tile_offsets, rows, g) : -1;
       s_tile = g;
       s_row = row;
     }
@@ -157,14 +149,8 @@ __global__ void __launch_bounds__(compact_threads)
     if (threadIdx.x == 0) {
       __threadfence();
       atomicExch(&flags[g], 1);
-      // Wait for the earlier tiles of this row that read slots in [j0, j1).
-      int lo = 0, hi = j0;  // first rank whose position is >= j0
-      while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        if (pos[mid] >= j0) hi = mid;
-        else lo = mid + 1;
-      }
-      for (int t = lo / compact_tile; t < tile; ++t) {
+      // Wait for the earlier tiles of this row that read slots this tile writes.
+      for (int t = detail::first_blocking_tile(pos, j0, compact_tile); t < tile; ++t) {
         volatile int* f = flags + tile_offsets[r] + t;
         while (*f == 0) __nanosleep(64);
       }

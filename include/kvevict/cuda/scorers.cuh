@@ -191,16 +191,14 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     return wa_smem::make(c.head_dim(), sig.num_q_heads / c.num_kv_heads(), window, static_cast<int>(sizeof(T)),
                          vec_rows(c));
   }
-  static int max_smem() {
-    int dev = 0, v = 48 * 1024;
-    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    return v;
-  }
-
   template <class Cache, class T>
   static status host_check(const scorer& sc, const Cache& c, const signals<T>& sig, int window) {
     KVEVICT_TRY(sc.validate(c, sig, window));  // scalar checks only
-    if (smem_of(c, sig, window).total > static_cast<std::size_t>(max_smem()))
+    int dev = 0, max_smem = 0;
+    KVEVICT_TRY(check(cudaGetDevice(&dev), "window attention: cudaGetDevice"));
+    KVEVICT_TRY(check(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+                      "window attention: cudaDeviceGetAttribute"));
+    if (smem_of(c, sig, window).total > static_cast<std::size_t>(max_smem))
       return make_error(errc::invalid_argument, "selector.window",
                         "window x query heads per KV head x head_dim exceeds the CUDA scorer's shared memory");
     return ok_status();

@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(wa_threads) window_attention_kernel(wa_args<Ca
     }
     qs[static_cast<std::size_t>(r) * dpad + x] = val;
   }
-  for (int r = threadIdx.x; r < a.sm.rows_pad; r += blockDim.x) {
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
     if (Pass == 1) {
       rm[r] = -FLT_MAX;
       rl[r] = 0.0f;
