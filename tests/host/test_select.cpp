@@ -1,6 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <random>
+
+#include <kvevict/detail/radix_select.hpp>
 
 #include "common/given_scores.hpp"
 #include "common/reference.hpp"
@@ -116,4 +119,57 @@ TEST_CASE("plans are identical across reruns", "[select]") {
   REQUIRE(kvevict::plan(kvevict::host, p, view, sig, b.view()).ok());
   CHECK(a.positions == b.positions);
   CHECK(a.counts == b.counts);
+}
+
+// The device top-k (cuda/select.cuh) as the kernel computes it, sequentially: four 8-bit digit
+// histograms to find the threshold key, then keep keys above it and the first `krem` equal ones in
+// position order. Must equal the host's protected top-k exactly, ties, -0 / +0 and huge or tiny
+// magnitudes included.
+TEST_CASE("the CUDA radix top-k picks exactly the host's protected top-k", "[select][cuda]") {
+  std::mt19937 rng(99);
+  for (int trial = 0; trial < 600; ++trial) {
+    const int n = 1 + static_cast<int>(rng() % 400);
+    std::vector<float> s(n);
+    const int mode = trial % 4;
+    for (auto& x : s) {
+      if (mode == 0) x = static_cast<float>(static_cast<int>(rng() % 9) - 4) * 0.5f;  // many ties, signed zeros
+      else if (mode == 1) x = std::ldexp(static_cast<float>(rng() % 1000) / 1000.0f, static_cast<int>(rng() % 200) - 100);
+      else if (mode == 2) x = -std::ldexp(1.0f + static_cast<float>(rng() % 7), static_cast<int>(rng() % 60) - 30);
+      else x = std::uniform_real_distribution<float>(-1e30f, 1e30f)(rng);
+      if (rng() % 11 == 0) x = -0.0f;
+    }
+    const int sinks = static_cast<int>(rng() % 5), window = static_cast<int>(rng() % 5);
+    const int budget = sinks + window + static_cast<int>(rng() % (n + 1));
+    std::vector<std::int32_t> want(n), idx(n);
+    want.resize(kvevict::host_backend::select_protected_top_k(s.data(), n, budget, sinks, window, want.data(), idx.data()));
+
+    std::vector<std::int32_t> got;
+    if (n <= budget) {
+      for (int t = 0; t < n; ++t) got.push_back(t);
+    } else {
+      const int lo = std::min(sinks, n), hi = std::max(lo, n - window), k = budget - lo - (n - hi);
+      std::uint32_t prefix = 0, mask = 0;
+      int krem = k;
+      if (k > 0)
+        for (int shift = 24; shift >= 0; shift -= 8) {
+          unsigned hist[256] = {};
+          for (int t = lo; t < hi; ++t) {
+            const std::uint32_t key = kvevict::detail::order_key(s[t]);
+            if ((key & mask) == prefix) ++hist[(key >> shift) & 255u];
+          }
+          prefix |= static_cast<std::uint32_t>(kvevict::detail::pick_digit(hist, krem)) << shift;
+          mask |= 255u << shift;
+        }
+      int eq_seen = 0;
+      for (int t = 0; t < n; ++t) {
+        bool keep = t < lo || t >= hi;
+        if (!keep && k > 0) {
+          const std::uint32_t key = kvevict::detail::order_key(s[t]);
+          keep = key > prefix || (key == prefix && eq_seen++ < krem);
+        }
+        if (keep) got.push_back(t);
+      }
+    }
+    REQUIRE(got == want);
+  }
 }

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../detail/radix_select.hpp"
 #include "../keep_plan.hpp"
 #include "geometry.cuh"
 #include "rules.cuh"
@@ -20,12 +21,7 @@ namespace kvevict::cuda_backend {
 
 inline constexpr int select_threads = 512;
 
-//! Order-preserving map of a finite float to an unsigned key (-0 and +0 map alike, as `>` and `==`
-//! see them).
-__device__ __forceinline__ std::uint32_t order_key(float f) {
-  std::uint32_t u = __float_as_uint(f == 0.0f ? 0.0f : f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
+using detail::order_key;
 
 //! One block per (sequence, KV head) row. `scores` in slab layout.
 template <class Cache>
@@ -77,12 +73,9 @@ __global__ void __launch_bounds__(select_threads)
       }
       __syncthreads();
       if (threadIdx.x == 0) {
-        int cum = 0, digit = 0;
-        for (digit = 255; digit > 0; --digit) {
-          if (cum + static_cast<int>(hist[digit]) >= s_krem) break;
-          cum += static_cast<int>(hist[digit]);
-        }
-        s_krem -= cum;
+        int krem = s_krem;
+        const int digit = detail::pick_digit(hist, krem);
+        s_krem = krem;
         s_prefix = prefix | (static_cast<std::uint32_t>(digit) << shift);
         s_mask = mask | (255u << shift);
       }
