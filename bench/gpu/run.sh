@@ -28,7 +28,7 @@ status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
 date -u +"%Y-%m-%d %H:%M UTC" | tee -a "$out/card.txt"
 
-flags=(-O3 -std=c++17 -arch=sm_90 -Iinclude -Itests -lineinfo)
+flags=(-O3 -std=c++17 -arch=sm_90 -Iinclude -Itests -lineinfo "-DKVEVICT_FIXTURES_DIR=\"$PWD/tests/fixtures\"")
 echo "== build =="
 nvcc "${flags[@]}" -o build/gpu/kvevict_cuda_tests tests/cuda/test_cuda.cu > "$out/build_tests.log" 2>&1 &
 p1=$!

@@ -18,6 +18,7 @@
 
 #include <kvevict/cuda.cuh>
 
+#include "common/mini_json.hpp"
 #include "common/test_cache.hpp"
 
 namespace {
@@ -537,6 +538,183 @@ void test_evict_and_determinism(layout_kind kind, std::uint32_t seed) {
   });
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// 7. Block, segment and SABlock granularities (issue 6): the device plans equal the host plans
+// exactly, for given scores (ties included), every layout, both head sharings.
+template <class T, class Policy>
+void compare_block_policy(device_cache<T>& dc, const Policy& p, const kvevict::signals<T>& sig,
+                          const kvevict::signals<T>& dsig, const float* dscores, int seqs, int kvh, const char* what) {
+  dc.visit([&](auto hv, auto dv) {
+    kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(p, hv, sig));
+    const auto hs = kvevict::plan(kvevict::host, p, hv, sig, hp.view());
+    auto dp = p;
+    dp.scorer.scores = dscores;
+    device_plan out(seqs * kvh, hp.capacity);
+    dbuf<unsigned char> ws;
+    const auto st = run_device_plan<Policy, decltype(hv)>(dp, dv, dsig, out, ws);
+    CHECK(hs.ok() == st.ok() && (hs.ok() || std::string(hs.argument) == st.argument), "%s: %s / %s", what,
+          hs.message().c_str(), st.message().c_str());
+    if (!hs.ok() || !st.ok()) return;
+    for (int r = 0; r < seqs * kvh; ++r)
+      CHECK(out.kept(r) == hp.kept(r), "%s %s row %d", what, testing::name(dc.h->kind).c_str(), r);
+  });
+}
+
+template <class T>
+void test_block_granularities(layout_kind kind, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int seqs = 3, kvh = 2;
+  auto L = testing::make_logical(seqs, kvh, 8, random_lens(rng, seqs, 1, g_small ? 400 : 3000), seed,
+                                 kind == layout_kind::head_rows);
+  auto hc = testing::build<T>(L, kind, 8, seed + 1);
+  device_cache<T> dc(hc);
+  const int stride = L.max_len;
+  std::vector<float> scores(static_cast<std::size_t>(seqs) * kvh * stride);
+  for (auto& x : scores) x = static_cast<float>(rng() % 29) * 0.125f;  // ties
+  dbuf<float> dscores(scores);
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(seqs) * stride);
+  for (auto& x : ids) x = rng() % 7 == 0 ? 1 + static_cast<int>(rng() % 3) : 4 + static_cast<int>(rng() % 40);
+  dbuf<std::int32_t> dids(ids);
+  const std::vector<std::int32_t> delims = {1, 2, 3};
+  dbuf<std::int32_t> ddelims(delims);
+  kvevict::signals<T> sig{};
+  sig.token_ids = ids.data();
+  sig.token_ids_stride = stride;
+  sig.layer = 2;
+  sig.num_layers = 5;
+  auto dsig = sig;
+  dsig.token_ids = dids.p;
+  auto setup = [&](auto& p, int budget, int sinks, int window) {
+    p.selector.budget.entries = budget;
+    p.selector.sinks = sinks;
+    p.selector.window = window;
+    p.scorer.scores = scores.data();
+    p.scorer.stride = stride;
+  };
+  int shortest = 1 << 30;
+  for (int n : L.lens) shortest = std::min(shortest, n);
+  const int window = std::min(8, shortest);
+  using kvevict::precomputed;
+  for (int budget : {window + 4, 60, 500}) {
+    kvevict::chunkkv<precomputed> ck;  // shared heads
+    setup(ck, budget, 4, window);
+    ck.granularity.chunk = 7;
+    compare_block_policy(dc, ck, sig, dsig, dscores.p, seqs, kvh, "chunkkv shared");
+    kvevict::chunkkv<precomputed, kvevict::pyramid_budget, kvevict::independent_heads> cki;
+    setup(cki, budget, 2, window);
+    compare_block_policy(dc, cki, sig, dsig, dscores.p, seqs, kvh, "chunkkv independent pyramid");
+
+    auto with_delims = [&](auto& p, bool device) {
+      p.granularity.segmenter.delimiter_ids = device ? ddelims.p : delims.data();
+      p.granularity.segmenter.num_delimiters = 3;
+    };
+    kvevict::sentencekv<kvevict::delimiter_segmenter, precomputed> sk;
+    setup(sk, budget, 4, window);
+    with_delims(sk, false);
+    {  // host and device need their own delimiter arrays: compare through a device copy
+      auto dsk = sk;
+      with_delims(dsk, true);
+      dc.visit([&](auto hv, auto dv) {
+        kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(sk, hv, sig));
+        const auto hs = kvevict::plan(kvevict::host, sk, hv, sig, hp.view());
+        dsk.scorer.scores = dscores.p;
+        device_plan out(seqs * kvh, hp.capacity);
+        dbuf<unsigned char> ws;
+        const auto st = run_device_plan<decltype(dsk), decltype(hv)>(dsk, dv, dsig, out, ws);
+        CHECK(hs.ok() && st.ok(), "sentencekv: %s / %s", hs.message().c_str(), st.message().c_str());
+        if (hs.ok() && st.ok())
+          for (int r = 0; r < seqs * kvh; ++r) CHECK(out.kept(r) == hp.kept(r), "sentencekv row %d", r);
+      });
+    }
+    kvevict::sentencekv<kvevict::fixed_length_segmenter, precomputed, kvevict::pyramid_budget> skf;
+    setup(skf, budget, 4, window);
+    skf.granularity.segmenter.length = 5;
+    compare_block_policy(dc, skf, sig, dsig, dscores.p, seqs, kvh, "sentencekv fixed length");
+
+    for (int variant = 0; variant < 4; ++variant) {
+      kvevict::sablock<kvevict::delimiter_segmenter, precomputed> sb;
+      setup(sb, budget, 4, window);
+      if (variant == 1) sb.granularity.alpha = 0, sb.granularity.g = 0;
+      if (variant == 2) sb.granularity.block_size = 4;
+      if (variant == 3) sb.granularity.g = 50;
+      auto dsb = sb;
+      with_delims(sb, false);
+      with_delims(dsb, true);
+      dc.visit([&](auto hv, auto dv) {
+        kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(sb, hv, sig));
+        const auto hs = kvevict::plan(kvevict::host, sb, hv, sig, hp.view());
+        dsb.scorer.scores = dscores.p;
+        device_plan out(seqs * kvh, hp.capacity);
+        dbuf<unsigned char> ws;
+        const auto st = run_device_plan<decltype(dsb), decltype(hv)>(dsb, dv, dsig, out, ws);
+        CHECK(hs.ok() && st.ok(), "sablock %d: %s / %s", variant, hs.message().c_str(), st.message().c_str());
+        if (hs.ok() && st.ok())
+          for (int r = 0; r < seqs * kvh; ++r)
+            CHECK(out.kept(r) == hp.kept(r), "sablock variant %d %s row %d", variant, testing::name(kind).c_str(), r);
+      });
+    }
+    kvevict::sablock<kvevict::fixed_length_segmenter, precomputed, kvevict::uniform_budget, kvevict::shared_heads> sbs;
+    setup(sbs, budget, 4, window);
+    sbs.granularity.segmenter.length = 9;
+    compare_block_policy(dc, sbs, sig, dsig, dscores.p, seqs, kvh, "sablock shared fixed length");
+  }
+}
+
+// The golden SABlock cases, planned from float scores on both backends.
+void test_sablock_goldens() {
+  const auto doc = mini_json::load(std::string(KVEVICT_FIXTURES_DIR) + "/sablock_golden.json");
+  int cases = 0, equal_to_golden = 0;
+  for (const auto& c : doc["cases"].arr) {
+    const int n = static_cast<int>(c["num_tokens"].num);
+    auto ids = c["token_ids"].ints();
+    const auto delims = c["delimiter_ids"].ints();
+    const auto sd = c["scores"].doubles();
+    std::vector<float> scores(sd.begin(), sd.end());
+    auto L = testing::make_logical(1, 1, 4, {n}, 5);
+    auto hc = testing::build<float>(L, layout_kind::block_nhd, 16, 6);
+    device_cache<float> dc(hc);
+    std::vector<std::int32_t> ids32(ids.begin(), ids.end()), delims32(delims.begin(), delims.end());
+    dbuf<std::int32_t> dids(ids32), ddelims(delims32);
+    dbuf<float> dscores(scores);
+    kvevict::sablock<kvevict::delimiter_segmenter, kvevict::precomputed> p;
+    p.selector.budget.entries = static_cast<int>(c["budget"].num);
+    p.selector.sinks = static_cast<int>(c["sinks"].num);
+    p.selector.window = static_cast<int>(c["window"].num);
+    p.granularity.alpha = c["alpha"].num;
+    p.granularity.g = c["g"].num;
+    p.granularity.steps = static_cast<int>(c["steps"].num);
+    p.granularity.segmenter = {delims32.data(), static_cast<int>(delims32.size()), static_cast<int>(c["min_len"].num),
+                               static_cast<int>(c["max_len"].num)};
+    p.scorer.scores = scores.data();
+    p.scorer.stride = n;
+    kvevict::signals<float> sig{};
+    sig.token_ids = ids32.data();
+    sig.token_ids_stride = n;
+    auto hv = hc.block_view();
+    kvevict::keep_plan_buffer hp(1, kvevict::plan_capacity(p, hv, sig));
+    const auto hs = kvevict::plan(kvevict::host, p, hv, sig, hp.view());
+    auto dp = p;
+    dp.scorer.scores = dscores.p;
+    dp.granularity.segmenter.delimiter_ids = ddelims.p;
+    auto dsig = sig;
+    dsig.token_ids = dids.p;
+    device_plan out(1, hp.capacity);
+    dbuf<unsigned char> ws;
+    dc.visit([&](auto hv2, auto dv) {
+      const auto st = run_device_plan<decltype(dp), decltype(hv2)>(dp, dv, dsig, out, ws);
+      CHECK(hs.ok() && st.ok(), "golden %s: %s / %s", c["name"].str.c_str(), hs.message().c_str(), st.message().c_str());
+    });
+    if (!hs.ok()) continue;
+    ++cases;
+    CHECK(out.kept(0) == hp.kept(0), "golden %s: device plan differs from the host's", c["name"].str.c_str());
+    const auto want = c["expected_kept"].ints();
+    equal_to_golden += hp.kept(0) == std::vector<std::int32_t>(want.begin(), want.end());
+  }
+  std::printf("SABlock goldens from float scores: %d cases, host == device checked, %d equal the double-precision golden\n",
+              cases, equal_to_golden);
+}
+
 template <class T>
 void run_for_type(const char* tname) {
   std::printf("-- element type %s\n", tname);
@@ -550,6 +728,7 @@ void run_for_type(const char* tname) {
     }
     if (!g_small) test_compaction<T>(kind, 16, 20000, 0.3, ++seed);  // many tiles and dependencies
     test_evict_and_determinism<T>(kind, ++seed);
+    test_block_granularities<T>(kind, ++seed);
   }
   for (auto kind : {layout_kind::block_nhd, layout_kind::csr_hnd, layout_kind::head_rows}) {
     test_window_attention<T, kvevict::snapkv<>>(kind, 128, 8, 120, 16, ++seed, "snapkv d128 gqa4");
@@ -646,6 +825,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   std::printf("device: %s (sm_%d%d)%s\n", prop.name, prop.major, prop.minor, g_small ? ", small sizes" : "");
+  test_sablock_goldens();
   run_for_type<float>("float");
   run_for_type<kvevict::half>("half");
   run_for_type<kvevict::bfloat16>("bfloat16");

@@ -26,6 +26,7 @@
 #include "geometry.cuh"
 #include "rules.cuh"
 #include "scorers.cuh"
+#include "blocks.cuh"
 #include "select.cuh"
 
 namespace kvevict {
@@ -42,10 +43,11 @@ struct device_compact_result {
 namespace cuda_backend {
 
 template <class Policy, class Cache, class T>
-detail::workspace_layout<3> plan_layout(const Policy& p, const Cache& c, const signals<T>& sig) {
-  return detail::workspace_layout<3>{
+detail::workspace_layout<4> plan_layout(const Policy& p, const Cache& c, const signals<T>& sig) {
+  return detail::workspace_layout<4>{
       {sizeof(int), sizeof(float) * slab_tokens(c),
-       device_scorer<typename Policy::scorer_type>::scratch_bytes(p.scorer, c, sig, p.selector.window)}};
+       device_scorer<typename Policy::scorer_type>::scratch_bytes(p.scorer, c, sig, p.selector.window),
+       device_granularity<typename Policy::granularity_type>::scratch_bytes(p.granularity, c)}};
 }
 
 template <class Policy, class Cache, class T>
@@ -54,14 +56,15 @@ status check_plan_scalars(const Policy& p, const Cache& c, const signals<T>& sig
                 "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
   static_assert(std::is_same_v<typename Cache::value_type, T>,
                 "kvevict: signals<T> must use the cache's element type for its queries");
-  static_assert(std::is_same_v<typename Policy::granularity_type, token_level>,
-                "kvevict::cuda: block, segment and SABlock granularities (chunkkv, sentencekv, sablock) have no "
-                "CUDA implementation yet; plan them on kvevict::host");
+  static_assert(!(detail::granularity_shares_heads<typename Policy::granularity_type>::value &&
+                  Policy::selector_type::budget_type::per_head),
+                "kvevict: shared_heads selects one plan for every head and cannot take per-head budgets");
   KVEVICT_TRY(validate_cache_shape(c));
   KVEVICT_TRY(p.selector.validate());
   if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");
   if (sig.layer < 0 || sig.layer >= sig.num_layers)
     return make_error(errc::out_of_range, "signals.layer", "must lie in [0, num_layers)");
+  KVEVICT_TRY(device_granularity<typename Policy::granularity_type>::host_check(p.granularity, sig));
   return device_scorer<typename Policy::scorer_type>::host_check(p.scorer, c, sig, p.selector.window);
 }
 
@@ -70,7 +73,7 @@ template <class Policy, class Cache, class T>
 status enqueue_plan(cudaStream_t st, const Policy& p, const Cache& c, const signals<T>& sig, keep_plan out,
                     void* workspace) {
   const auto layout = plan_layout(p, c, sig);
-  void* buf[3];
+  void* buf[4];
   layout.carve(workspace, buf);
   int* word = static_cast<int*>(buf[0]);
   float* scores = static_cast<float*>(buf[1]);
@@ -80,8 +83,8 @@ status enqueue_plan(cudaStream_t st, const Policy& p, const Cache& c, const sign
       c, rules, detail::scorer_needs_window_queries<typename Policy::scorer_type>::value, out.capacity, word);
   KVEVICT_TRY(check_launch("plan checks: kernel launch"));
   KVEVICT_TRY(device_scorer<typename Policy::scorer_type>::enqueue(p.scorer, st, c, sig, rules, scores, buf[2], word));
-  select_top_k_kernel<<<c.num_seqs() * c.num_kv_heads(), select_threads, 0, st>>>(c, rules, scores, out, word);
-  return check_launch("selection: kernel launch");
+  return device_granularity<typename Policy::granularity_type>::enqueue(p.granularity, st, c, sig, rules, scores, out,
+                                                                         buf[3], word);
 }
 
 template <class Cache>

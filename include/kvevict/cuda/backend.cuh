@@ -56,6 +56,7 @@ enum device_check : int {
   dc_precomputed_stride,
   dc_sums_stride,
   dc_sums_non_finite,
+  dc_token_ids_stride,
   dc_score_non_finite,
   dc_plan_count,
   dc_plan_uneven,
@@ -65,6 +66,9 @@ enum device_check : int {
   dc_freed_capacity,
   dc_count_,
 };
+template <class>
+inline constexpr bool always_false = false;
+
 //! The status word's value when nothing is wrong.
 inline constexpr int no_problem = INT_MAX;
 
@@ -115,6 +119,8 @@ inline status decode(int code) {
       return make_error(errc::shape_mismatch, "signals.sums_stride", "shorter than a sequence of the cache");
     case dc_sums_non_finite:
       return make_error(errc::non_finite, "signals.attention_sums", "NaN or infinite attention sum");
+    case dc_token_ids_stride:
+      return make_error(errc::shape_mismatch, "signals.token_ids_stride", "shorter than a sequence");
     case dc_score_non_finite:
       return make_error(errc::non_finite, "cache.k / signals.queries", "a token score is NaN or infinite");
     case dc_plan_count:

@@ -17,9 +17,6 @@
 
 namespace kvevict::cuda_backend {
 
-template <class>
-inline constexpr bool always_false = false;
-
 template <class Scorer>
 struct device_scorer {
   static_assert(always_false<Scorer>, "kvevict::cuda: this scorer has no CUDA implementation (see cuda/scorers.cuh)");

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "../config.hpp"
 #include "../numeric.hpp"
@@ -18,6 +19,14 @@ namespace kvevict::detail {
 KVEVICT_HOST_DEVICE std::uint32_t order_key(float f) {
   const std::uint32_t u = float_bits(f == 0.0f ? 0.0f : f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+//! Order-preserving key of a finite double (-0 and +0 map alike).
+KVEVICT_HOST_DEVICE std::uint64_t order_key64(double d) {
+  if (d == 0.0) d = 0.0;
+  std::uint64_t u;
+  std::memcpy(&u, &d, sizeof u);
+  return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
 }
 
 //! Given the histogram of the current digit among the keys that match the prefix so far, and

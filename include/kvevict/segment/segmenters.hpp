@@ -29,7 +29,7 @@ namespace host_backend {
 //! merged segment is checked again); a short last segment merges into the one before it.
 //! Splitting: a segment of `n > max_len` tokens becomes `p = ceil(n / max_len)` pieces cut at
 //! `start + floor(n * j / p)`.
-inline int merge_and_split(std::int32_t* offsets, int count, int min_len, int max_len) {
+KVEVICT_HOST_DEVICE int merge_and_split(std::int32_t* offsets, int count, int min_len, int max_len) {
   if (count == 0) return 0;
   // Merge (in place, forward).
   int m = 0;  // merged segments written: offsets[0..m]
@@ -89,7 +89,7 @@ struct delimiter_segmenter {
   std::size_t scratch_bytes(const Cache&, int) const {
     return 0;
   }
-  bool is_delimiter(std::int32_t id) const {
+  KVEVICT_HOST_DEVICE bool is_delimiter(std::int32_t id) const {
     for (int i = 0; i < num_delimiters; ++i)
       if (delimiter_ids[i] == id) return true;
     return false;
