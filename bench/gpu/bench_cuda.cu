@@ -1,5 +1,5 @@
 // CUDA backend benchmarks (Google Benchmark, CUDA-event manual time, JSON with
-// --benchmark_format=json): SnapKV plan + compact of one Llama-3-8B-like layer (32 query heads,
+// --benchmark_format=json): SnapKV, SABlock and ChunkKV plan + compact of one Llama-3-8B-like layer (32 query heads,
 // 8 KV heads, head_dim 128, bf16, window 64, pooling 5, block table with 16-token pages) at 8K,
 // 32K and 128K tokens, the plan alone, compaction alone at 50% kept, and a device-to-device copy
 // of the same bytes (the bandwidth ceiling). Counters: workspace bytes (our extra memory), bytes
@@ -117,9 +117,26 @@ void BM_d2d_copy(benchmark::State& st) {
   cudaFree(a), cudaFree(b);
 }
 
-void BM_snapkv_evict(benchmark::State& st) {
-  layer L(static_cast<int>(st.range(0)));
-  kvevict::snapkv<> p;
+// Token ids for the segmenters: word ids with a delimiter (1, 2 or 3) about every 12 tokens.
+struct token_ids {
+  std::int32_t *ids = nullptr, *delims = nullptr;
+  explicit token_ids(int n) {
+    std::mt19937 rng(11);
+    std::vector<std::int32_t> h(n), d = {1, 2, 3};
+    for (auto& x : h) x = rng() % 12 == 0 ? 1 + static_cast<int>(rng() % 3) : 4 + static_cast<int>(rng() % 30000);
+    ok(cudaMalloc(&ids, sizeof(std::int32_t) * n));
+    ok(cudaMemcpy(ids, h.data(), sizeof(std::int32_t) * n, cudaMemcpyHostToDevice));
+    ok(cudaMalloc(&delims, sizeof(std::int32_t) * 3));
+    ok(cudaMemcpy(delims, d.data(), sizeof(std::int32_t) * 3, cudaMemcpyHostToDevice));
+  }
+  ~token_ids() {
+    cudaFree(ids), cudaFree(delims);
+  }
+};
+
+// Plan (+ compact unless plan_only) of one layer with policy `p`.
+template <class Policy>
+void run_policy(benchmark::State& st, Policy p, layer& L, bool plan_only) {
   p.selector.window = W;
   p.selector.budget.entries = static_cast<int>(st.range(1));
   const auto exec = kvevict::cuda;
@@ -134,7 +151,6 @@ void BM_snapkv_evict(benchmark::State& st) {
   ok(cudaMalloc(&freed, sizeof(std::int32_t) * L.cache.num_pages()));
   ok(cudaMalloc(&num, sizeof(std::int32_t)));
   kvevict::device_compact_result out{new_lens, freed, L.cache.num_pages(), num};
-  const bool plan_only = st.range(2) != 0;
   auto once = [&] {
     const auto s = plan_only ? kvevict::plan(exec, p, L.cache, L.sig, {pos, cnt, cap}, ws, bytes)
                              : kvevict::evict(exec, p, L.cache, L.sig, {pos, cnt, cap}, out, ws, bytes);
@@ -150,6 +166,30 @@ void BM_snapkv_evict(benchmark::State& st) {
   st.counters["workspace_MiB"] = static_cast<double>(bytes) / (1 << 20);
   st.counters["floor_ms"] = floor_ms(L.n, plan_only ? 0 : p.selector.budget.entries, g_copy_tbs);
   cudaFree(ws), cudaFree(pos), cudaFree(cnt), cudaFree(new_lens), cudaFree(freed), cudaFree(num);
+}
+
+void BM_snapkv_evict(benchmark::State& st) {
+  layer L(static_cast<int>(st.range(0)));
+  run_policy(st, kvevict::snapkv<>{}, L, st.range(2) != 0);
+}
+
+// SABlock (delimiter segments, window attention without pooling, independent heads) and ChunkKV
+// (chunks of 20 as the torch path, shared heads), plan + compact.
+void BM_sablock_evict(benchmark::State& st) {
+  layer L(static_cast<int>(st.range(0)));
+  token_ids ids(L.n);
+  L.sig.token_ids = ids.ids;
+  L.sig.token_ids_stride = L.n;
+  kvevict::sablock<> p;
+  p.granularity.segmenter.delimiter_ids = ids.delims;
+  p.granularity.segmenter.num_delimiters = 3;
+  run_policy(st, p, L, false);
+}
+void BM_chunkkv_evict(benchmark::State& st) {
+  layer L(static_cast<int>(st.range(0)));
+  kvevict::chunkkv<> p;
+  p.granularity.chunk = 20;
+  run_policy(st, p, L, false);
 }
 
 // Compaction alone, every other token kept (50%): bytes moved (K and V, read + written).
@@ -199,6 +239,18 @@ BENCHMARK(BM_d2d_copy)->UseManualTime()->Unit(benchmark::kMillisecond)->Iteratio
 BENCHMARK(BM_snapkv_evict)
     ->ArgsProduct({{8192, 32768, 131072}, {1024}, {0, 1}})
     ->Args({131072, 96, 0})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Repetitions(5)
+    ->ReportAggregatesOnly(true);
+BENCHMARK(BM_sablock_evict)
+    ->ArgsProduct({{8192, 32768, 131072}, {1024}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Repetitions(5)
+    ->ReportAggregatesOnly(true);
+BENCHMARK(BM_chunkkv_evict)
+    ->ArgsProduct({{8192, 32768, 131072}, {1024}})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond)
     ->Repetitions(5)
