@@ -69,8 +69,9 @@ bool kept_whole(const Policy& p, const Cache& cache, const signals<T>& sig, int 
 
 //! Everything a plan checks before it computes: cache structure, selector, scorer signals,
 //! granularity inputs. Returns the first problem found.
+//! What `plan` requires of its types, on every backend.
 template <class Policy, class Cache, class T>
-status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T>& sig) {
+constexpr void static_check_plan_types() {
   static_assert(is_paged_kv_cache_v<Cache>,
                 "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
   static_assert(std::is_same_v<typename Cache::value_type, T>,
@@ -79,6 +80,11 @@ status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T
                   Policy::selector_type::budget_type::per_head),
                 "kvevict: shared_heads selects one plan for every head and cannot take per-head budgets "
                 "(adaptive_budget); use independent_heads or a uniform / pyramid budget");
+}
+
+template <class Policy, class Cache, class T>
+status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T>& sig) {
+  static_check_plan_types<Policy, Cache, T>();
   KVEVICT_TRY(validate_cache(cache));
   KVEVICT_TRY(p.selector.validate());
   if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");

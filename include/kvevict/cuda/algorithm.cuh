@@ -52,13 +52,7 @@ detail::workspace_layout<4> plan_layout(const Policy& p, const Cache& c, const s
 
 template <class Policy, class Cache, class T>
 status check_plan_scalars(const Policy& p, const Cache& c, const signals<T>& sig) {
-  static_assert(is_paged_kv_cache_v<Cache>,
-                "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
-  static_assert(std::is_same_v<typename Cache::value_type, T>,
-                "kvevict: signals<T> must use the cache's element type for its queries");
-  static_assert(!(detail::granularity_shares_heads<typename Policy::granularity_type>::value &&
-                  Policy::selector_type::budget_type::per_head),
-                "kvevict: shared_heads selects one plan for every head and cannot take per-head budgets");
+  detail::static_check_plan_types<Policy, Cache, T>();
   KVEVICT_TRY(validate_cache_shape(c));
   KVEVICT_TRY(p.selector.validate());
   if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");

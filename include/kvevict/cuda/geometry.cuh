@@ -95,11 +95,12 @@ __device__ std::size_t chunk_base(const Cache& c, int s, int h, int chunk) {
 
 // ---- host-side shape checks (scalars and pointers only) ----
 
-template <class T, class L>
-status validate_cache_shape(const block_table_cache<T, L>& c) {
+//! Shape checks shared by the block-table views (lengths per sequence or per (sequence, head)).
+template <class Cache>
+status validate_table_shape(const Cache& c, const std::int32_t* lens) {
   KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
                                             c.v != nullptr));
-  if (c.seq_lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
+  if (lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
   if (c.block_table == nullptr) return make_error(errc::invalid_argument, "cache.block_table", "null block table");
   if (c.block_table_stride <= 0)
     return make_error(errc::invalid_argument, "cache.block_table_stride", "must be positive");
@@ -107,17 +108,13 @@ status validate_cache_shape(const block_table_cache<T, L>& c) {
     return make_error(errc::out_of_range, "cache.block_table_stride", "a row would hold more than INT_MAX tokens");
   return ok_status();
 }
+template <class T, class L>
+status validate_cache_shape(const block_table_cache<T, L>& c) {
+  return validate_table_shape(c, c.seq_lens);
+}
 template <class T>
 status validate_cache_shape(const head_row_table_cache<T>& c) {
-  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                            c.v != nullptr));
-  if (c.row_lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null row lengths");
-  if (c.block_table == nullptr) return make_error(errc::invalid_argument, "cache.block_table", "null block table");
-  if (c.block_table_stride <= 0)
-    return make_error(errc::invalid_argument, "cache.block_table_stride", "must be positive");
-  if (static_cast<std::int64_t>(c.block_table_stride) * c.page_size() > INT_MAX)
-    return make_error(errc::out_of_range, "cache.block_table_stride", "a row would hold more than INT_MAX tokens");
-  return ok_status();
+  return validate_table_shape(c, c.row_lens);
 }
 template <class T, class L>
 status validate_cache_shape(const csr_page_cache<T, L>& c) {
