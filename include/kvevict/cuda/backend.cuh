@@ -145,8 +145,17 @@ inline status decode(int code) {
 
 //! Records a problem: the lowest code wins.
 __device__ __forceinline__ void raise(int* word, int code) { atomicMin(word, code); }
-//! True when an earlier kernel of this call recorded a problem.
+//! True when an earlier kernel of this call recorded a problem (one thread's view).
 __device__ __forceinline__ bool failed(const int* word) { return *reinterpret_cast<const volatile int*>(word) != no_problem; }
+//! `failed` as one verdict for the whole block (read once, shared), for kernels that synchronise
+//! their threads: another block may raise the word while this block's threads read it.
+__device__ __forceinline__ bool block_failed(const int* word) {
+  __shared__ int s_failed;
+  __syncthreads();
+  if (threadIdx.x == 0) s_failed = failed(word) ? 1 : 0;
+  __syncthreads();
+  return s_failed != 0;
+}
 
 inline status check(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return ok_status();

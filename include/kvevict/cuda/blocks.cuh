@@ -51,10 +51,12 @@ struct device_segmenter<delimiter_segmenter> {
       return make_error(errc::invalid_argument, "segmenter.min_len / max_len", "must be >= 1");
     return ok_status();
   }
-  //! Fails the call when a sequence is longer than the token-id stride.
+  //! False (and the call fails) when the sequence is longer than the token-id stride.
   template <class T>
-  __device__ static void check(const delimiter_segmenter&, const signals<T>& sig, int n, int* word) {
-    if (n > sig.token_ids_stride) raise(word, dc_token_ids_stride);
+  __device__ static bool check(const delimiter_segmenter&, const signals<T>& sig, int n, int* word) {
+    if (n <= sig.token_ids_stride) return true;
+    raise(word, dc_token_ids_stride);
+    return false;
   }
 };
 template <>
@@ -64,7 +66,9 @@ struct device_segmenter<fixed_length_segmenter> {
     return seg.length >= 1 ? ok_status() : make_error(errc::invalid_argument, "segmenter.length", "must be >= 1");
   }
   template <class T>
-  __device__ static void check(const fixed_length_segmenter&, const signals<T>&, int, int*) {}
+  __device__ static bool check(const fixed_length_segmenter&, const signals<T>&, int, int*) {
+    return true;
+  }
 };
 
 //! Fixed units of `len` tokens over [lo, hi): offsets relative to lo. Returns the count.
@@ -253,17 +257,15 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
   const Cache& c = a.cache;
   const int kvh = c.num_kv_heads();
   const int s = traits::shared ? blockIdx.x : blockIdx.x / kvh, h = traits::shared ? 0 : blockIdx.x % kvh;
-  if (failed(a.word)) return;
+  if (block_failed(a.word)) return;
   const seq_info si = a.rules.info(c, s);
   const int n = c.seq_len(s, h), r = s * kvh + h, b = si.budget;
   std::int32_t* out = a.out.row(r);
   if constexpr (!traits::sablock) {
     (void)s_lo, (void)s_hi, (void)s_gamma, (void)s_cost;
   }
-  if constexpr (traits::delimiters) {
-    device_segmenter<std::decay_t<decltype(a.gran.segmenter)>>::check(a.gran.segmenter, a.sig, n, a.word);
-    __syncthreads();
-    if (failed(a.word)) return;
+  if constexpr (traits::delimiters) {  // the same verdict in every thread: n is the block's
+    if (!device_segmenter<std::decay_t<decltype(a.gran.segmenter)>>::check(a.gran.segmenter, a.sig, n, a.word)) return;
   }
   if (si.kept_whole) {  // every head keeps all of its own tokens, as on the host
     for (int hh = traits::shared ? 0 : h; hh < (traits::shared ? kvh : h + 1); ++hh) {

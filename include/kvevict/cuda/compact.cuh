@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(compact_threads)
   using T = typename Cache::value_type;
   extern __shared__ __align__(16) unsigned char compact_smem[];
   __shared__ int s_tile, s_row;
-  if (failed(word)) return;
+  if (block_failed(word)) return;
   const int kvh = c.num_kv_heads(), rows = c.num_seqs() * kvh, ps = c.page_size();
   const int units = static_cast<int>(c.head_dim() * sizeof(T) / sizeof(Unit));
   Unit* buf = reinterpret_cast<Unit*>(compact_smem);  // [compact_tile][2][units]

@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(select_threads)
   __shared__ int s_krem, s_bad, s_base, s_eq_base;
 
   const int kvh = c.num_kv_heads(), r = blockIdx.x, s = r / kvh, h = r % kvh;
-  if (failed(word)) return;
+  if (block_failed(word)) return;
   const seq_info si = rules.info(c, s);
   const int n = c.seq_len(s, h);
   std::int32_t* row = out.row(r);

@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(wa_threads) window_attention_kernel(wa_args<Ca
   extern __shared__ __align__(128) unsigned char wa_smem_raw[];
   unsigned char* smem = wa_smem_raw;
   const int s = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x;
-  if (failed(a.word)) return;
+  if (block_failed(a.word)) return;
   const Cache& c = a.cache;
   const seq_info si = a.rules.info(c, s);
   const int n = c.seq_len(s, h), t_begin = chunk * wa_chunk;
