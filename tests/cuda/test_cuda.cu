@@ -659,6 +659,18 @@ void test_block_granularities(layout_kind kind, std::uint32_t seed) {
     sbs.granularity.segmenter.length = 9;
     compare_block_policy(dc, sbs, sig, dsig, dscores.p, seqs, kvh, "sablock shared fixed length");
   }
+  {  // a NaN score in a scored sequence fails both backends, naming the same argument
+    auto bad = scores;
+    int longest = 0;
+    for (int i = 1; i < seqs; ++i) longest = L.lens[static_cast<std::size_t>(i) * kvh] > L.lens[static_cast<std::size_t>(longest) * kvh] ? i : longest;
+    bad[static_cast<std::size_t>(longest) * kvh * stride + L.lens[static_cast<std::size_t>(longest) * kvh] / 2] = NAN;
+    dbuf<float> dbad(bad);
+    kvevict::chunkkv<precomputed> ck;
+    setup(ck, window + 4, 4, window);
+    ck.scorer.scores = bad.data();
+    if (L.lens[static_cast<std::size_t>(longest) * kvh] > window + 4)
+      compare_block_policy(dc, ck, sig, dsig, dbad.p, seqs, kvh, "chunkkv with a NaN score");
+  }
 }
 
 // The golden SABlock cases, planned from float scores on both backends.

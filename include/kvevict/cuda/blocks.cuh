@@ -276,6 +276,20 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
     }
     return;
   }
+  {  // non-finite scores fail the call, as on the host (every head this row reads)
+    if (threadIdx.x == 0) s_count = 0;
+    __syncthreads();
+    for (int hh = traits::shared ? 0 : h; hh < (traits::shared ? kvh : h + 1); ++hh) {
+      const float* sc = a.scores + row_slab(c, s, hh).base;
+      for (int t = threadIdx.x, nh = c.seq_len(s, hh); t < nh; t += blockDim.x)
+        if (!isfinite(sc[t])) atomicOr(&s_count, 1);
+    }
+    __syncthreads();
+    if (s_count) {
+      if (threadIdx.x == 0) raise(a.word, dc_score_non_finite);
+      return;
+    }
+  }
   if (n <= b) {
     for (int t = threadIdx.x; t < n; t += blockDim.x) out[t] = t;
     if (threadIdx.x == 0) a.out.counts[r] = n;
@@ -286,10 +300,13 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
     // Row scores over [lo, hi): the head's, or the sum over heads in head order (as the host).
     for (int t = threadIdx.x; t < m; t += blockDim.x) {
       double v = 0;
-      if (traits::shared)
-        for (int hh = 0; hh < kvh; ++hh) v = detail::add_rn(v, static_cast<double>(a.scores[row_slab(c, s, hh).base + lo + t]));
-      else
+      if (traits::shared) {  // over the heads that hold the token, as the host
+        for (int hh = 0; hh < kvh; ++hh)
+          if (lo + t < c.seq_len(s, hh))
+            v = detail::add_rn(v, static_cast<double>(a.scores[row_slab(c, s, hh).base + lo + t]));
+      } else {
         v = static_cast<double>(a.scores[row_slab(c, s, h).base + lo + t]);
+      }
       w.a[t] = v;
       w.keep[t] = 0;
     }

@@ -97,10 +97,12 @@ void select_blocks(const Cache& cache, int seq, const float* scores, std::size_t
     const int bc = b - lo - (n - hi);
     for (int t = 0; t < n; ++t) {
       double s = 0;
-      if (Sharing::shared)
-        for (int hh = 0; hh < kvh; ++hh) s += static_cast<double>(scores[static_cast<std::size_t>(hh) * stride + t]);
-      else
+      if (Sharing::shared) {  // over the heads that hold token t (a (sequence, head)-row view may differ)
+        for (int hh = 0; hh < kvh; ++hh)
+          if (t < cache.seq_len(seq, hh)) s += static_cast<double>(scores[static_cast<std::size_t>(hh) * stride + t]);
+      } else {
         s = static_cast<double>(scores[static_cast<std::size_t>(h) * stride + t]);
+      }
       ws.row[t] = s;
     }
     std::memset(ws.keep, 0, static_cast<std::size_t>(hi - lo));
