@@ -26,9 +26,6 @@ inline status validate_common_shape(int num_seqs, int page_size, int kv_heads, i
 
 inline status validate_table_rows(const std::int32_t* table, const std::int32_t* lens, int rows, int stride,
                                   int page_size, int num_pages) {
-  if (lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
-  if (table == nullptr) return make_error(errc::invalid_argument, "cache.block_table", "null block table");
-  if (stride <= 0) return make_error(errc::invalid_argument, "cache.block_table_stride", "must be positive");
   for (int r = 0; r < rows; ++r) {
     const std::int64_t len = lens[r];
     if (len < 0) return make_error(errc::out_of_range, "cache.seq_lens", "negative sequence length");
@@ -44,14 +41,52 @@ inline status validate_table_rows(const std::int32_t* table, const std::int32_t*
   return ok_status();
 }
 
+//! The scalar and pointer checks of the block-table views (lengths per sequence or per row).
+template <class Cache>
+status validate_table_shape(const Cache& c, const std::int32_t* lens) {
+  KVEVICT_TRY(validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                    c.v != nullptr));
+  if (lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
+  if (c.block_table == nullptr) return make_error(errc::invalid_argument, "cache.block_table", "null block table");
+  if (c.block_table_stride <= 0)
+    return make_error(errc::invalid_argument, "cache.block_table_stride", "must be positive");
+  return ok_status();
+}
+
 }  // namespace detail
+
+//! The checks of a view that read no table: shapes positive, pointers set (O(1); what a backend
+//! whose tables live elsewhere, such as device memory, can check on the host).
+template <class T, class L>
+status validate_cache_shape(const block_table_cache<T, L>& c) {
+  return detail::validate_table_shape(c, c.seq_lens);
+}
+template <class T>
+status validate_cache_shape(const head_row_table_cache<T>& c) {
+  return detail::validate_table_shape(c, c.row_lens);
+}
+template <class T, class L>
+status validate_cache_shape(const csr_page_cache<T, L>& c) {
+  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                            c.v != nullptr));
+  if (c.indptr == nullptr) return make_error(errc::invalid_argument, "cache.indptr", "null indptr");
+  if (c.last_page_len == nullptr)
+    return make_error(errc::invalid_argument, "cache.last_page_len", "null last_page_len");
+  return ok_status();
+}
+template <class T>
+status validate_cache_shape(const dense_cache<T>& c) {
+  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
+                                            c.v != nullptr));
+  if (c.seq_lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
+  return ok_status();
+}
 
 //! Checks a vLLM-style view: shapes positive, pointers set, lengths fit the table, every page id
 //! in use lies in `[0, num_pages)`. O(total pages).
 template <class T, class L>
 status validate_cache(const block_table_cache<T, L>& c) {
-  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                            c.v != nullptr));
+  KVEVICT_TRY(validate_cache_shape(c));
   return detail::validate_table_rows(c.block_table, c.seq_lens, c.num_seqs(), c.block_table_stride, c.page_size(),
                                      c.num_pages());
 }
@@ -59,8 +94,7 @@ status validate_cache(const block_table_cache<T, L>& c) {
 //! Checks a (sequence, head)-row view, as `validate_cache(block_table_cache)` row by row.
 template <class T>
 status validate_cache(const head_row_table_cache<T>& c) {
-  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                            c.v != nullptr));
+  KVEVICT_TRY(validate_cache_shape(c));
   return detail::validate_table_rows(c.block_table, c.row_lens, c.num_seqs() * c.num_kv_heads(), c.block_table_stride,
                                      c.page_size(), c.num_pages());
 }
@@ -69,11 +103,7 @@ status validate_cache(const head_row_table_cache<T>& c) {
 //! `[1, page_size]` for sequences with pages, every listed page id in `[0, num_pages)`.
 template <class T, class L>
 status validate_cache(const csr_page_cache<T, L>& c) {
-  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                            c.v != nullptr));
-  if (c.indptr == nullptr) return make_error(errc::invalid_argument, "cache.indptr", "null indptr");
-  if (c.last_page_len == nullptr)
-    return make_error(errc::invalid_argument, "cache.last_page_len", "null last_page_len");
+  KVEVICT_TRY(validate_cache_shape(c));
   if (c.indptr[0] != 0) return make_error(errc::invalid_argument, "cache.indptr", "indptr[0] must be 0");
   for (int s = 0; s < c.num_seqs(); ++s) {
     const int n = c.indptr[s + 1] - c.indptr[s];
@@ -93,9 +123,7 @@ status validate_cache(const csr_page_cache<T, L>& c) {
 //! Checks a dense view: lengths in `[0, capacity]`.
 template <class T>
 status validate_cache(const dense_cache<T>& c) {
-  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                            c.v != nullptr));
-  if (c.seq_lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
+  KVEVICT_TRY(validate_cache_shape(c));
   for (int s = 0; s < c.num_seqs(); ++s)
     if (c.seq_lens[s] < 0 || c.seq_lens[s] > c.capacity)
       return make_error(errc::out_of_range, "cache.seq_lens", "length outside [0, capacity]");

@@ -53,12 +53,12 @@ detail::workspace_layout<4> plan_layout(const Policy& p, const Cache& c, const s
 template <class Policy, class Cache, class T>
 status check_plan_scalars(const Policy& p, const Cache& c, const signals<T>& sig) {
   detail::static_check_plan_types<Policy, Cache, T>();
-  KVEVICT_TRY(validate_cache_shape(c));
+  KVEVICT_TRY(check_device_shape(c));
   KVEVICT_TRY(p.selector.validate());
   if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");
   if (sig.layer < 0 || sig.layer >= sig.num_layers)
     return make_error(errc::out_of_range, "signals.layer", "must lie in [0, num_layers)");
-  KVEVICT_TRY(device_granularity<typename Policy::granularity_type>::host_check(p.granularity, sig));
+  KVEVICT_TRY(device_granularity<typename Policy::granularity_type>::host_check(p.granularity, c, sig));
   return device_scorer<typename Policy::scorer_type>::host_check(p.scorer, c, sig, p.selector.window);
 }
 
@@ -103,7 +103,7 @@ template <class Cache>
 status check_compact_scalars(const Cache& c, const_keep_plan plan, const device_compact_result& out) {
   static_assert(is_paged_kv_cache_v<Cache>,
                 "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
-  KVEVICT_TRY(validate_cache_shape(c));
+  KVEVICT_TRY(check_device_shape(c));
   if (plan.positions == nullptr || plan.counts == nullptr)
     return make_error(errc::invalid_argument, "plan", "null positions or counts");
   if (plan.capacity < 0) return make_error(errc::invalid_argument, "plan.capacity", "must be >= 0");
@@ -193,7 +193,7 @@ status enqueue_compact(cudaStream_t st, const Cache& c, const_keep_plan plan, co
 //! query and 512 keys). Computed on the host from the view's scalars; reads no device memory.
 template <class Policy, class Cache, class T>
 std::size_t plan_workspace_bytes(cuda_t, const Policy& p, const Cache& cache, const signals<T>& sig) {
-  if (!cuda_backend::validate_cache_shape(cache).ok()) return 0;
+  if (!cuda_backend::check_device_shape(cache).ok()) return 0;
   return cuda_backend::plan_layout(p, cache, sig).total();
 }
 
@@ -231,7 +231,7 @@ status plan(cuda_t exec, const Policy& p, const Cache& cache, const signals<T>& 
 //! Bytes of device workspace `compact(cuda, ...)` needs (a few ints per row, page and 32 tokens).
 template <class Cache>
 std::size_t compact_workspace_bytes(cuda_t, const Cache& cache) {
-  if (!cuda_backend::validate_cache_shape(cache).ok()) return 0;
+  if (!cuda_backend::check_device_shape(cache).ok()) return 0;
   return cuda_backend::compact_scratch<Cache>(cache).layout.total();
 }
 

@@ -72,81 +72,67 @@ inline constexpr bool always_false = false;
 //! The status word's value when nothing is wrong.
 inline constexpr int no_problem = INT_MAX;
 
-//! The status a device check code stands for (argument names as in the host backend).
+//! The status each device check code stands for (argument names as in the host backend).
+struct device_check_entry {
+  errc code;
+  const char* argument;
+  const char* detail;
+};
+inline constexpr device_check_entry device_checks[] = {
+    {errc::ok, "", ""},                                                  // 0: unused
+    {errc::out_of_range, "cache.seq_lens", "negative sequence length"},  // dc_seq_len_negative
+    {errc::shape_mismatch, "cache.seq_lens",
+     "sequence needs more pages than the block table row holds"},                       // dc_table_row_too_short
+    {errc::out_of_range, "cache.block_table / cache.indices", "page id out of range"},  // dc_page_out_of_range
+    {errc::invalid_argument, "cache.indptr", "indptr[0] must be 0"},                    // dc_indptr_start
+    {errc::invalid_argument, "cache.indptr", "indptr must be non-decreasing"},          // dc_indptr_order
+    {errc::out_of_range, "cache.indptr",
+     "lists more pages than num_pages (the CUDA backend sizes its scratch by num_pages)"},  // dc_indptr_total
+    {errc::out_of_range, "cache.last_page_len",
+     "must lie in [1, page_size] for a sequence with pages"},                         // dc_last_page_len
+    {errc::out_of_range, "cache.seq_lens", "length outside [0, capacity]"},           // dc_dense_len
+    {errc::invalid_argument, "signals.seq_sinks", "must be >= 0"},                    // dc_seq_sinks
+    {errc::out_of_range, "signals.seq_windows", "must lie in [0, selector.window]"},  // dc_seq_windows_range
+    {errc::budget_too_small, "signals.seq_budgets",
+     "below the sequence's protected tokens (sinks + window)"},  // dc_seq_budgets_small
+    {errc::out_of_range, "selector.window",
+     "longer than a sequence (its window queries must lie in it)"},  // dc_window_longer
+    {errc::out_of_range, "signals.seq_windows",
+     "longer than a sequence (its window queries must lie in it)"},  // dc_window_longer_override
+    {errc::invalid_argument, "signals.seq_windows", "window attention needs at least one query"},  // dc_window_empty
+    {errc::buffer_too_small, "plan.capacity", "smaller than a row's kept count"},                  // dc_plan_capacity
+    {errc::shape_mismatch, "scorer.stride", "shorter than a sequence"},                     // dc_precomputed_stride
+    {errc::shape_mismatch, "signals.sums_stride", "shorter than a sequence of the cache"},  // dc_sums_stride
+    {errc::non_finite, "signals.attention_sums", "NaN or infinite attention sum"},          // dc_sums_non_finite
+    {errc::shape_mismatch, "signals.token_ids_stride", "shorter than a sequence"},          // dc_token_ids_stride
+    {errc::non_finite, "cache.k / signals.queries", "a token score is NaN or infinite"},    // dc_score_non_finite
+    {errc::out_of_range, "plan.counts", "count outside [0, min(seq_len, capacity)]"},       // dc_plan_count
+    {errc::shape_mismatch, "plan.counts",
+     "heads of a sequence keep different counts; a shared page table needs a uniform budget"},  // dc_plan_uneven
+    {errc::out_of_range, "plan.positions", "position outside the sequence"},                    // dc_plan_position
+    {errc::invalid_argument, "plan.positions", "positions must be strictly increasing"},        // dc_plan_order
+    {errc::invalid_argument, "cache",
+     "a page is listed twice (shared pages must be copied before compaction)"},  // dc_page_listed_twice
+    {errc::buffer_too_small, "result.freed_pages",
+     "too small for the pages this compaction frees"},  // dc_freed_capacity
+};
+static_assert(sizeof(device_checks) / sizeof(device_checks[0]) == dc_count_, "one entry per device check");
+
 inline status decode(int code) {
-  switch (code) {
-    case no_problem:
-      return ok_status();
-    case dc_seq_len_negative:
-      return make_error(errc::out_of_range, "cache.seq_lens", "negative sequence length");
-    case dc_table_row_too_short:
-      return make_error(errc::shape_mismatch, "cache.seq_lens",
-                        "sequence needs more pages than the block table row holds");
-    case dc_page_out_of_range:
-      return make_error(errc::out_of_range, "cache.block_table / cache.indices", "page id out of range");
-    case dc_indptr_start:
-      return make_error(errc::invalid_argument, "cache.indptr", "indptr[0] must be 0");
-    case dc_indptr_order:
-      return make_error(errc::invalid_argument, "cache.indptr", "indptr must be non-decreasing");
-    case dc_indptr_total:
-      return make_error(errc::out_of_range, "cache.indptr",
-                        "lists more pages than num_pages (the CUDA backend sizes its scratch by num_pages)");
-    case dc_last_page_len:
-      return make_error(errc::out_of_range, "cache.last_page_len",
-                        "must lie in [1, page_size] for a sequence with pages");
-    case dc_dense_len:
-      return make_error(errc::out_of_range, "cache.seq_lens", "length outside [0, capacity]");
-    case dc_seq_sinks:
-      return make_error(errc::invalid_argument, "signals.seq_sinks", "must be >= 0");
-    case dc_seq_windows_range:
-      return make_error(errc::out_of_range, "signals.seq_windows", "must lie in [0, selector.window]");
-    case dc_seq_budgets_small:
-      return make_error(errc::budget_too_small, "signals.seq_budgets",
-                        "below the sequence's protected tokens (sinks + window)");
-    case dc_window_longer:
-      return make_error(errc::out_of_range, "selector.window",
-                        "longer than a sequence (its window queries must lie in it)");
-    case dc_window_longer_override:
-      return make_error(errc::out_of_range, "signals.seq_windows",
-                        "longer than a sequence (its window queries must lie in it)");
-    case dc_window_empty:
-      return make_error(errc::invalid_argument, "signals.seq_windows", "window attention needs at least one query");
-    case dc_plan_capacity:
-      return make_error(errc::buffer_too_small, "plan.capacity", "smaller than a row's kept count");
-    case dc_precomputed_stride:
-      return make_error(errc::shape_mismatch, "scorer.stride", "shorter than a sequence");
-    case dc_sums_stride:
-      return make_error(errc::shape_mismatch, "signals.sums_stride", "shorter than a sequence of the cache");
-    case dc_sums_non_finite:
-      return make_error(errc::non_finite, "signals.attention_sums", "NaN or infinite attention sum");
-    case dc_token_ids_stride:
-      return make_error(errc::shape_mismatch, "signals.token_ids_stride", "shorter than a sequence");
-    case dc_score_non_finite:
-      return make_error(errc::non_finite, "cache.k / signals.queries", "a token score is NaN or infinite");
-    case dc_plan_count:
-      return make_error(errc::out_of_range, "plan.counts", "count outside [0, min(seq_len, capacity)]");
-    case dc_plan_uneven:
-      return make_error(errc::shape_mismatch, "plan.counts",
-                        "heads of a sequence keep different counts; a shared page table needs a uniform budget");
-    case dc_plan_position:
-      return make_error(errc::out_of_range, "plan.positions", "position outside the sequence");
-    case dc_plan_order:
-      return make_error(errc::invalid_argument, "plan.positions", "positions must be strictly increasing");
-    case dc_page_listed_twice:
-      return make_error(errc::invalid_argument, "cache",
-                        "a page is listed twice (shared pages must be copied before compaction)");
-    case dc_freed_capacity:
-      return make_error(errc::buffer_too_small, "result.freed_pages",
-                        "too small for the pages this compaction frees");
-    default:
-      return make_error(errc::device_error, "workspace", "the status word holds no known code (not a kvevict workspace?)");
-  }
+  if (code == no_problem) return ok_status();
+  if (code < 1 || code >= dc_count_)
+    return make_error(errc::device_error, "workspace",
+                      "the status word holds no known code (not a kvevict workspace?)");
+  const device_check_entry& e = device_checks[code];
+  return make_error(e.code, e.argument, e.detail);
 }
 
 //! Records a problem: the lowest code wins.
 __device__ __forceinline__ void raise(int* word, int code) { atomicMin(word, code); }
 //! True when an earlier kernel of this call recorded a problem (one thread's view).
-__device__ __forceinline__ bool failed(const int* word) { return *reinterpret_cast<const volatile int*>(word) != no_problem; }
+__device__ __forceinline__ bool failed(const int* word) {
+  return *reinterpret_cast<const volatile int*>(word) != no_problem;
+}
 //! `failed` as one verdict for the whole block (read once, shared), for kernels that synchronise
 //! their threads: another block may raise the word while this block's threads read it.
 __device__ __forceinline__ bool block_failed(const int* word) {
@@ -192,10 +178,9 @@ inline int* status_word(void* workspace) {
 inline status device_status(cuda_t exec, const void* workspace) {
   if (workspace == nullptr) return make_error(errc::invalid_argument, "workspace", "null workspace");
   int word = 0;
-  KVEVICT_TRY(cuda_backend::check(
-      cudaMemcpyAsync(&word, cuda_backend::status_word(const_cast<void*>(workspace)), sizeof word,
-                      cudaMemcpyDeviceToHost, exec.stream),
-      "device_status: cudaMemcpyAsync"));
+  KVEVICT_TRY(cuda_backend::check(cudaMemcpyAsync(&word, cuda_backend::status_word(const_cast<void*>(workspace)),
+                                                  sizeof word, cudaMemcpyDeviceToHost, exec.stream),
+                                  "device_status: cudaMemcpyAsync"));
   KVEVICT_TRY(cuda_backend::check(cudaStreamSynchronize(exec.stream), "device_status: cudaStreamSynchronize"));
   return cuda_backend::decode(word);
 }

@@ -40,16 +40,10 @@ struct device_segmenter {
 
 template <>
 struct device_segmenter<delimiter_segmenter> {
-  template <class T>
-  static status host_check(const delimiter_segmenter& seg, const signals<T>& sig) {
-    if (sig.token_ids == nullptr)
-      return make_error(errc::invalid_argument, "signals.token_ids",
-                        "the delimiter segmenter needs token ids (use key_similarity_segmenter without them)");
-    if (seg.num_delimiters < 0 || (seg.num_delimiters > 0 && seg.delimiter_ids == nullptr))
-      return make_error(errc::invalid_argument, "segmenter.delimiter_ids", "null or negative count");
-    if (seg.min_len < 1 || seg.max_len < 1)
-      return make_error(errc::invalid_argument, "segmenter.min_len / max_len", "must be >= 1");
-    return ok_status();
+  template <class Cache, class T>
+  static status host_check(const delimiter_segmenter& seg, const Cache&, const signals<T>& sig) {
+    KVEVICT_TRY(seg.check_token_ids(sig));  // the host's checks but the length loop, which the
+    return seg.check_rules();               // device makes (`check`)
   }
   //! False (and the call fails) when the sequence is longer than the token-id stride.
   template <class T>
@@ -61,9 +55,9 @@ struct device_segmenter<delimiter_segmenter> {
 };
 template <>
 struct device_segmenter<fixed_length_segmenter> {
-  template <class T>
-  static status host_check(const fixed_length_segmenter& seg, const signals<T>&) {
-    return seg.length >= 1 ? ok_status() : make_error(errc::invalid_argument, "segmenter.length", "must be >= 1");
+  template <class Cache, class T>
+  static status host_check(const fixed_length_segmenter& seg, const Cache& c, const signals<T>& sig) {
+    return seg.validate(c, sig);  // reads no table
   }
   template <class T>
   __device__ static bool check(const fixed_length_segmenter&, const signals<T>&, int, int*) {
@@ -229,10 +223,9 @@ struct block_args {
   int* word;
 };
 
-template <class Granularity, class Cache>
+template <class Cache>
 __device__ block_scratch_ptrs row_scratch(const block_scratch_ptrs& ws, const Cache& c, int s, int h) {
-  const slab sl = row_slab(c, s, h);
-  const std::size_t row = static_cast<std::size_t>(s) * c.num_kv_heads() + h, b = sl.base;
+  const std::size_t b = row_base(c, s, h), row = static_cast<std::size_t>(s) * c.num_kv_heads() + h;
   return {ws.a + b, ws.prefix ? ws.prefix + b : nullptr, ws.keep + b, ws.off + b + row,
           ws.key ? ws.key + 2 * b : nullptr, ws.idx ? ws.idx + 2 * b : nullptr, ws.taken ? ws.taken + b : nullptr};
 }
@@ -261,9 +254,6 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
   const seq_info si = a.rules.info(c, s);
   const int n = c.seq_len(s, h), r = s * kvh + h, b = si.budget;
   std::int32_t* out = a.out.row(r);
-  if constexpr (!traits::sablock) {
-    (void)s_lo, (void)s_hi, (void)s_gamma, (void)s_cost;
-  }
   if constexpr (traits::delimiters) {  // the same verdict in every thread: n is the block's
     if (!device_segmenter<std::decay_t<decltype(a.gran.segmenter)>>::check(a.gran.segmenter, a.sig, n, a.word)) return;
   }
@@ -280,7 +270,7 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
     if (threadIdx.x == 0) s_count = 0;
     __syncthreads();
     for (int hh = traits::shared ? 0 : h; hh < (traits::shared ? kvh : h + 1); ++hh) {
-      const float* sc = a.scores + row_slab(c, s, hh).base;
+      const float* sc = a.scores + row_base(c, s, hh);
       for (int t = threadIdx.x, nh = c.seq_len(s, hh); t < nh; t += blockDim.x)
         if (!isfinite(sc[t])) atomicOr(&s_count, 1);
     }
@@ -296,16 +286,16 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
   } else {
     const int lo = si.sinks < n ? si.sinks : n, hi = n - si.window > lo ? n - si.window : lo;
     const int m = hi - lo, bc = b - lo - (n - hi);
-    const block_scratch_ptrs w = row_scratch<Granularity>(a.ws, c, s, h);
+    const block_scratch_ptrs w = row_scratch(a.ws, c, s, h);
     // Row scores over [lo, hi): the head's, or the sum over heads in head order (as the host).
     for (int t = threadIdx.x; t < m; t += blockDim.x) {
       double v = 0;
       if (traits::shared) {  // over the heads that hold the token, as the host
         for (int hh = 0; hh < kvh; ++hh)
           if (lo + t < c.seq_len(s, hh))
-            v = detail::add_rn(v, static_cast<double>(a.scores[row_slab(c, s, hh).base + lo + t]));
+            v = detail::add_rn(v, static_cast<double>(a.scores[row_base(c, s, hh) + lo + t]));
       } else {
-        v = static_cast<double>(a.scores[row_slab(c, s, h).base + lo + t]);
+        v = static_cast<double>(a.scores[row_base(c, s, h) + lo + t]);
       }
       w.a[t] = v;
       w.keep[t] = 0;
@@ -442,8 +432,8 @@ struct device_granularity;
 
 template <>
 struct device_granularity<token_level> {
-  template <class T>
-  static status host_check(const token_level&, const signals<T>&) {
+  template <class Cache, class T>
+  static status host_check(const token_level&, const Cache&, const signals<T>&) {
     return ok_status();
   }
   template <class Cache>
@@ -470,22 +460,13 @@ struct device_block_granularity {
                                         units ? sizeof(std::uint64_t) * 2 * tok : 0,
                                         units ? sizeof(std::int32_t) * 2 * tok : 0, units ? tok : 0}};
   }
-  template <class T>
-  static status host_check(const Granularity& g, const signals<T>& sig) {
+  template <class Cache, class T>
+  static status host_check(const Granularity& g, const Cache& c, const signals<T>& sig) {
     if constexpr (std::is_same_v<Granularity, fixed_block<typename Granularity::sharing_type>>) {
-      (void)sig;
-      return g.chunk >= 1 ? ok_status() : make_error(errc::invalid_argument, "granularity.chunk", "must be >= 1");
+      return g.validate(c, sig);  // reads no table
     } else {
-      if constexpr (traits::sablock) {
-        if (!(g.alpha >= 0.0 && g.alpha <= 1.0))
-          return make_error(errc::invalid_argument, "granularity.alpha", "must lie in [0, 1]");
-        if (!(g.g >= 0.0) || g.g > 1e300)
-          return make_error(errc::invalid_argument, "granularity.g", "must be finite and >= 0");
-        if (g.steps < 1 || g.steps > 200)
-          return make_error(errc::invalid_argument, "granularity.steps", "must lie in [1, 200]");
-        if (g.block_size < 0) return make_error(errc::invalid_argument, "granularity.block_size", "must be >= 0");
-      }
-      return device_segmenter<std::decay_t<decltype(g.segmenter)>>::host_check(g.segmenter, sig);
+      if constexpr (traits::sablock) KVEVICT_TRY(g.check_parameters());
+      return device_segmenter<std::decay_t<decltype(g.segmenter)>>::host_check(g.segmenter, c, sig);
     }
   }
   template <class Cache>

@@ -14,12 +14,6 @@
 
 namespace kvevict::cuda_backend {
 
-//! A row's per-token scratch: `cap` floats from `base` (cap >= the row's length).
-struct slab {
-  std::size_t base;
-  int cap;
-};
-
 // Per-token scratch is laid out by the table's capacity, which the host knows without reading
 // device memory: a block table reserves `block_table_stride * page_size` tokens per row, a CSR
 // table at most `num_pages * page_size` tokens over all sequences.
@@ -32,10 +26,10 @@ template <class T, class L>
 int max_row_cap(const block_table_cache<T, L>& c) {
   return c.block_table_stride * c.page_size();
 }
+//! Where row (s, h)'s per-token scratch starts (rows are disjoint and ordered by (s, h)).
 template <class T, class L>
-__device__ slab row_slab(const block_table_cache<T, L>& c, int s, int h) {
-  const int cap = c.block_table_stride * c.page_size();
-  return {(static_cast<std::size_t>(s) * c.num_kv_heads() + h) * cap, cap};
+__device__ std::size_t row_base(const block_table_cache<T, L>& c, int s, int h) {
+  return (static_cast<std::size_t>(s) * c.num_kv_heads() + h) * (c.block_table_stride * c.page_size());
 }
 
 template <class T>
@@ -47,9 +41,8 @@ int max_row_cap(const head_row_table_cache<T>& c) {
   return c.block_table_stride * c.page_size();
 }
 template <class T>
-__device__ slab row_slab(const head_row_table_cache<T>& c, int s, int h) {
-  const int cap = c.block_table_stride * c.page_size();
-  return {(static_cast<std::size_t>(s) * c.num_kv_heads() + h) * cap, cap};
+__device__ std::size_t row_base(const head_row_table_cache<T>& c, int s, int h) {
+  return (static_cast<std::size_t>(s) * c.num_kv_heads() + h) * (c.block_table_stride * c.page_size());
 }
 
 template <class T, class L>
@@ -61,11 +54,10 @@ int max_row_cap(const csr_page_cache<T, L>& c) {
   return c.num_pages() * c.page_size();
 }
 template <class T, class L>
-__device__ slab row_slab(const csr_page_cache<T, L>& c, int s, int h) {
+__device__ std::size_t row_base(const csr_page_cache<T, L>& c, int s, int h) {
   const int first = c.indptr[s], np = c.indptr[s + 1] - first;
-  return {static_cast<std::size_t>(c.page_size()) *
-              (static_cast<std::size_t>(first) * c.num_kv_heads() + static_cast<std::size_t>(h) * np),
-          np * c.page_size()};
+  return static_cast<std::size_t>(c.page_size()) *
+         (static_cast<std::size_t>(first) * c.num_kv_heads() + static_cast<std::size_t>(h) * np);
 }
 
 template <class T>
@@ -77,8 +69,8 @@ int max_row_cap(const dense_cache<T>& c) {
   return c.capacity;
 }
 template <class T>
-__device__ slab row_slab(const dense_cache<T>& c, int s, int h) {
-  return {(static_cast<std::size_t>(s) * c.num_kv_heads() + h) * c.capacity, c.capacity};
+__device__ std::size_t row_base(const dense_cache<T>& c, int s, int h) {
+  return (static_cast<std::size_t>(s) * c.num_kv_heads() + h) * c.capacity;
 }
 
 //! Rows of chunk-level scratch (one entry per `chunk` tokens of a row), laid out like the slabs:
@@ -90,39 +82,29 @@ std::size_t chunk_entries(const Cache& c, int chunk) {
 }
 template <class Cache>
 __device__ std::size_t chunk_base(const Cache& c, int s, int h, int chunk) {
-  return row_slab(c, s, h).base / static_cast<std::size_t>(chunk) + static_cast<std::size_t>(s) * c.num_kv_heads() + h;
+  return row_base(c, s, h) / static_cast<std::size_t>(chunk) + static_cast<std::size_t>(s) * c.num_kv_heads() + h;
 }
 
-// ---- host-side shape checks (scalars and pointers only) ----
+// ---- host-side checks (scalars and pointers only): the host's, plus what the device needs ----
 
-//! Shape checks shared by the block-table views (lengths per sequence or per (sequence, head)).
 template <class Cache>
-status validate_table_shape(const Cache& c, const std::int32_t* lens) {
-  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                            c.v != nullptr));
-  if (lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
-  if (c.block_table == nullptr) return make_error(errc::invalid_argument, "cache.block_table", "null block table");
-  if (c.block_table_stride <= 0)
-    return make_error(errc::invalid_argument, "cache.block_table_stride", "must be positive");
+status check_table_device_shape(const Cache& c) {
+  KVEVICT_TRY(validate_cache_shape(c));
   if (static_cast<std::int64_t>(c.block_table_stride) * c.page_size() > INT_MAX)
     return make_error(errc::out_of_range, "cache.block_table_stride", "a row would hold more than INT_MAX tokens");
   return ok_status();
 }
 template <class T, class L>
-status validate_cache_shape(const block_table_cache<T, L>& c) {
-  return validate_table_shape(c, c.seq_lens);
+status check_device_shape(const block_table_cache<T, L>& c) {
+  return check_table_device_shape(c);
 }
 template <class T>
-status validate_cache_shape(const head_row_table_cache<T>& c) {
-  return validate_table_shape(c, c.row_lens);
+status check_device_shape(const head_row_table_cache<T>& c) {
+  return check_table_device_shape(c);
 }
 template <class T, class L>
-status validate_cache_shape(const csr_page_cache<T, L>& c) {
-  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                            c.v != nullptr));
-  if (c.indptr == nullptr) return make_error(errc::invalid_argument, "cache.indptr", "null indptr");
-  if (c.last_page_len == nullptr)
-    return make_error(errc::invalid_argument, "cache.last_page_len", "null last_page_len");
+status check_device_shape(const csr_page_cache<T, L>& c) {
+  KVEVICT_TRY(validate_cache_shape(c));
   if (c.indices == nullptr)
     return make_error(errc::invalid_argument, "cache.indices", "null page indices (the CUDA backend needs the array)");
   if (static_cast<std::int64_t>(c.num_pages()) * c.page_size() > INT_MAX)
@@ -130,11 +112,8 @@ status validate_cache_shape(const csr_page_cache<T, L>& c) {
   return ok_status();
 }
 template <class T>
-status validate_cache_shape(const dense_cache<T>& c) {
-  KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                            c.v != nullptr));
-  if (c.seq_lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
-  return ok_status();
+status check_device_shape(const dense_cache<T>& c) {
+  return validate_cache_shape(c);
 }
 
 // ---- device-side table checks: one thread per table entry (grid-stride) ----

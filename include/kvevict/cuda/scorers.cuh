@@ -30,9 +30,9 @@ __global__ void per_token_kernel(Cache c, seq_rules rules, float* out, int* word
   if (failed(word)) return;
   if (rules.info(c, s).kept_whole) return;
   const int n = c.seq_len(s, h);
-  const slab sl = row_slab(c, s, h);
+  const std::size_t base = row_base(c, s, h);
   for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n; t += gridDim.x * blockDim.x)
-    out[sl.base + t] = f(c, s, h, t);
+    out[base + t] = f(c, s, h, t);
 }
 
 template <class Cache, class F>
@@ -43,6 +43,25 @@ status launch_per_token(cudaStream_t st, const Cache& c, const seq_rules& rules,
   return check_launch("scorer: kernel launch");
 }
 
+//! A scorer that reads only the cache: nothing to check on the host, no scratch, one thread per
+//! token computing `Fn{}(cache, s, h, t)`.
+template <class Scorer, class Fn>
+struct cache_only_device_scorer {
+  template <class Cache, class T>
+  static status host_check(const Scorer&, const Cache&, const signals<T>&, int) {
+    return ok_status();
+  }
+  template <class Cache, class T>
+  static std::size_t scratch_bytes(const Scorer&, const Cache&, const signals<T>&, int) {
+    return 0;
+  }
+  template <class Cache, class T>
+  static status enqueue(const Scorer&, cudaStream_t st, const Cache& c, const signals<T>&, const seq_rules& rules,
+                        float* out, void*, int* word) {
+    return launch_per_token(st, c, rules, out, word, Fn{});
+  }
+};
+
 struct positional_fn {
   template <class Cache>
   __device__ float operator()(const Cache&, int, int, int t) const {
@@ -50,21 +69,7 @@ struct positional_fn {
   }
 };
 template <>
-struct device_scorer<positional> {
-  template <class Cache, class T>
-  static status host_check(const positional&, const Cache&, const signals<T>&, int) {
-    return ok_status();
-  }
-  template <class Cache, class T>
-  static std::size_t scratch_bytes(const positional&, const Cache&, const signals<T>&, int) {
-    return 0;
-  }
-  template <class Cache, class T>
-  static status enqueue(const positional&, cudaStream_t st, const Cache& c, const signals<T>&, const seq_rules& rules,
-                        float* out, void*, int* word) {
-    return launch_per_token(st, c, rules, out, word, positional_fn{});
-  }
-};
+struct device_scorer<positional> : cache_only_device_scorer<positional, positional_fn> {};
 
 //! -||k||, summed in head_dim order without contraction (the host's arithmetic, bit for bit).
 struct key_norm_fn {
@@ -80,21 +85,7 @@ struct key_norm_fn {
   }
 };
 template <>
-struct device_scorer<key_norm> {
-  template <class Cache, class T>
-  static status host_check(const key_norm&, const Cache&, const signals<T>&, int) {
-    return ok_status();
-  }
-  template <class Cache, class T>
-  static std::size_t scratch_bytes(const key_norm&, const Cache&, const signals<T>&, int) {
-    return 0;
-  }
-  template <class Cache, class T>
-  static status enqueue(const key_norm&, cudaStream_t st, const Cache& c, const signals<T>&, const seq_rules& rules,
-                        float* out, void*, int* word) {
-    return launch_per_token(st, c, rules, out, word, key_norm_fn{});
-  }
-};
+struct device_scorer<key_norm> : cache_only_device_scorer<key_norm, key_norm_fn> {};
 
 //! Caller scores (device memory); a row longer than the stride fails the call.
 struct precomputed_fn {
@@ -150,12 +141,8 @@ struct accumulated_fn {
 template <class Reduce>
 struct device_scorer<accumulated_attention<Reduce>> {
   template <class Cache, class T>
-  static status host_check(const accumulated_attention<Reduce>&, const Cache& c, const signals<T>& sig, int) {
-    if (sig.attention_sums == nullptr)
-      return make_error(errc::invalid_argument, "signals.attention_sums", "H2O scoring needs accumulated attention sums");
-    if (sig.num_q_heads <= 0 || sig.num_q_heads % c.num_kv_heads() != 0 || sig.num_q_heads / c.num_kv_heads() > 64)
-      return make_error(errc::shape_mismatch, "signals.num_q_heads",
-                        "must be a positive multiple of the cache's KV heads, at most 64 per KV head");
+  static status host_check(const accumulated_attention<Reduce>& sc, const Cache& c, const signals<T>& sig, int) {
+    KVEVICT_TRY(sc.check_signals(c, sig));
     if (sig.sums_stride < 0) return make_error(errc::invalid_argument, "signals.sums_stride", "must be >= 0");
     return ok_status();
   }

@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(select_threads)
     if (threadIdx.x == 0) out.counts[r] = n;
     return;
   }
-  const float* sc = scores + row_slab(c, s, h).base;
+  const float* sc = scores + row_base(c, s, h);
   if (threadIdx.x == 0) s_bad = 0;
   __syncthreads();
   for (int t = threadIdx.x; t < n; t += blockDim.x)

@@ -200,7 +200,7 @@ __global__ void __launch_bounds__(wa_threads) window_attention_kernel(wa_args<Ca
   }
   __syncthreads();
 
-  const slab sl = row_slab(c, s, h);
+  const std::size_t base = row_base(c, s, h);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int t0 = t_begin; t0 < t_end; t0 += wa_key_tile) {
     load_key_tile<Vec>(c, s, h, t0, n, ks, dpad);
@@ -261,7 +261,7 @@ __global__ void __launch_bounds__(wa_threads) window_attention_kernel(wa_args<Ca
       if (cc < wa_key_tile && t0 + cc < t_end) {
         float vals[64];  // group <= 64, checked by the scorer's validation
         for (int j = 0; j < group; ++j) vals[j] = col[j * wa_key_tile + cc] + col[(group + j) * wa_key_tile + cc];
-        a.out[sl.base + t0 + cc] = Reduce::reduce(vals, group);
+        a.out[base + t0 + cc] = Reduce::reduce(vals, group);
       }
       __syncthreads();
     }
@@ -310,9 +310,9 @@ __global__ void pool_kernel(Cache c, seq_rules rules, int kernel, const float* r
   const seq_info si = rules.info(c, s);
   if (si.kept_whole) return;
   const int n = c.seq_len(s, h), m = n - si.window;
-  const slab sl = row_slab(c, s, h);
+  const std::size_t base = row_base(c, s, h);
   for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n; t += gridDim.x * blockDim.x)
-    out[sl.base + t] = t < m ? detail::pool_at<Pool>(raw + sl.base, m, kernel, t) : raw[sl.base + t];
+    out[base + t] = t < m ? detail::pool_at<Pool>(raw + base, m, kernel, t) : raw[base + t];
 }
 
 }  // namespace kvevict::cuda_backend

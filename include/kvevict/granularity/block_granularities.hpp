@@ -218,13 +218,18 @@ struct adaptive_block {
 
   template <class Cache, class T>
   status validate(const Cache& cache, const signals<T>& sig) const {
+    KVEVICT_TRY(check_parameters());
+    return segmenter.validate(cache, sig);
+  }
+  //! SABlock's own parameters (validate's first part; reads no table).
+  status check_parameters() const {
     if (!(alpha >= 0.0 && alpha <= 1.0))
       return make_error(errc::invalid_argument, "granularity.alpha", "must lie in [0, 1]");
     if (!(g >= 0.0) || g > 1e300) return make_error(errc::invalid_argument, "granularity.g", "must be finite and >= 0");
     if (steps < 1 || steps > 200)
       return make_error(errc::invalid_argument, "granularity.steps", "must lie in [1, 200]");
     if (block_size < 0) return make_error(errc::invalid_argument, "granularity.block_size", "must be >= 0");
-    return segmenter.validate(cache, sig);
+    return ok_status();
   }
   template <class Cache>
   std::size_t scratch_bytes(const Cache& cache, int max_len) const {

@@ -65,13 +65,13 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
                     const sablock_params& prm, unsigned char* keep, double* r, double* prefix, std::int32_t* idx) {
   const int n = hi - lo;
   for (int t = 0; t < n; ++t) r[t] = static_cast<double>(a[lo + t]);
-  double rsum = 0, rmax = 0;
+  double rsum = 0;
   for (int u = 0; u < count; ++u) {
     const int s0 = offsets[u] - lo, len = offsets[u + 1] - offsets[u];
     detail::refine_segment(r, prefix, s0, len, prm.alpha);
     rsum += prefix[s0 + len - 1];  // segment sums, in segment order
-    for (int t = s0; t < s0 + len; ++t) rmax = (u == 0 && t == s0) || r[t] > rmax ? r[t] : rmax;
   }
+  const double rmax = *std::max_element(r, r + n);
   const double gamma = prm.g * (rsum / n);
   auto run = [&](double lam, bool apply) {
     std::int64_t cost = 0;

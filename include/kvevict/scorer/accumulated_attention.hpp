@@ -22,13 +22,7 @@ struct accumulated_attention {
 
   template <class Cache, class T>
   status validate(const Cache& cache, const signals<T>& sig, int /*window*/) const {
-    if (sig.attention_sums == nullptr)
-      return make_error(errc::invalid_argument, "signals.attention_sums",
-                        "H2O scoring needs accumulated attention sums");
-    if (sig.num_q_heads <= 0 || sig.num_q_heads % cache.num_kv_heads() != 0 ||
-        sig.num_q_heads / cache.num_kv_heads() > 64)
-      return make_error(errc::shape_mismatch, "signals.num_q_heads",
-                        "must be a positive multiple of the cache's KV heads, at most 64 per KV head");
+    KVEVICT_TRY(check_signals(cache, sig));
     for (int s = 0; s < cache.num_seqs(); ++s) {
       for (int h = 0; h < cache.num_kv_heads(); ++h) {
         const int n = cache.seq_len(s, h);
@@ -44,6 +38,19 @@ struct accumulated_attention {
             return make_error(errc::non_finite, "signals.attention_sums", "NaN or infinite attention sum");
       }
     }
+    return ok_status();
+  }
+
+  //! The checks that read no sum (validate's first part).
+  template <class Cache, class T>
+  status check_signals(const Cache& cache, const signals<T>& sig) const {
+    if (sig.attention_sums == nullptr)
+      return make_error(errc::invalid_argument, "signals.attention_sums",
+                        "H2O scoring needs accumulated attention sums");
+    if (sig.num_q_heads <= 0 || sig.num_q_heads % cache.num_kv_heads() != 0 ||
+        sig.num_q_heads / cache.num_kv_heads() > 64)
+      return make_error(errc::shape_mismatch, "signals.num_q_heads",
+                        "must be a positive multiple of the cache's KV heads, at most 64 per KV head");
     return ok_status();
   }
 

@@ -72,13 +72,22 @@ struct delimiter_segmenter {
 
   template <class Cache, class T>
   status validate(const Cache& cache, const signals<T>& sig) const {
-    if (sig.token_ids == nullptr)
-      return make_error(errc::invalid_argument, "signals.token_ids",
-                        "the delimiter segmenter needs token ids (use key_similarity_segmenter without them)");
+    KVEVICT_TRY(check_token_ids(sig));
     for (int s = 0; s < cache.num_seqs(); ++s)
       for (int h = 0; h < cache.num_kv_heads(); ++h)
         if (cache.seq_len(s, h) > sig.token_ids_stride)
           return make_error(errc::shape_mismatch, "signals.token_ids_stride", "shorter than a sequence");
+    return check_rules();
+  }
+  //! The checks that read no sequence length (validate's first and last parts).
+  template <class T>
+  status check_token_ids(const signals<T>& sig) const {
+    if (sig.token_ids == nullptr)
+      return make_error(errc::invalid_argument, "signals.token_ids",
+                        "the delimiter segmenter needs token ids (use key_similarity_segmenter without them)");
+    return ok_status();
+  }
+  status check_rules() const {
     if (num_delimiters < 0 || (num_delimiters > 0 && delimiter_ids == nullptr))
       return make_error(errc::invalid_argument, "segmenter.delimiter_ids", "null or negative count");
     if (min_len < 1 || max_len < 1)
