@@ -35,18 +35,33 @@ struct model {
     fill(wk, std::size_t(dm) * hkv * d, 1.0f / std::sqrt(float(dm)));
     fill(wv, std::size_t(dm) * hkv * d, 1.0f / std::sqrt(float(dm)));
   }
-  void project(int token, std::vector<elem>& q, std::vector<elem>& k, std::vector<elem>& v) const {
-    auto mat = [&](const std::vector<float>& w, int cols, std::vector<elem>& out) {
-      out.resize(cols);
+  //! q, k, v of `token` at sequence position `pos`; q and k carry the rotary embedding of `pos`
+  //! (RoPE, rotate-half convention, base 10000), as a real model's do.
+  void project(int token, int pos, std::vector<elem>& q, std::vector<elem>& k, std::vector<elem>& v) const {
+    auto mat = [&](const std::vector<float>& w, int cols, bool rotary, std::vector<elem>& out) {
+      std::vector<float> y(cols);
       for (int c = 0; c < cols; ++c) {
         float s = 0;
         for (int i = 0; i < dm; ++i) s += emb[std::size_t(token) * dm + i] * w[std::size_t(i) * cols + c];
-        out[c] = kvevict::from_float<elem>(s);
+        y[c] = s;
       }
+      if (rotary)
+        for (int h = 0; h < cols / d; ++h)
+          for (int i = 0; i < d / 2; ++i) {
+            const double theta = pos * std::pow(10000.0, -2.0 * i / d);
+            const float c = float(std::cos(theta)), sn = float(std::sin(theta));
+            float& a = y[std::size_t(h) * d + i];
+            float& b = y[std::size_t(h) * d + i + d / 2];
+            const float a0 = a, b0 = b;
+            a = a0 * c - b0 * sn;
+            b = b0 * c + a0 * sn;
+          }
+      out.resize(cols);
+      for (int c = 0; c < cols; ++c) out[c] = kvevict::from_float<elem>(y[c]);
     };
-    mat(wq, hq * d, q);
-    mat(wk, hkv * d, k);
-    mat(wv, hkv * d, v);
+    mat(wq, hq * d, true, q);
+    mat(wk, hkv * d, true, k);
+    mat(wv, hkv * d, false, v);
   }
 };
 
@@ -70,6 +85,7 @@ class engine {
         pages_(s.num_seqs),
         lens_(s.num_seqs, 0),
         origin_(std::size_t(s.num_seqs) * m.hkv),
+        position_(s.num_seqs, 0),
         sums_(std::size_t(s.num_seqs) * m.hq * s.max_tokens, 0.0f),
         ring_(s.num_seqs, m.hq, s.window, m.d) {
     policy_.selector.sinks = s.sinks;
@@ -78,9 +94,16 @@ class engine {
   }
 
   //! Appends `token` to sequence `seq` and returns the step's attention output [hq * d].
+  //!
+  //! Two counters per sequence, which eviction pulls apart: `position_[seq]`, the token's position
+  //! in the text (what the rotary embedding encodes), and `lens_[seq]`, the cache length (the slot
+  //! the token is written to). After compaction a kept key sits at a new slot but keeps the rotary
+  //! phase of its old position, so the next token must take the next *text* position, never the
+  //! cache length.
   std::vector<float> step(int seq, int token) {
-    m_.project(token, q_, k_, v_);
-    const int pos = lens_[seq];
+    const int position = position_[seq]++;
+    m_.project(token, position, q_, k_, v_);
+    const int pos = lens_[seq];  // cache slot
     if (pos % s_.page_size == 0) {
       const int page = pool_.allocate();
       if (page < 0) {
@@ -97,8 +120,7 @@ class engine {
         pool_.v()[(slot * m_.hkv + h) * m_.d + x] = v_[std::size_t(h) * m_.d + x];
       }
     lens_[seq] = pos + 1;
-    for (int h = 0; h < m_.hkv; ++h) origin_[std::size_t(seq) * m_.hkv + h].push_back(tokens_seen(seq));
-    ++seen_[seq];
+    for (int h = 0; h < m_.hkv; ++h) origin_[std::size_t(seq) * m_.hkv + h].push_back(position);
     ring_.push(seq, q_.data());
     return attend(seq);
   }
@@ -122,10 +144,11 @@ class engine {
     sig.seq_budgets = budgets.data();
     sig.seq_windows = windows.data();
     with_view([&](auto view) {
-      kvevict::keep_plan_buffer kept(s_.num_seqs * m_.hkv, kvevict::plan_capacity(policy_, view, sig));
-      std::vector<std::int32_t> new_lens(std::size_t(s_.num_seqs) * m_.hkv), freed(s_.num_pages);
-      kvevict::compact_result out{new_lens.data(), freed.data(), s_.num_pages};
-      const auto st = kvevict::evict(kvevict::host, policy_, view, sig, kept.view(), out);
+      auto kept = kvevict::keep_plan_buffer::for_cache(policy_, view, sig);
+      auto res = kvevict::compact_result_buffer::for_cache(view);
+      const kvevict::compact_result& out = res.result;
+      const std::vector<std::int32_t>& new_lens = res.new_lens;
+      const auto st = kvevict::evict(kvevict::host, policy_, view, sig, kept.view(), res.result);
       if (!st) {
         std::fprintf(stderr, "toy engine: %s\n", st.message().c_str());
         std::exit(4);
@@ -134,7 +157,8 @@ class engine {
       for (int r = 0; r < s_.num_seqs * m_.hkv; ++r) old_lens[r] = lens_[r / m_.hkv];
       kvevict::compact_attention_sums(kept.const_view(), s_.num_seqs, m_.hkv, m_.hq, sums_.data(), s_.max_tokens,
                                       old_lens.data());
-      for (int r = 0; r < s_.num_seqs * m_.hkv; ++r) {  // the kept tokens' original positions
+      // The kept tokens' text positions; position_ (the next token's) is not touched by eviction.
+      for (int r = 0; r < s_.num_seqs * m_.hkv; ++r) {
         auto& o = origin_[r];
         const auto keep = kept.kept(r);
         std::vector<int> next;
@@ -163,6 +187,8 @@ class engine {
   // Inspection (tests, printing).
   const std::vector<int>& pages(int seq) const { return pages_[seq]; }
   int len(int seq) const { return lens_[seq]; }
+  //! Text position the next token of `seq` takes (tokens seen so far), independent of evictions.
+  int next_position(int seq) const { return position_[seq]; }
   const std::vector<int>& origin(int seq, int head) const { return origin_[std::size_t(seq) * m_.hkv + head]; }
   const kvevict::page_pool<elem>& pool() const { return pool_; }
   std::size_t bytes_held() const { return std::size_t(pool_.num_used()) * pool_.page_elems() * 2 * sizeof(elem); }
@@ -172,10 +198,6 @@ class engine {
   const elem* value(int seq, int head, int pos) const { return &pool_.v_storage()[addr(seq, head, pos)]; }
 
  private:
-  int tokens_seen(int seq) {
-    if (seen_.empty()) seen_.assign(s_.num_seqs, 0);
-    return seen_[seq];
-  }
   std::size_t addr(int seq, int head, int pos) const {
     const std::size_t slot = std::size_t(pages_[seq][pos / s_.page_size]) * s_.page_size + pos % s_.page_size;
     return (slot * m_.hkv + head) * m_.d;
@@ -244,7 +266,7 @@ class engine {
   std::vector<std::vector<int>> pages_;
   std::vector<std::int32_t> lens_;
   std::vector<std::vector<int>> origin_;  // [seq * hkv + head] original position of each cache slot
-  std::vector<int> seen_;
+  std::vector<int> position_;             // [seq] text position of the next token (not the cache length)
   std::vector<float> sums_;
   kvevict::query_ring<elem> ring_;
   std::vector<elem> q_, k_, v_;
@@ -291,6 +313,8 @@ double compare_loops(const char* title, Policy policy, settings s, int prompt_le
                   ev.bytes_held() / 1024, ref.bytes_held() / 1024, err_sum / err_n);
   }
   std::printf("  evictions: %d, pages in use %d of %d\n", ev.evictions(), ev.pool().num_used(), ev.pool().num_pages());
+  std::printf("  sequence 0: cache length %d, next token's rotary position %d (its text position, not the length)\n",
+              ev.len(0), ev.next_position(0));
   return err_sum / err_n;
 }
 

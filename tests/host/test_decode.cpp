@@ -21,7 +21,7 @@ void run_invariants(Policy policy, std::uint64_t seed) {
   kvevict::synthetic::rng r(seed);
   std::vector<std::vector<int>> tokens(s.num_seqs);
   std::vector<toy::elem> q, k, v;
-  int steps_checked = 0;
+  int steps_checked = 0, positions_apart = 0;
   for (int step = 0; step < 300; ++step) {
     for (int seq = 0; seq < s.num_seqs; ++seq) {
       if (step < 20 * seq) continue;  // sequences start at different times: different lengths
@@ -49,20 +49,26 @@ void run_invariants(Policy policy, std::uint64_t seed) {
         if (n > 0) REQUIRE(o.back() == static_cast<int>(tokens[seq].size()) - 1);  // the newest token is kept
         // Every slot holds exactly the K and V of the token it claims to.
         for (int j = 0; j < n; ++j) {
-          m.project(tokens[seq][o[j]], q, k, v);
+          // Rotary phase of the token's text position o[j], which is not its slot j after eviction.
+          m.project(tokens[seq][o[j]], o[j], q, k, v);
           REQUIRE(std::memcmp(e.key(seq, h, j), &k[std::size_t(h) * m.d], m.d * sizeof(toy::elem)) == 0);
           REQUIRE(std::memcmp(e.value(seq, h, j), &v[std::size_t(h) * m.d], m.d * sizeof(toy::elem)) == 0);
         }
       }
     }
     REQUIRE(held == e.pool().num_used());  // nothing leaked, nothing freed twice
+    for (int seq = 0; seq < s.num_seqs; ++seq) {
+      REQUIRE(e.next_position(seq) == static_cast<int>(tokens[seq].size()));  // text position, whatever was evicted
+      positions_apart += e.next_position(seq) != e.len(seq);
+    }
     ++steps_checked;
   }
   CHECK(steps_checked == 300);
   CHECK(e.evictions() > 5);
+  CHECK(positions_apart > 0);  // eviction pulled text positions and cache lengths apart, and keys still matched
 
   // Attention over the kept cache equals attention recomputed from the kept tokens.
-  m.project(7, q, k, v);
+  m.project(7, 1000, q, k, v);
   for (int seq = 0; seq < s.num_seqs; ++seq)
     for (int qh = 0; qh < m.hq; ++qh) {
       const int h = qh / (m.hq / m.hkv), n = e.len(seq);
@@ -70,7 +76,7 @@ void run_invariants(Policy policy, std::uint64_t seed) {
       double za = 0, zb = 0;
       std::vector<toy::elem> kk, vv, qq;
       for (int j = 0; j < n; ++j) {
-        m.project(tokens[seq][e.origin(seq, h)[j]], qq, kk, vv);
+        m.project(tokens[seq][e.origin(seq, h)[j]], e.origin(seq, h)[j], qq, kk, vv);
         double la = 0, lb = 0;
         for (int x = 0; x < m.d; ++x) {
           const double qx = kvevict::to_float(q[std::size_t(qh) * m.d + x]);
@@ -99,6 +105,31 @@ TEST_CASE("decode loop invariants: FlashInfer CSR, SnapKV on the query ring", "[
 }
 TEST_CASE("decode loop invariants: vLLM block table, StreamingLLM", "[decode]") {
   run_invariants<toy::table_kind::block_table>(kvevict::streaming_llm{}, 3);
+}
+
+TEST_CASE("after eviction a new token takes its text position, not the cache length", "[decode]") {
+  const toy::model m;
+  toy::settings s;
+  s.num_seqs = 1;
+  s.budget = 24;
+  s.slack = 8;
+  s.window = 4;
+  s.page_size = 4;
+  toy::engine<toy::table_kind::block_table, kvevict::streaming_llm> e(m, s, kvevict::streaming_llm{});
+  for (int t = 0; t < 40; ++t) e.step(0, t % m.vocab);
+  e.maybe_evict();
+  REQUIRE(e.evictions() == 1);
+  REQUIRE(e.len(0) == 24);
+  REQUIRE(e.next_position(0) == 40);
+  e.step(0, 5);
+  std::vector<toy::elem> q, k_true, k_len, v;
+  m.project(5, 40, q, k_true, v);  // the token's text position
+  m.project(5, 24, q, k_len, v);   // what an engine that used the cache length would store
+  for (int h = 0; h < m.hkv; ++h) {
+    CHECK(std::memcmp(e.key(0, h, 24), &k_true[std::size_t(h) * m.d], m.d * sizeof(toy::elem)) == 0);
+    CHECK(std::memcmp(e.key(0, h, 24), &k_len[std::size_t(h) * m.d], m.d * sizeof(toy::elem)) != 0);
+  }
+  CHECK(e.origin(0, 0).back() == 40);
 }
 
 TEST_CASE("query ring gathers the last rows, oldest first, zero-filled", "[decode]") {
@@ -182,7 +213,7 @@ TEST_CASE("one call plans and compacts a batch with per-sequence budgets, sinks 
   auto view = c.csr_view<kvevict::nhd>();
   kvevict::keep_plan_buffer kept(6, kvevict::plan_capacity(p, view, sig));
   std::vector<std::int32_t> lens(6), freed(32);
-  kvevict::compact_result out{lens.data(), freed.data(), 32};
+  kvevict::compact_result out{lens.data(), static_cast<int>(lens.size()), freed.data(), 32};
   const auto st = kvevict::evict(kvevict::host, p, view, sig, kept.view(), out);
   INFO(st.message());
   REQUIRE(st.ok());
@@ -190,8 +221,8 @@ TEST_CASE("one call plans and compacts a batch with per-sequence budgets, sinks 
     for (int t = a; t < b; ++t) v.push_back(t);
     return v;
   };
-  CHECK(kept.kept(0) == range({0, 1}, 32, 40));  // 2 sinks + the last 8 of 40
-  CHECK(kept.kept(2) == range({}, 0, 25));        // 25 <= 30: kept whole
+  CHECK(kept.kept(0) == range({0, 1}, 32, 40));           // 2 sinks + the last 8 of 40
+  CHECK(kept.kept(2) == range({}, 0, 25));                // 25 <= 30: kept whole
   CHECK(kept.kept(4) == range({0, 1, 2, 3, 4}, 49, 60));  // 5 sinks + the last 11 of 60
   CHECK(lens == std::vector<std::int32_t>{10, 10, 25, 25, 16, 16});
   CHECK(out.num_freed == (5 - 2) + (8 - 2));  // pages of 8: 40 -> 10 tokens, 60 -> 16 tokens
