@@ -64,9 +64,9 @@ void run(const char* name, Policy policy, int tokens, int budget, int layer = 0,
   kvevict::signals<elem> sig{s.queries.data(), q_heads};
   sig.layer = layer;
   sig.num_layers = num_layers;
-  kvevict::keep_plan_buffer kept(kv_heads, kvevict::plan_capacity(policy, cache));
-  std::vector<int> new_lens(kv_heads), freed(s.pages);
-  kvevict::compact_result out{new_lens.data(), freed.data(), s.pages};
+  auto kept = kvevict::keep_plan_buffer::for_cache(policy, cache, sig);
+  auto res = kvevict::compact_result_buffer::for_cache(cache);
+  auto& out = res.result;
   std::vector<unsigned char> ws(kvevict::evict_workspace_bytes(kvevict::host, policy, cache, sig));
   const auto t0 = std::chrono::steady_clock::now();
   auto st = kvevict::plan(kvevict::host, policy, cache, sig, kept.view(), ws.data(), ws.size());
@@ -83,7 +83,7 @@ void run(const char* name, Policy policy, int tokens, int budget, int layer = 0,
   const double ms_plan = std::chrono::duration<double, std::milli>(t1 - t0).count();
   const double ms_compact = std::chrono::duration<double, std::milli>(t2 - t1).count();
   std::printf("%-22s kept %5d/%d per head  key phrase %2d/%d  freed %3d pages  plan %8.2f ms  compact %6.3f ms\n", name,
-              new_lens[0], tokens, key_kept, 4 * kv_heads, out.num_freed, ms_plan, ms_compact);
+              res.new_lens[0], tokens, key_kept, 4 * kv_heads, out.num_freed, ms_plan, ms_compact);
 }
 
 }  // namespace

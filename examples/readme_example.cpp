@@ -8,24 +8,30 @@ int main() {
   std::vector<kvevict::bfloat16> k(size_t(pages) * page_size * kv_heads * head_dim, {0x3f80}), v = k;  // 1.0
   std::vector<int> block_table(pages), seq_lens = {len};  // one sequence, vLLM-style table
   for (int i = 0; i < pages; ++i) block_table[i] = i;
-  kvevict::block_table_cache<kvevict::bfloat16> cache{k.data(),        v.data(),         block_table.data(),
-                                                      seq_lens.data(),
-                                                      /*num_seqs*/ 1,  /*stride*/ pages, pages,
-                                                      page_size,       kv_heads,         head_dim};
-  std::vector<kvevict::bfloat16> queries(size_t(q_heads) * window * head_dim, {0x3f80});  // last `window` queries
-  kvevict::signals<kvevict::bfloat16> sig{queries.data(), q_heads};
+  kvevict::block_table_cache<kvevict::bfloat16> cache{.k = k.data(),
+                                                      .v = v.data(),
+                                                      .block_table = block_table.data(),
+                                                      .seq_lens = seq_lens.data(),
+                                                      .num_seqs_ = 1,
+                                                      .block_table_stride_ = pages,
+                                                      .num_pages_ = pages,
+                                                      .page_size_ = page_size,
+                                                      .num_kv_heads_ = kv_heads,
+                                                      .head_dim_ = head_dim};
+  // The last `window` queries of every query head, rotary applied: [num_seqs, q_heads, window, head_dim].
+  std::vector<kvevict::bfloat16> queries(size_t(q_heads) * window * head_dim, {0x3f80});
+  kvevict::signals<kvevict::bfloat16> sig{.queries = queries.data(), .num_q_heads = q_heads};
 
-  kvevict::snapkv<> policy;                                     // window attention + pooling + top-k
-  policy.selector = {4, window, kvevict::uniform_budget{256}};  // sinks, window, entries per head
-  kvevict::keep_plan_buffer kept(kv_heads, kvevict::plan_capacity(policy, cache));
-  std::vector<int> new_lens(kv_heads), freed(pages);
-  kvevict::compact_result out{new_lens.data(), freed.data(), pages};
-  kvevict::status st = kvevict::evict(kvevict::host, policy, cache, sig, kept.view(), out);
+  kvevict::snapkv<> policy;                                              // window attention + pooling + top-k
+  policy.selector = {4, window, kvevict::uniform_budget{256}};           // sinks, window, entries per head
+  auto kept = kvevict::keep_plan_buffer::for_cache(policy, cache, sig);  // a row per (sequence, KV head)
+  auto out = kvevict::compact_result_buffer::for_cache(cache);           // new lengths, freed page ids
+  kvevict::status st = kvevict::evict(kvevict::host, policy, cache, sig, kept.view(), out.result);
   if (!st) {
     std::puts(st.message().c_str());
     return 1;
   }
-  std::printf("kept %d of %d tokens per head, freed %d pages\n", new_lens[0], len, out.num_freed);
+  std::printf("kept %d of %d tokens per head, freed %d pages\n", out.new_lens[0], len, out.result.num_freed);
   const int pages_before = (len + page_size - 1) / page_size, pages_after = 256 / page_size;
-  return new_lens[0] == 256 && out.num_freed == pages_before - pages_after ? 0 : 1;
+  return out.new_lens[0] == 256 && out.result.num_freed == pages_before - pages_after ? 0 : 1;
 }

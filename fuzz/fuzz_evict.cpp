@@ -96,20 +96,41 @@ void run(FuzzedDataProvider& in, testing::test_cache<T>& c, Policy policy, bool 
             in.ConsumeIntegralInRange<int>(-2, 300);
     }
     const int freed_cap = in.ConsumeIntegralInRange<int>(0, c.num_pages + 1);
-    std::vector<std::int32_t> new_lens(static_cast<size_t>(seqs) * kvh, -7),
+    // Output buffers one row short (allocated so, for AddressSanitizer): 1 the plan, 2 new_lens.
+    const int rows = seqs * kvh, shrink = rows > 0 ? in.ConsumeIntegralInRange<int>(0, 12) : 0;
+    kvevict::keep_plan_buffer short_plan;
+    if (shrink == 1) {
+      short_plan = kvevict::keep_plan_buffer(rows - 1, kept.capacity);
+      std::copy(kept.positions.begin(), kept.positions.begin() + short_plan.positions.size(),
+                short_plan.positions.begin());
+      std::copy(kept.counts.begin(), kept.counts.begin() + (rows - 1), short_plan.counts.begin());
+    }
+    kvevict::keep_plan_buffer& used = shrink == 1 ? short_plan : kept;
+    const kvevict::keep_plan_buffer used0 = used;
+    std::vector<std::int32_t> new_lens(static_cast<size_t>(rows - (shrink == 2 ? 1 : 0)), -7),
         freed(static_cast<size_t>(freed_cap) + 1, -7);
-    kvevict::compact_result out{new_lens.data(), freed.data(), freed_cap};
+    const std::vector<std::int32_t> new_lens0 = new_lens, freed0 = freed;
+    kvevict::compact_result out{new_lens.data(), static_cast<int>(new_lens.size()), freed.data(), freed_cap};
     kvevict::status st;
     if (op == 0)
-      st = kvevict::plan(kvevict::host, policy, view, sig, kept.view());
+      st = kvevict::plan(kvevict::host, policy, view, sig, used.view());
     else if (op == 1)
-      st = kvevict::compact(kvevict::host, view, kept.const_view(), out);
+      st = kvevict::compact(kvevict::host, view, used.const_view(), out);
     else
-      st = kvevict::evict(kvevict::host, policy, view, sig, kept.view(), out);
+      st = kvevict::evict(kvevict::host, policy, view, sig, used.view(), out);
 
+    const bool shrunk = shrink == 1 || (shrink == 2 && op != 0);
+    if (shrunk && st.ok()) fail("accepted an output buffer one row short");
     if (!st.ok()) {
       if (st.argument == nullptr || st.argument[0] == '\0') fail("error without an argument name");
       if (c.checksum() != sum0) fail("rejected call changed the cache", st.message());
+      const std::string arg = st.argument;
+      if (st.code == kvevict::errc::buffer_too_small && (arg == "plan.rows" || arg == "result.new_lens")) {
+        if (!shrunk) fail("a full-size buffer reported too small", st.message());
+        if (used.positions != used0.positions || used.counts != used0.counts || new_lens != new_lens0 ||
+            freed != freed0 || out.num_freed != 0)
+          fail("a buffer-size error wrote to a buffer", st.message());
+      }
       return;
     }
     // Plan validity (op 0 and 2 made it; op 1 was accepted, so it must be valid too).

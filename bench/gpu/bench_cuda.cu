@@ -150,10 +150,10 @@ void run_policy(benchmark::State& st, Policy p, layer& L, bool plan_only) {
   ok(cudaMalloc(&new_lens, sizeof(std::int32_t) * HKV));
   ok(cudaMalloc(&freed, sizeof(std::int32_t) * L.cache.num_pages()));
   ok(cudaMalloc(&num, sizeof(std::int32_t)));
-  kvevict::device_compact_result out{new_lens, freed, L.cache.num_pages(), num};
+  kvevict::device_compact_result out{new_lens, HKV, freed, L.cache.num_pages(), num};
   auto once = [&] {
-    const auto s = plan_only ? kvevict::plan(exec, p, L.cache, L.sig, {pos, cnt, cap}, ws, bytes)
-                             : kvevict::evict(exec, p, L.cache, L.sig, {pos, cnt, cap}, out, ws, bytes);
+    const auto s = plan_only ? kvevict::plan(exec, p, L.cache, L.sig, {pos, cnt, cap, HKV}, ws, bytes)
+                             : kvevict::evict(exec, p, L.cache, L.sig, {pos, cnt, cap, HKV}, out, ws, bytes);
     if (!s.ok()) st.SkipWithError(s.message().c_str());
   };
   once();
@@ -211,9 +211,9 @@ void BM_compact_half(benchmark::State& st) {
   const std::size_t bytes = kvevict::compact_workspace_bytes(exec, L.cache);
   void* ws;
   ok(cudaMalloc(&ws, bytes));
-  kvevict::device_compact_result out{new_lens, freed, L.cache.num_pages(), num};
+  kvevict::device_compact_result out{new_lens, HKV, freed, L.cache.num_pages(), num};
   auto once = [&] {
-    const auto s = kvevict::compact(exec, L.cache, kvevict::const_keep_plan{pos, cnt, kept}, out, ws, bytes);
+    const auto s = kvevict::compact(exec, L.cache, kvevict::const_keep_plan{pos, cnt, kept, HKV}, out, ws, bytes);
     if (!s.ok()) st.SkipWithError(s.message().c_str());
   };
   once();

@@ -48,7 +48,7 @@ void BM_decode_step_batch(benchmark::State& state) {
   for (auto _ : state) {
     const int n = kvevict::decode_budgets(lens.data(), seqs, budget, slack, 4, 32, nullptr, seq_budgets.data(),
                                           seq_windows.data());
-    kvevict::compact_result out{new_lens.data(), freed.data(), num_pages};
+    kvevict::compact_result out{new_lens.data(), static_cast<int>(new_lens.size()), freed.data(), num_pages};
     const auto st = kvevict::evict(kvevict::host, p, cache, sig, kept.view(), out, ws.data(), ws.size());
     if (!st || n != seqs) state.SkipWithError(st.message().c_str());
     kvevict::compact_attention_sums(kept.const_view(), seqs, kvh, hq, sums.data(), stride, old_lens.data());

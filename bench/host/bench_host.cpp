@@ -107,7 +107,7 @@ void BM_compact(benchmark::State& state) {
     for (int j = 0; j < n / 2; ++j) plan.positions[size_t(h) * (n / 2) + j] = 2 * j + (h & 1);
   }
   std::vector<int> lens(kv_heads), freed(c.pages);
-  kvevict::compact_result out{lens.data(), freed.data(), c.pages};
+  kvevict::compact_result out{lens.data(), static_cast<int>(lens.size()), freed.data(), c.pages};
   std::vector<unsigned char> ws(kvevict::compact_workspace_bytes(kvevict::host, view) + 1);
   for (auto _ : state) {
     // The view's lengths do not change, so every iteration performs the same moves.

@@ -51,7 +51,7 @@ void BM_niah_compact(benchmark::State& state) {
   kvevict::keep_plan_buffer kept(s.cfg.kv_heads, kvevict::plan_capacity(p, view));
   if (!kvevict::plan(kvevict::host, p, view, s.layer_signals(1), kept.view())) state.SkipWithError("plan failed");
   std::vector<int> lens(s.cfg.kv_heads), freed(s.pages);
-  kvevict::compact_result out{lens.data(), freed.data(), s.pages};
+  kvevict::compact_result out{lens.data(), static_cast<int>(lens.size()), freed.data(), s.pages};
   std::vector<unsigned char> ws(kvevict::compact_workspace_bytes(kvevict::host, view) + 1);
   for (auto _ : state) {
     state.PauseTiming();

@@ -6,13 +6,15 @@
 //! | expression                        | meaning                                                  |
 //! |-----------------------------------|----------------------------------------------------------|
 //! | `C::value_type`                   | element type: float, kvevict::half or kvevict::bfloat16   |
+//! |                                   | (never const: a view over const K/V keeps `value_type` plain) |
 //! | `C::per_head_rows`                | true when every (seq, head) has its own page list         |
 //! | `c.num_seqs()`, `c.num_pages()`   | sequences in the batch; pages in the pool                 |
 //! | `c.page_size()`, `c.num_kv_heads()`, `c.head_dim()` | shape                                   |
 //! | `c.seq_len(seq, head)`            | tokens held by that (seq, head) (all heads equal unless `per_head_rows`) |
 //! | `c.num_row_pages(seq, head)`      | pages listed for that (seq, head)                          |
 //! | `c.page(seq, head, logical_page)` | physical page id                                          |
-//! | `c.key(page, slot, head)`, `c.value(page, slot, head)` | pointer to `head_dim` contiguous elements |
+//! | `c.key(page, slot, head)`, `c.value(page, slot, head)` | pointer to `head_dim` contiguous elements, |
+//! |                                   | `value_type*`, or `const value_type*` for a read-only view (`plan`, `score`) |
 #pragma once
 
 #include <type_traits>
@@ -28,6 +30,11 @@
 namespace kvevict {
 
 namespace detail {
+//! `P` is `V*` or `const V*`.
+template <class P, class V>
+inline constexpr bool is_element_pointer_v =
+    std::is_pointer_v<P>&& std::is_same_v<std::remove_const_t<std::remove_pointer_t<P>>, V>;
+
 template <class C, class = void>
 struct paged_kv_cache_impl : std::false_type {};
 
@@ -40,9 +47,11 @@ struct paged_kv_cache_impl<
                    decltype(std::declval<const C&>().num_row_pages(0, 0)),
                    decltype(std::declval<const C&>().page(0, 0, 0)), decltype(std::declval<const C&>().key(0, 0, 0)),
                    decltype(std::declval<const C&>().value(0, 0, 0))>>
-    : std::bool_constant<std::is_trivially_copyable_v<C> && is_element_type<typename C::value_type>::value &&
-                         std::is_same_v<decltype(std::declval<const C&>().key(0, 0, 0)), typename C::value_type*> &&
-                         std::is_same_v<decltype(std::declval<const C&>().value(0, 0, 0)), typename C::value_type*>> {};
+    : std::bool_constant<
+          std::is_trivially_copyable_v<C> && is_element_type<typename C::value_type>::value &&
+          is_element_pointer_v<decltype(std::declval<const C&>().key(0, 0, 0)), typename C::value_type> &&
+          std::is_same_v<decltype(std::declval<const C&>().key(0, 0, 0)),
+                         decltype(std::declval<const C&>().value(0, 0, 0))>> {};
 }  // namespace detail
 
 //! C++17 trait: true when `C` models the paged KV cache contract above.
@@ -66,10 +75,16 @@ concept paged_kv_cache = std::is_trivially_copyable_v<C> && is_element_type<type
   { c.seq_len(i, i) } -> std::convertible_to<int>;
   { c.num_row_pages(i, i) } -> std::convertible_to<int>;
   { c.page(i, i, i) } -> std::convertible_to<int>;
-  { c.key(i, i, i) } -> std::same_as<typename C::value_type*>;
-  { c.value(i, i, i) } -> std::same_as<typename C::value_type*>;
+  requires detail::is_element_pointer_v<decltype(c.key(i, i, i)), typename C::value_type>;
+  { c.value(i, i, i) } -> std::same_as<decltype(c.key(i, i, i))>;
 };
 #endif
+
+//! True when the view's K and V are writable (`key` returns `value_type*`): what `compact` needs.
+//! A view over `const` elements serves `plan` and `score`, which only read.
+template <class C>
+inline constexpr bool is_mutable_cache_v =
+    !std::is_const_v<std::remove_pointer_t<decltype(std::declval<const C&>().key(0, 0, 0))>>;
 
 //! Whether compaction of this view can free pages: true unless the view declares
 //! `static constexpr bool frees_pages = false` (dense caches do).

@@ -56,6 +56,13 @@ KVEVICT_HOST_DEVICE float to_float(half x) {
   return detail::bits_float(sign | ((112u - static_cast<std::uint32_t>(e)) << 23) | ((man & 0x3ffu) << 13));
 }
 
+//! Value comparison, as for float: NaN equals nothing (not even itself), +0 equals -0. Compare the
+//! `bits` members for bit equality.
+KVEVICT_HOST_DEVICE bool operator==(half a, half b) { return to_float(a) == to_float(b); }
+KVEVICT_HOST_DEVICE bool operator!=(half a, half b) { return !(a == b); }
+KVEVICT_HOST_DEVICE bool operator==(bfloat16 a, bfloat16 b) { return to_float(a) == to_float(b); }
+KVEVICT_HOST_DEVICE bool operator!=(bfloat16 a, bfloat16 b) { return !(a == b); }
+
 //! Converts a float to element type `T` (float, half, bfloat16), rounding to nearest even.
 template <class T>
 KVEVICT_HOST_DEVICE T from_float(float f);

@@ -118,9 +118,10 @@ struct device_cache {
 
 struct device_plan {
   dbuf<std::int32_t> pos, counts;
-  int capacity;
-  device_plan(int rows, int cap) : pos(static_cast<std::size_t>(rows) * cap), counts(rows), capacity(cap) {}
-  kvevict::keep_plan view() { return {pos.p, counts.p, capacity}; }
+  int capacity, rows;
+  device_plan(int rows_, int cap)
+      : pos(static_cast<std::size_t>(rows_) * cap), counts(rows_), capacity(cap), rows(rows_) {}
+  kvevict::keep_plan view() { return {pos.p, counts.p, capacity, rows}; }
   std::vector<std::int32_t> kept(int r) const {
     const auto all = pos.download(), cnt = counts.download();
     return std::vector<std::int32_t>(all.begin() + static_cast<std::ptrdiff_t>(r) * capacity,
@@ -245,6 +246,17 @@ void test_exact_scorers(layout_kind kind, std::uint32_t seed) {
       CHECK(hs.ok() && st.ok(), "%s: %s / %s", what, hs.message().c_str(), st.message().c_str());
       if (!hs.ok() || !st.ok()) return;
       for (int r = 0; r < seqs * kvh; ++r) CHECK(out.kept(r) == hp.kept(r), "%s %s row %d", what, testing::name(kind).c_str(), r);
+      if constexpr (std::is_same_v<decltype(dv), kvevict::block_table_cache<T, kvevict::nhd>>) {
+        // plan reads only: the same plan over a view of const K/V.
+        const kvevict::block_table_cache<const T> ro{dv.k, dv.v, dv.block_table, dv.seq_lens, dv.num_seqs_,
+                                                     dv.block_table_stride_, dv.num_pages_, dv.page_size_,
+                                                     dv.num_kv_heads_, dv.head_dim_};
+        device_plan again(seqs * kvh, hp.capacity);
+        dbuf<unsigned char> ws2;
+        const auto st2 = run_device_plan<decltype(p), decltype(hv)>(p, ro, ds.sig, again, ws2);
+        CHECK(st2.ok(), "%s const view: %s", what, st2.message().c_str());
+        for (int r = 0; st2.ok() && r < seqs * kvh; ++r) CHECK(again.kept(r) == hp.kept(r), "%s const view row %d", what, r);
+      }
     });
   };
   kvevict::streaming_llm s;
@@ -356,14 +368,15 @@ void test_compaction(layout_kind kind, int page_size, int maxn, double keep, std
     kvevict::compact_result hr;
     std::vector<std::int32_t> hlens(seqs * kvh), hfreed(std::max(1, hc.num_pages));
     hr.new_lens = hlens.data();
+    hr.new_lens_capacity = static_cast<int>(hlens.size());
     hr.freed_pages = hfreed.data();
     hr.freed_capacity = static_cast<int>(hfreed.size());
     const auto hs = kvevict::compact(kvevict::host, hv, hp.const_view(), hr);
     dbuf<std::int32_t> dlens(seqs * kvh), dfreed(hfreed.size()), dnum(1);
-    kvevict::device_compact_result dr{dlens.p, dfreed.p, static_cast<int>(hfreed.size()), dnum.p};
+    kvevict::device_compact_result dr{dlens.p, seqs * kvh, dfreed.p, static_cast<int>(hfreed.size()), dnum.p};
     const std::size_t bytes = kvevict::compact_workspace_bytes(kvevict::cuda, dv);
     dbuf<unsigned char> ws(bytes);
-    auto st = kvevict::compact(kvevict::cuda, dv, kvevict::const_keep_plan{dpos.p, dcnt.p, hp.capacity}, dr, ws.p, bytes);
+    auto st = kvevict::compact(kvevict::cuda, dv, kvevict::const_keep_plan{dpos.p, dcnt.p, hp.capacity, hp.rows()}, dr, ws.p, bytes);
     if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
     CHECK(hs.ok() && st.ok(), "%s / %s", hs.message().c_str(), st.message().c_str());
     if (!hs.ok() || !st.ok()) return;
@@ -394,10 +407,10 @@ void test_errors(std::uint32_t seed) {
     dc.visit([&](auto, auto dv) {
       tweak(dv, plan);
       dbuf<std::int32_t> dpos(plan.positions), dcnt(plan.counts), dlens(seqs * kvh), dfreed(2), dnum(1);
-      kvevict::device_compact_result dr{dlens.p, dfreed.p, 2, dnum.p};
+      kvevict::device_compact_result dr{dlens.p, seqs * kvh, dfreed.p, 2, dnum.p};
       const std::size_t bytes = kvevict::compact_workspace_bytes(kvevict::cuda, dv);
       dbuf<unsigned char> ws(bytes);
-      auto st = kvevict::compact(kvevict::cuda, dv, kvevict::const_keep_plan{dpos.p, dcnt.p, plan.capacity}, dr, ws.p,
+      auto st = kvevict::compact(kvevict::cuda, dv, kvevict::const_keep_plan{dpos.p, dcnt.p, plan.capacity, plan.rows()}, dr, ws.p,
                                  bytes);
       if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
       CHECK(!st.ok() && std::string(st.argument) == argument, "expected '%s', got %s", argument, st.message().c_str());
@@ -455,7 +468,7 @@ void test_errors(std::uint32_t seed) {
     dc.visit([&](auto hv, auto dv) {
       device_plan out(seqs * kvh, kvevict::plan_capacity(kvevict::cuda, p, dv));
       dbuf<std::int32_t> dlens(seqs * kvh), dfreed(64), dnum(1);
-      kvevict::device_compact_result dr{dlens.p, dfreed.p, 64, dnum.p};
+      kvevict::device_compact_result dr{dlens.p, seqs * kvh, dfreed.p, 64, dnum.p};
       const std::size_t bytes = kvevict::evict_workspace_bytes(kvevict::cuda, p, dv, ds.sig);
       dbuf<unsigned char> ws(bytes);
       auto st = kvevict::evict(kvevict::cuda, p, dv, ds.sig, out.view(), dr, ws.p, bytes);
@@ -505,11 +518,12 @@ void test_evict_and_determinism(layout_kind kind, std::uint32_t seed) {
     kvevict::compact_result hr;
     std::vector<std::int32_t> hlens(seqs * kvh), hfreed(std::max(1, hc.num_pages));
     hr.new_lens = hlens.data();
+    hr.new_lens_capacity = static_cast<int>(hlens.size());
     hr.freed_pages = hfreed.data();
     hr.freed_capacity = static_cast<int>(hfreed.size());
     const auto hs = kvevict::evict(kvevict::host, p, hv, sig, hp.view(), hr);
     dbuf<std::int32_t> dlens(seqs * kvh), dfreed(hfreed.size()), dnum(1);
-    kvevict::device_compact_result dr{dlens.p, dfreed.p, static_cast<int>(hfreed.size()), dnum.p};
+    kvevict::device_compact_result dr{dlens.p, seqs * kvh, dfreed.p, static_cast<int>(hfreed.size()), dnum.p};
     device_plan kept(seqs * kvh, hp.capacity);
     const std::size_t bytes = kvevict::evict_workspace_bytes(kvevict::cuda, p, dv, sig);
     dbuf<unsigned char> ews(bytes);
@@ -743,7 +757,7 @@ void test_host_side() {
   kvevict::snapkv<> p;
   p.selector.window = 64;
   p.selector.budget.entries = 1024;
-  kvevict::keep_plan kp{fake, fake, 1024};
+  kvevict::keep_plan kp{fake, fake, 1024, 8};
   char ws_host[1];
   auto expect = [&](kvevict::status st, const char* argument) {
     CHECK(!st.ok() && std::string(st.argument) == argument, "expected '%s', got %s", argument, st.message().c_str());
@@ -762,10 +776,22 @@ void test_host_side() {
   kvevict::device_compact_result r{};
   expect(kvevict::compact(kvevict::cuda, c, kvevict::as_const(kp), r, ws_host, 1), "result.new_lens");
   r.new_lens = fake;
+  expect(kvevict::compact(kvevict::cuda, c, kvevict::as_const(kp), r, ws_host, 1), "result.new_lens");  // capacity 0
+  r.new_lens_capacity = 7;  // one short of 1 sequence x 8 heads
+  expect(kvevict::compact(kvevict::cuda, c, kvevict::as_const(kp), r, ws_host, 1), "result.new_lens");
+  r.new_lens_capacity = 8;
   expect(kvevict::compact(kvevict::cuda, c, kvevict::as_const(kp), r, ws_host, 1), "result.num_freed");
   r.num_freed = fake;
   expect(kvevict::compact(kvevict::cuda, c, kvevict::as_const(kp), r, ws_host, 1), "workspace");
-  expect(kvevict::compact(kvevict::cuda, c, kvevict::const_keep_plan{nullptr, fake, 4}, r, ws_host, 1), "plan");
+  expect(kvevict::compact(kvevict::cuda, c, kvevict::const_keep_plan{nullptr, fake, 4, 8}, r, ws_host, 1), "plan");
+  // Output sizes are scalars: checked on the host, one row short is rejected before any launch.
+  expect(kvevict::compact(kvevict::cuda, c, kvevict::const_keep_plan{fake, fake, 1024, 7}, r, ws_host, 1),
+         "plan.rows");
+  kvevict::streaming_llm sl;  // a scorer whose checks need no device query
+  sl.selector.budget.entries = 1024;
+  expect(kvevict::plan(kvevict::cuda, sl, c, sig, kvevict::keep_plan{fake, fake, 1024, 7}, ws_host, 1), "plan.rows");
+  expect(kvevict::evict(kvevict::cuda, sl, c, sig, kvevict::keep_plan{fake, fake, 1024, 7}, r, ws_host, 1),
+         "plan.rows");
 
   // Extra device memory of one SnapKV layer (32 query heads, 8 KV heads x 128, window 64) against
   // performance.md's target: under 1% of the PyTorch path's peak (224 / 896 / 3,584 MiB).
@@ -773,7 +799,7 @@ void test_host_side() {
   int i = 0;
   for (int n : {8192, 32768, 131072}) {
     auto cn = c;
-    cn.block_table_stride = cn.num_pages_ = n / 16;
+    cn.block_table_stride_ = cn.num_pages_ = n / 16;
     const double mib = kvevict::evict_workspace_bytes(kvevict::cuda, p, cn, sig) / 1048576.0;
     std::printf("evict workspace at %d tokens: %.2f MiB (%.2f%% of the torch path's peak)\n", n, mib,
                 100.0 * mib / torch_mib[i]);

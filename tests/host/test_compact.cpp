@@ -62,7 +62,7 @@ void check_compaction(layout_kind kind, int ps, std::uint32_t seed) {
       }
     }
   std::vector<std::int32_t> new_lens(5 * kvh, -1), freed(64, -1);
-  kvevict::compact_result res{new_lens.data(), freed.data(), 64};
+  kvevict::compact_result res{new_lens.data(), static_cast<int>(new_lens.size()), freed.data(), 64};
   c.visit([&](auto view) { REQUIRE(kvevict::compact(kvevict::host, view, plan.const_view(), res).ok()); });
   INFO(name(kind) << " page_size " << ps);
   REQUIRE(std::memcmp(c.k.data(), expect_k.data(), c.k.size() * sizeof(T)) == 0);
@@ -97,7 +97,7 @@ TEST_CASE("evict = plan + compact, and the compacted cache holds the planned tok
     p.selector = {2, w, kvevict::uniform_budget{12}};
     kvevict::keep_plan_buffer kept(4, 12);
     std::vector<std::int32_t> lens(4), freed(16);
-    kvevict::compact_result res{lens.data(), freed.data(), 16};
+    kvevict::compact_result res{lens.data(), static_cast<int>(lens.size()), freed.data(), 16};
     c.visit([&](auto view) { REQUIRE(kvevict::evict(kvevict::host, p, view, sig, kept.view(), res).ok()); });
     for (int s = 0; s < 2; ++s)
       for (int h = 0; h < kvh; ++h) {
@@ -127,7 +127,7 @@ TEST_CASE("a shared-heads plan is reused for the following layers (ChunkKV's ind
   REQUIRE(kept.kept(0) == kept.kept(1));
   const auto kb = cb.k;
   std::vector<std::int32_t> lens(2), freed(8);
-  kvevict::compact_result out{lens.data(), freed.data(), 8};
+  kvevict::compact_result out{lens.data(), static_cast<int>(lens.size()), freed.data(), 8};
   REQUIRE(kvevict::compact(kvevict::host, cb.block_view(), kept.const_view(), out).ok());
   for (int h = 0; h < 2; ++h)
     for (int j = 0; j < 20; ++j)

@@ -17,7 +17,7 @@ struct fixture {
   kvevict::snapkv<> p;
   kvevict::keep_plan_buffer kept{4, 64};
   std::vector<std::int32_t> lens = std::vector<std::int32_t>(4), freed = std::vector<std::int32_t>(32);
-  kvevict::compact_result res{lens.data(), freed.data(), 32};
+  kvevict::compact_result res{lens.data(), static_cast<int>(lens.size()), freed.data(), 32};
   fixture() {
     sig.queries = q.data();
     sig.num_q_heads = 4;
@@ -160,7 +160,7 @@ TEST_CASE("CSR page tables are validated", "[errors]") {
   p.selector = {2, 8, kvevict::uniform_budget{16}};
   kvevict::keep_plan_buffer kept(4, 16);
   std::vector<std::int32_t> lens(4), freed(32);
-  kvevict::compact_result res{lens.data(), freed.data(), 32};
+  kvevict::compact_result res{lens.data(), static_cast<int>(lens.size()), freed.data(), 32};
   const auto before = c.checksum();
   auto expect = [&](kvevict::errc code, const std::string& arg) {
     const auto st =

@@ -207,8 +207,13 @@ TEST_CASE("ChunkKV and SentenceKV equal naive unit selection", "[sablock][chunkk
     given_policy<kvevict::fixed_block<kvevict::shared_heads>> ck;
     ck.granularity.chunk = 7;
     ck.selector = sk.selector;
-    const auto a = s.plan(sk), b = s.plan(ck);
+    kvevict::chunkkv_per_head<given_scores> cp;  // the preset alias: every head its own chunks
+    cp.granularity.chunk = 7;
+    cp.selector = sk.selector;
+    const auto a = s.plan(sk), b = s.plan(ck), per_head = s.plan(cp);
     const int lo = sinks, hi = n - window, bc = budget - sinks - window;
+    std::vector<std::pair<int, int>> chunks;
+    for (int t = lo; t < hi; t += 7) chunks.push_back({t, std::min(hi, t + 7)});
     std::vector<double> summed(n, 0.0);
     for (int h = 0; h < kvh; ++h) {
       std::vector<double> row(s.scores.begin() + h * n, s.scores.begin() + (h + 1) * n);
@@ -217,9 +222,12 @@ TEST_CASE("ChunkKV and SentenceKV equal naive unit selection", "[sablock][chunkk
       want.insert(want.begin(), {0, 1});
       for (int t = hi; t < n; ++t) want.push_back(t);
       CHECK(a.kept(h) == want);
+      auto want_chunks = ref::units_then_fill(row, chunks, lo, hi, bc);
+      want_chunks.insert(want_chunks.begin(), {0, 1});
+      for (int t = hi; t < n; ++t) want_chunks.push_back(t);
+      CHECK(per_head.kept(h) == want_chunks);
     }
-    std::vector<std::pair<int, int>> chunks;
-    for (int t = lo; t < hi; t += 7) chunks.push_back({t, std::min(hi, t + 7)});
+    CHECK(per_head.kept(0) != per_head.kept(1));  // the heads' scores differ, so do their chunks
     auto want = ref::units_then_fill(summed, chunks, lo, hi, bc);
     want.insert(want.begin(), {0, 1});
     for (int t = hi; t < n; ++t) want.push_back(t);

@@ -2,9 +2,11 @@
 //! Front door `compact`: move kept K and V to the front of each row, in place, and free pages.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "../backend.hpp"
@@ -33,11 +35,12 @@ status validate_compact_inputs(const Cache& cache, const_keep_plan plan, const c
                                std::size_t workspace_bytes) {
   static_assert(is_paged_kv_cache_v<Cache>,
                 "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
+  static_assert(is_mutable_cache_v<Cache>,
+                "kvevict: compact moves K and V in place: pass a view over mutable keys and values (a view over "
+                "const elements serves plan and score only)");
   KVEVICT_TRY(validate_cache(cache));
-  if (plan.positions == nullptr || plan.counts == nullptr)
-    return make_error(errc::invalid_argument, "plan", "null positions or counts");
-  if (plan.capacity < 0) return make_error(errc::invalid_argument, "plan.capacity", "must be >= 0");
-  if (out.new_lens == nullptr) return make_error(errc::invalid_argument, "result.new_lens", "null output");
+  KVEVICT_TRY(check_plan_arrays(cache, plan));
+  KVEVICT_TRY(check_new_lens(cache, out.new_lens, out.new_lens_capacity));
   const int kvh = cache.num_kv_heads();
   std::int64_t freed = 0;
   for (int s = 0; s < cache.num_seqs(); ++s) {
@@ -82,6 +85,53 @@ status validate_compact_inputs(const Cache& cache, const_keep_plan plan, const c
 }
 
 }  // namespace detail
+
+//! Upper bound of the pages one compaction of `cache` can free: the pages its page lists hold
+//! (0 for a view that frees none, or one `validate_cache` rejects). Reads the page table.
+template <class Cache>
+int max_freed_pages(const Cache& cache) {
+  if (!frees_pages<Cache>::value || !validate_cache(cache).ok()) return 0;
+  std::int64_t total = 0;
+  for (int s = 0; s < cache.num_seqs(); ++s)
+    for (int h = 0; h < detail::page_list_heads(cache); ++h) total += cache.num_row_pages(s, h);
+  return static_cast<int>(std::min<std::int64_t>(total, cache.num_pages()));
+}
+
+//! Owning storage for `compact`'s outputs, sized from the cache: `plan_rows(cache)` new lengths
+//! and room for every page the cache's page lists hold. Pass `result` to `compact` / `evict`.
+//! Movable, not copyable (`result` points into the vectors).
+//!
+//! \code
+//! auto out = kvevict::compact_result_buffer::for_cache(cache);
+//! auto st = kvevict::evict(kvevict::host, policy, cache, sig, kept.view(), out.result);
+//! // out.new_lens[r], out.freed() (the page ids to return to the allocator)
+//! \endcode
+struct compact_result_buffer {
+  std::vector<std::int32_t> new_lens, freed_pages;
+  compact_result result;
+
+  compact_result_buffer(int rows, int freed_capacity)
+      : new_lens(static_cast<std::size_t>(std::max(rows, 0))),
+        freed_pages(static_cast<std::size_t>(std::max(freed_capacity, 0))),
+        result{new_lens.data(), static_cast<int>(new_lens.size()), freed_pages.data(),
+               static_cast<int>(freed_pages.size()), 0} {}
+  compact_result_buffer(const compact_result_buffer&) = delete;
+  compact_result_buffer& operator=(const compact_result_buffer&) = delete;
+  compact_result_buffer(compact_result_buffer&& o) noexcept
+      : new_lens(std::move(o.new_lens)), freed_pages(std::move(o.freed_pages)), result(o.result) {
+    result.new_lens = new_lens.data();
+    result.freed_pages = freed_pages.data();
+  }
+
+  template <class Cache>
+  static compact_result_buffer for_cache(const Cache& cache) {
+    return compact_result_buffer(plan_rows(cache), max_freed_pages(cache));
+  }
+  //! The freed page ids of the last compaction.
+  std::vector<std::int32_t> freed() const {
+    return std::vector<std::int32_t>(freed_pages.begin(), freed_pages.begin() + result.num_freed);
+  }
+};
 
 //! Bytes of workspace `compact(host, ...)` needs (one byte per page, for the aliasing check).
 template <class Cache>
@@ -137,5 +187,9 @@ status compact(host_t, const Cache& cache, const_keep_plan plan, compact_result&
   std::vector<unsigned char> ws(compact_workspace_bytes(host, cache) + 1);
   return compact(host, cache, plan, out, ws.data(), ws.size());
 }
+
+// A call without the backend tag fails with a sentence saying so.
+KVEVICT_CATCH_MISSING_BACKEND(status, compact, "cache, plan, result")
+KVEVICT_CATCH_MISSING_BACKEND(std::size_t, compact_workspace_bytes, "cache")
 
 }  // namespace kvevict

@@ -18,10 +18,20 @@ std::size_t evict_workspace_bytes(host_t, const Policy& p, const Cache& cache, c
 
 //! Plans into `kept`, then compacts the cache by that plan. On any error (during planning or the
 //! compaction's validation) the cache is left byte-for-byte unchanged.
+//! The output sizes (plan rows, new lengths) are checked before the plan is written; only the
+//! freed list's size depends on the plan, so when it is too small the plan buffer holds the plan
+//! while the cache and `out` are untouched.
 template <class Policy, class Cache, class T>
 status evict(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan kept, compact_result& out,
              void* workspace, std::size_t workspace_bytes) {
-  KVEVICT_TRY(plan(host, p, cache, sig, kept, workspace, workspace_bytes));
+  static_assert(is_mutable_cache_v<Cache>,
+                "kvevict: evict compacts K and V in place: pass a view over mutable keys and values (a view over "
+                "const elements serves plan and score only)");
+  KVEVICT_TRY(detail::validate_plan_inputs(p, cache, sig));
+  KVEVICT_TRY(detail::check_plan_output(p, cache, sig, as_const(kept)));
+  KVEVICT_TRY(detail::check_new_lens(cache, out.new_lens, out.new_lens_capacity));
+  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, evict_workspace_bytes(host, p, cache, sig)));
+  KVEVICT_TRY(detail::plan_validated(p, cache, sig, kept, workspace));
   return compact(host, cache, as_const(kept), out, workspace, workspace_bytes);
 }
 
@@ -31,5 +41,9 @@ status evict(host_t, const Policy& p, const Cache& cache, const signals<T>& sig,
   std::vector<unsigned char> ws(evict_workspace_bytes(host, p, cache, sig) + 1);
   return evict(host, p, cache, sig, kept, out, ws.data(), ws.size());
 }
+
+// A call without the backend tag fails with a sentence saying so.
+KVEVICT_CATCH_MISSING_BACKEND(status, evict, "policy, cache, signals, plan, result")
+KVEVICT_CATCH_MISSING_BACKEND(std::size_t, evict_workspace_bytes, "policy, cache, signals")
 
 }  // namespace kvevict

@@ -29,14 +29,6 @@ template <class G>
 struct granularity_shares_heads<G, std::void_t<typename G::sharing_type>>
     : std::bool_constant<G::sharing_type::shared> {};
 
-template <class Cache>
-int max_row_len(const Cache& c) {
-  int m = 0;
-  for (int s = 0; s < c.num_seqs(); ++s)
-    for (int h = 0; h < c.num_kv_heads(); ++h) m = std::max(m, c.seq_len(s, h));
-  return m;
-}
-
 template <class S, class = void>
 struct scorer_needs_window_queries : std::false_type {};
 template <class S>
@@ -120,9 +112,21 @@ workspace_layout<4> plan_layout(const Policy& p, const Cache& cache, const signa
                               p.granularity.scratch_bytes(cache, n), p.selector.budget.scratch_bytes(kvh, n)}};
 }
 
+//! The keep plan `plan` writes: set, with a row per (sequence, head) and `plan_capacity` entries.
+template <class Policy, class Cache, class T>
+status check_plan_output(const Policy& p, const Cache& cache, const signals<T>& sig, const_keep_plan out) {
+  KVEVICT_TRY(check_plan_arrays(cache, out));
+  if (out.capacity < plan_capacity(p, cache, sig))
+    return make_error(errc::buffer_too_small, "plan.capacity", "smaller than plan_capacity(policy, cache, signals)");
+  return ok_status();
+}
+
+//! The caller's workspace: at least `need` bytes (the front door's `*_workspace_bytes()`), and set
+//! when any is needed.
 inline status check_workspace(const void* ws, std::size_t bytes, std::size_t need) {
-  if (bytes < need) return make_error(errc::buffer_too_small, "workspace", "smaller than plan_workspace_bytes()");
-  if (ws == nullptr) return make_error(errc::invalid_argument, "workspace", "null workspace");
+  if (bytes < need)
+    return make_error(errc::buffer_too_small, "workspace", "smaller than the front door's *_workspace_bytes()");
+  if (ws == nullptr && need > 0) return make_error(errc::invalid_argument, "workspace", "null workspace");
   return ok_status();
 }
 
@@ -150,92 +154,61 @@ std::size_t plan_workspace_bytes(host_t, const Policy& p, const Cache& cache, co
   return detail::plan_layout(p, cache, sig).total();
 }
 
-//! Plan capacity (entries per row) that always suffices for this policy and cache.
-template <class Policy, class Cache>
-int plan_capacity(const Policy& p, const Cache& cache) {
-  using budget = typename Policy::selector_type::budget_type;
-  return std::max(
-      1, std::min(budget::max_budget(p.selector.budget.entries, cache.num_kv_heads()), detail::max_row_len(cache)));
-}
-
-//! Plan capacity with the per-sequence budgets of `sig` (a sequence kept whole needs its length).
+//! Bytes of workspace `score(host, ...)` needs: the scorer's scratch (0 when the cache itself is
+//! invalid: `score` then reports why).
 template <class Policy, class Cache, class T>
-int plan_capacity(const Policy& p, const Cache& cache, const signals<T>& sig) {
-  using budget = typename Policy::selector_type::budget_type;
-  if (sig.seq_budgets == nullptr) return plan_capacity(p, cache);
-  int cap = 1;
-  for (int s = 0; s < cache.num_seqs(); ++s) {
-    int n = 0;
-    for (int h = 0; h < cache.num_kv_heads(); ++h) n = std::max(n, cache.seq_len(s, h));
-    cap = std::max(cap, std::min(n, budget::max_budget(sig.seq_budgets[s], cache.num_kv_heads())));
-  }
-  return cap;
+std::size_t score_workspace_bytes(host_t, const Policy& p, const Cache& cache, const signals<T>& sig) {
+  if (!validate_cache(cache).ok()) return 0;
+  return p.scorer.scratch_bytes(cache, p.selector.window, sig.num_q_heads, detail::max_row_len(cache));
 }
 
-//! Computes token scores only. `scores[(seq * kv_heads + h) * stride + t]`, `t < seq_len(seq, h)`.
+//! Computes token scores only (the policy's scorer, with its window and pooling), for engines that
+//! select on their own or inspect what a policy sees. `scores[(seq * kv_heads + h) * stride + t]`,
+//! `t < seq_len(seq, h)`. Reads the cache, never writes it (a view over const K/V serves).
 //!
 //! \param scores [num_seqs, kv_heads, stride], stride >= the longest sequence
-//! \return errc::ok, or the first invalid argument (nothing written to the cache, ever)
+//! \param workspace  score_workspace_bytes(host, p, cache, sig) bytes
+//! \return errc::ok, or the first invalid argument
 template <class Policy, class Cache, class T>
 status score(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, float* scores, std::size_t stride,
              void* workspace, std::size_t workspace_bytes) {
   KVEVICT_TRY(detail::validate_plan_inputs(p, cache, sig));
-  const auto layout = detail::plan_layout(p, cache, sig);
-  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, layout.total()));
   if (scores == nullptr) return make_error(errc::invalid_argument, "scores", "null output");
   if (stride < static_cast<std::size_t>(detail::max_row_len(cache)))
     return make_error(errc::buffer_too_small, "stride", "shorter than the longest sequence");
-  void* buf[4];
-  layout.carve(workspace, buf);
+  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, score_workspace_bytes(host, p, cache, sig)));
   const int kvh = cache.num_kv_heads();
   for (int s = 0; s < cache.num_seqs(); ++s) {
     const int w = detail::params_of(p, sig, s).window;
     if (detail::scorer_needs_window_queries<typename Policy::scorer_type>::value && w < 1)
       return make_error(errc::invalid_argument, "signals.seq_windows", "window attention needs at least one query");
     KVEVICT_TRY(detail::score_sequence(p, cache, sig, s, w, scores + static_cast<std::size_t>(s) * kvh * stride, stride,
-                                       buf[1]));
+                                       workspace));
   }
   return ok_status();
 }
 
-//! Plans eviction for every (sequence, KV head) of the batch: row `seq * kv_heads + h` of `out`
-//! receives the kept positions, sorted, exactly `min(budget_h, seq_len)` of them, protected sinks
-//! and recent window included. Reads the cache, never writes it.
-//!
-//! Deterministic: ties in score go to the lower position, so reruns and backends agree.
-//! Cost: the scorer's (window attention: 2 x q_heads x window x tokens x head_dim FMAs) plus
-//! O(tokens) selection per head.
-//!
-//! \param out  plan with capacity >= plan_capacity(p, cache)
-//! \param workspace  plan_workspace_bytes(host, p, cache, sig) bytes
-//! \return errc::ok, or the first invalid argument, named
-//!
-//! \code
-//! kvevict::snapkv<> p;
-//! p.selector.budget.entries = 128;
-//! kvevict::keep_plan_buffer kept(cache.num_seqs() * cache.num_kv_heads(), kvevict::plan_capacity(p, cache));
-//! auto st = kvevict::plan(kvevict::host, p, cache, sig, kept.view());
-//! \endcode
+//! Convenience overload of `score` that allocates its workspace.
 template <class Policy, class Cache, class T>
-status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out, void* workspace,
-            std::size_t workspace_bytes) {
-  KVEVICT_TRY(detail::validate_plan_inputs(p, cache, sig));
-  if (out.positions == nullptr || out.counts == nullptr)
-    return make_error(errc::invalid_argument, "plan", "null positions or counts");
-  if (out.capacity < plan_capacity(p, cache, sig))
-    return make_error(errc::buffer_too_small, "plan.capacity", "smaller than plan_capacity(policy, cache, signals)");
-  const auto layout = detail::plan_layout(p, cache, sig);
-  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, layout.total()));
+status score(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, float* scores, std::size_t stride) {
+  std::vector<unsigned char> ws(score_workspace_bytes(host, p, cache, sig) + 1);
+  return score(host, p, cache, sig, scores, stride, ws.data(), ws.size());
+}
+
+namespace detail {
+//! The plan loop, on inputs `plan` or `evict` has validated (cache, signals, outputs, workspace).
+template <class Policy, class Cache, class T>
+status plan_validated(const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out, void* workspace) {
   void* buf[4];
-  layout.carve(workspace, buf);
+  plan_layout(p, cache, sig).carve(workspace, buf);
   const int kvh = cache.num_kv_heads();
-  const std::size_t stride = static_cast<std::size_t>(detail::max_row_len(cache));
+  const std::size_t stride = static_cast<std::size_t>(max_row_len(cache));
   float* scores = static_cast<float*>(buf[0]);
   int* budgets = reinterpret_cast<int*>(scores + static_cast<std::size_t>(kvh) * stride);
   int* lens = budgets + kvh;
   for (int s = 0; s < cache.num_seqs(); ++s) {
-    const detail::seq_params sp = detail::params_of(p, sig, s);
-    if (detail::kept_whole(p, cache, sig, s, sp)) {  // nothing to evict: no scoring
+    const seq_params sp = params_of(p, sig, s);
+    if (kept_whole(p, cache, sig, s, sp)) {  // nothing to evict: no scoring
       for (int h = 0; h < kvh; ++h) {
         const int r = s * kvh + h, n = cache.seq_len(s, h);
         for (int t = 0; t < n; ++t) out.row(r)[t] = t;
@@ -243,13 +216,44 @@ status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, 
       }
       continue;
     }
-    KVEVICT_TRY(detail::score_sequence(p, cache, sig, s, sp.window, scores, stride, buf[1]));
+    KVEVICT_TRY(score_sequence(p, cache, sig, s, sp.window, scores, stride, buf[1]));
     for (int h = 0; h < kvh; ++h) lens[h] = cache.seq_len(s, h);
     p.selector.budget.allocate(scores, stride, lens, kvh, sp.entries, sp.sinks, sp.window, sig.layer, sig.num_layers,
                                budgets, buf[3]);
     p.granularity.select(cache, sig, s, scores, stride, budgets, sp.sinks, sp.window, out, buf[2]);
   }
   return ok_status();
+}
+}  // namespace detail
+
+//! Plans eviction for every (sequence, KV head) of the batch: row `seq * kv_heads + h` of `out`
+//! receives the kept positions, sorted, exactly `min(budget_h, seq_len)` of them, protected sinks
+//! and recent window included. Reads the cache, never writes it (a view over const K/V serves).
+//!
+//! Deterministic: ties in score go to the lower position, so reruns and backends agree.
+//! Cost: the scorer's (window attention: 2 x q_heads x window x tokens x head_dim FMAs) plus
+//! O(tokens) selection per head.
+//!
+//! \param out  plan with `plan_rows(cache)` rows of `plan_capacity(p, cache, sig)` entries
+//!             (`keep_plan_buffer::for_cache(p, cache, sig)` sizes one)
+//! \param workspace  plan_workspace_bytes(host, p, cache, sig) bytes
+//! \return errc::ok, or the first invalid argument, named. Output sizes are checked before
+//!         anything is written; a score found non-finite stops the call with the rows of earlier
+//!         sequences already written.
+//!
+//! \code
+//! kvevict::snapkv<> p;
+//! p.selector.budget.entries = 128;
+//! auto kept = kvevict::keep_plan_buffer::for_cache(p, cache, sig);
+//! auto st = kvevict::plan(kvevict::host, p, cache, sig, kept.view());
+//! \endcode
+template <class Policy, class Cache, class T>
+status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out, void* workspace,
+            std::size_t workspace_bytes) {
+  KVEVICT_TRY(detail::validate_plan_inputs(p, cache, sig));
+  KVEVICT_TRY(detail::check_plan_output(p, cache, sig, as_const(out)));
+  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, detail::plan_layout(p, cache, sig).total()));
+  return detail::plan_validated(p, cache, sig, out, workspace);
 }
 
 //! Convenience overload that allocates its workspace (use the one above in an engine's run path).
@@ -258,5 +262,11 @@ status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, 
   std::vector<unsigned char> ws(plan_workspace_bytes(host, p, cache, sig) + 1);
   return plan(host, p, cache, sig, out, ws.data(), ws.size());
 }
+
+// A call without the backend tag fails with a sentence saying so.
+KVEVICT_CATCH_MISSING_BACKEND(status, plan, "policy, cache, signals, plan")
+KVEVICT_CATCH_MISSING_BACKEND(status, score, "policy, cache, signals, scores, stride")
+KVEVICT_CATCH_MISSING_BACKEND(std::size_t, plan_workspace_bytes, "policy, cache, signals")
+KVEVICT_CATCH_MISSING_BACKEND(std::size_t, score_workspace_bytes, "policy, cache, signals")
 
 }  // namespace kvevict

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "../config.hpp"
 #include "layout.hpp"
@@ -14,14 +15,19 @@ namespace kvevict {
 //!
 //! K and V are separate arrays of `num_pages` pages, each `[page_size, kv_heads, head_dim]` (NHD,
 //! the vLLM layout; `Layout = hnd` gives `[kv_heads, page_size, head_dim]`). Sequence `s` holds
-//! `seq_lens[s]` tokens; its token `t` lives in page `block_table[s * block_table_stride + t /
+//! `seq_lens[s]` tokens; its token `t` lives in page `block_table[s * block_table_stride_ + t /
 //! page_size]`, slot `t % page_size`. All KV heads share the block table, so after compaction
 //! every head of a sequence must keep the same number of tokens (a uniform per-head budget).
+//!
+//! Fields: the arrays by their engine names, the sizes as `<accessor>_` (`num_seqs_`,
+//! `block_table_stride_`, `num_pages_`, `page_size_`, `num_kv_heads_`, `head_dim_`, in that order;
+//! read them through the accessors). `T = const E` gives a read-only view for `plan` and `score`.
 //!
 //! Trivially copyable; models `paged_kv_cache`.
 template <class T, class Layout = nhd>
 struct block_table_cache {
-  using value_type = T;
+  using value_type = std::remove_const_t<T>;  //!< float, half or bfloat16
+  using element_type = T;                     //!< value_type, or const value_type for a read-only view
   using layout_type = Layout;
   static constexpr bool per_head_rows = false;
 
@@ -30,25 +36,26 @@ struct block_table_cache {
   const std::int32_t* block_table = nullptr;  // [num_seqs, block_table_stride]
   const std::int32_t* seq_lens = nullptr;     // [num_seqs]
   int num_seqs_ = 0;
-  int block_table_stride = 0;  // max blocks per sequence
+  int block_table_stride_ = 0;  // max pages per sequence
   int num_pages_ = 0;
   int page_size_ = 0;
-  int kv_heads = 0;
+  int num_kv_heads_ = 0;
   int head_dim_ = 0;
 
   KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
   KVEVICT_HOST_DEVICE int num_pages() const { return num_pages_; }
   KVEVICT_HOST_DEVICE int page_size() const { return page_size_; }
-  KVEVICT_HOST_DEVICE int num_kv_heads() const { return kv_heads; }
+  KVEVICT_HOST_DEVICE int num_kv_heads() const { return num_kv_heads_; }
   KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
-  KVEVICT_HOST_DEVICE int max_pages_per_row() const { return block_table_stride; }
+  KVEVICT_HOST_DEVICE int block_table_stride() const { return block_table_stride_; }
+  KVEVICT_HOST_DEVICE int max_pages_per_row() const { return block_table_stride_; }
   KVEVICT_HOST_DEVICE int seq_len(int seq) const { return seq_lens[seq]; }
   KVEVICT_HOST_DEVICE int seq_len(int seq, int /*head*/) const { return seq_lens[seq]; }
   KVEVICT_HOST_DEVICE int num_row_pages(int seq, int /*head*/) const {
     return (seq_lens[seq] + page_size_ - 1) / page_size_;
   }
   KVEVICT_HOST_DEVICE int page(int seq, int logical_page) const {
-    return block_table[static_cast<std::size_t>(seq) * block_table_stride + logical_page];
+    return block_table[static_cast<std::size_t>(seq) * block_table_stride_ + logical_page];
   }
   KVEVICT_HOST_DEVICE int page(int seq, int /*head*/, int logical_page) const { return page(seq, logical_page); }
   KVEVICT_HOST_DEVICE T* key(int page_id, int slot, int head) const { return k + offset(page_id, slot, head); }
@@ -56,8 +63,8 @@ struct block_table_cache {
 
  private:
   KVEVICT_HOST_DEVICE std::size_t offset(int page_id, int slot, int head) const {
-    return static_cast<std::size_t>(page_id) * page_size_ * kv_heads * head_dim_ +
-           Layout::offset(slot, head, page_size_, kv_heads, head_dim_);
+    return static_cast<std::size_t>(page_id) * page_size_ * num_kv_heads_ * head_dim_ +
+           Layout::offset(slot, head, page_size_, num_kv_heads_, head_dim_);
   }
 };
 
@@ -66,10 +73,12 @@ struct block_table_cache {
 //!
 //! Each page holds one head: K and V are `[num_pages, page_size, head_dim]`. Row
 //! `r = seq * kv_heads + head` of the block table lists that head's pages, and `row_lens[r]` its
-//! length, so every head of a sequence may keep a different number of tokens.
+//! length, so every head of a sequence may keep a different number of tokens. Fields as
+//! `block_table_cache`'s, with `row_lens` in place of `seq_lens`.
 template <class T>
 struct head_row_table_cache {
-  using value_type = T;
+  using value_type = std::remove_const_t<T>;  //!< float, half or bfloat16
+  using element_type = T;                     //!< value_type, or const value_type for a read-only view
   using layout_type = nhd;
   static constexpr bool per_head_rows = true;
 
@@ -78,30 +87,31 @@ struct head_row_table_cache {
   const std::int32_t* block_table = nullptr;  // [num_seqs * kv_heads, block_table_stride]
   const std::int32_t* row_lens = nullptr;     // [num_seqs * kv_heads]
   int num_seqs_ = 0;
-  int block_table_stride = 0;
+  int block_table_stride_ = 0;  // max pages per (sequence, head)
   int num_pages_ = 0;
   int page_size_ = 0;
-  int kv_heads = 0;
+  int num_kv_heads_ = 0;
   int head_dim_ = 0;
 
   KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
   KVEVICT_HOST_DEVICE int num_pages() const { return num_pages_; }
   KVEVICT_HOST_DEVICE int page_size() const { return page_size_; }
-  KVEVICT_HOST_DEVICE int num_kv_heads() const { return kv_heads; }
+  KVEVICT_HOST_DEVICE int num_kv_heads() const { return num_kv_heads_; }
   KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
-  KVEVICT_HOST_DEVICE int max_pages_per_row() const { return block_table_stride; }
+  KVEVICT_HOST_DEVICE int block_table_stride() const { return block_table_stride_; }
+  KVEVICT_HOST_DEVICE int max_pages_per_row() const { return block_table_stride_; }
   KVEVICT_HOST_DEVICE int seq_len(int seq, int head) const { return row_lens[row(seq, head)]; }
   KVEVICT_HOST_DEVICE int num_row_pages(int seq, int head) const {
     return (seq_len(seq, head) + page_size_ - 1) / page_size_;
   }
   KVEVICT_HOST_DEVICE int page(int seq, int head, int logical_page) const {
-    return block_table[static_cast<std::size_t>(row(seq, head)) * block_table_stride + logical_page];
+    return block_table[static_cast<std::size_t>(row(seq, head)) * block_table_stride_ + logical_page];
   }
   KVEVICT_HOST_DEVICE T* key(int page_id, int slot, int /*head*/) const { return k + offset(page_id, slot); }
   KVEVICT_HOST_DEVICE T* value(int page_id, int slot, int /*head*/) const { return v + offset(page_id, slot); }
 
  private:
-  KVEVICT_HOST_DEVICE int row(int seq, int head) const { return seq * kv_heads + head; }
+  KVEVICT_HOST_DEVICE int row(int seq, int head) const { return seq * num_kv_heads_ + head; }
   KVEVICT_HOST_DEVICE std::size_t offset(int page_id, int slot) const {
     return (static_cast<std::size_t>(page_id) * page_size_ + slot) * head_dim_;
   }

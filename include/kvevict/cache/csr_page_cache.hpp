@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "../config.hpp"
 #include "layout.hpp"
@@ -17,10 +18,15 @@ namespace kvevict {
 //! separate arrays of pages laid out by `Layout`: `nhd` = `[num_pages, page_size, kv_heads,
 //! head_dim]`, `hnd` = `[num_pages, kv_heads, page_size, head_dim]`. All heads share the table.
 //!
+//! Fields, in order: `k`, `v`, `indptr`, `indices`, `last_page_len`, then the sizes as
+//! `<accessor>_` (`num_seqs_`, `num_pages_`, `page_size_`, `num_kv_heads_`, `head_dim_`; read them
+//! through the accessors). `T = const E` gives a read-only view for `plan` and `score`.
+//!
 //! Trivially copyable; models `paged_kv_cache`.
 template <class T, class Layout = nhd>
 struct csr_page_cache {
-  using value_type = T;
+  using value_type = std::remove_const_t<T>;  //!< float, half or bfloat16
+  using element_type = T;                     //!< value_type, or const value_type for a read-only view
   using layout_type = Layout;
   static constexpr bool per_head_rows = false;
 
@@ -32,13 +38,13 @@ struct csr_page_cache {
   int num_seqs_ = 0;
   int num_pages_ = 0;
   int page_size_ = 0;
-  int kv_heads = 0;
+  int num_kv_heads_ = 0;
   int head_dim_ = 0;
 
   KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
   KVEVICT_HOST_DEVICE int num_pages() const { return num_pages_; }
   KVEVICT_HOST_DEVICE int page_size() const { return page_size_; }
-  KVEVICT_HOST_DEVICE int num_kv_heads() const { return kv_heads; }
+  KVEVICT_HOST_DEVICE int num_kv_heads() const { return num_kv_heads_; }
   KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
   //! Pages listed for the sequence (not derived from its length).
   KVEVICT_HOST_DEVICE int num_row_pages(int seq, int /*head*/) const { return indptr[seq + 1] - indptr[seq]; }
@@ -54,8 +60,8 @@ struct csr_page_cache {
 
  private:
   KVEVICT_HOST_DEVICE std::size_t offset(int page_id, int slot, int head) const {
-    return static_cast<std::size_t>(page_id) * page_size_ * kv_heads * head_dim_ +
-           Layout::offset(slot, head, page_size_, kv_heads, head_dim_);
+    return static_cast<std::size_t>(page_id) * page_size_ * num_kv_heads_ * head_dim_ +
+           Layout::offset(slot, head, page_size_, num_kv_heads_, head_dim_);
   }
 };
 

@@ -5,32 +5,36 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "../config.hpp"
 
 namespace kvevict {
 
 //! Non-owning view of a dense KV cache `[batch, kv_heads, capacity, head_dim]` with per-sequence
-//! lengths. Modelled as a paged cache with `page_size = capacity` and page `s` belonging to
+//! lengths. Fields: the arrays by their engine names, the sizes as `<accessor>_` (read them
+//! through the accessors). Modelled as a paged cache with `page_size = capacity` and page `s` belonging to
 //! sequence `s`, so compaction frees no pages (the engine shrinks its own length counters).
 template <class T>
 struct dense_cache {
-  using value_type = T;
+  using value_type = std::remove_const_t<T>;  //!< float, half or bfloat16
+  using element_type = T;                     //!< value_type, or const value_type for a read-only view
   static constexpr bool per_head_rows = false;
   static constexpr bool frees_pages = false;
 
   T* k = nullptr;                          // [batch, kv_heads, capacity, head_dim]
   T* v = nullptr;                          // [batch, kv_heads, capacity, head_dim]
   const std::int32_t* seq_lens = nullptr;  // [batch]
-  int batch = 0;
-  int kv_heads = 0;
-  int capacity = 0;
+  int num_seqs_ = 0;                       // batch
+  int num_kv_heads_ = 0;
+  int capacity_ = 0;  // tokens each (sequence, head) row can hold
   int head_dim_ = 0;
 
-  KVEVICT_HOST_DEVICE int num_seqs() const { return batch; }
-  KVEVICT_HOST_DEVICE int num_pages() const { return batch; }
-  KVEVICT_HOST_DEVICE int page_size() const { return capacity; }
-  KVEVICT_HOST_DEVICE int num_kv_heads() const { return kv_heads; }
+  KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
+  KVEVICT_HOST_DEVICE int num_pages() const { return num_seqs_; }
+  KVEVICT_HOST_DEVICE int capacity() const { return capacity_; }
+  KVEVICT_HOST_DEVICE int page_size() const { return capacity_; }
+  KVEVICT_HOST_DEVICE int num_kv_heads() const { return num_kv_heads_; }
   KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
   KVEVICT_HOST_DEVICE int max_pages_per_row() const { return 1; }
   KVEVICT_HOST_DEVICE int seq_len(int seq) const { return seq_lens[seq]; }
@@ -43,7 +47,7 @@ struct dense_cache {
 
  private:
   KVEVICT_HOST_DEVICE std::size_t offset(int seq, int slot, int head) const {
-    return ((static_cast<std::size_t>(seq) * kv_heads + head) * capacity + slot) * head_dim_;
+    return ((static_cast<std::size_t>(seq) * num_kv_heads_ + head) * capacity_ + slot) * head_dim_;
   }
 };
 

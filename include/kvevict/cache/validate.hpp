@@ -17,7 +17,7 @@ namespace detail {
 inline status validate_common_shape(int num_seqs, int page_size, int kv_heads, int head_dim, bool has_k, bool has_v) {
   if (num_seqs <= 0) return make_error(errc::empty_batch, "cache", "the batch has no sequences (num_seqs <= 0)");
   if (page_size <= 0) return make_error(errc::invalid_argument, "cache.page_size", "must be positive");
-  if (kv_heads <= 0) return make_error(errc::invalid_argument, "cache.kv_heads", "must be positive");
+  if (kv_heads <= 0) return make_error(errc::invalid_argument, "cache.num_kv_heads", "must be positive");
   if (head_dim <= 0) return make_error(errc::invalid_argument, "cache.head_dim", "must be positive");
   if (!has_k) return make_error(errc::invalid_argument, "cache.k", "null key storage");
   if (!has_v) return make_error(errc::invalid_argument, "cache.v", "null value storage");
@@ -48,7 +48,7 @@ status validate_table_shape(const Cache& c, const std::int32_t* lens) {
                                     c.v != nullptr));
   if (lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
   if (c.block_table == nullptr) return make_error(errc::invalid_argument, "cache.block_table", "null block table");
-  if (c.block_table_stride <= 0)
+  if (c.block_table_stride() <= 0)
     return make_error(errc::invalid_argument, "cache.block_table_stride", "must be positive");
   return ok_status();
 }
@@ -87,7 +87,7 @@ status validate_cache_shape(const dense_cache<T>& c) {
 template <class T, class L>
 status validate_cache(const block_table_cache<T, L>& c) {
   KVEVICT_TRY(validate_cache_shape(c));
-  return detail::validate_table_rows(c.block_table, c.seq_lens, c.num_seqs(), c.block_table_stride, c.page_size(),
+  return detail::validate_table_rows(c.block_table, c.seq_lens, c.num_seqs(), c.block_table_stride(), c.page_size(),
                                      c.num_pages());
 }
 
@@ -95,7 +95,7 @@ status validate_cache(const block_table_cache<T, L>& c) {
 template <class T>
 status validate_cache(const head_row_table_cache<T>& c) {
   KVEVICT_TRY(validate_cache_shape(c));
-  return detail::validate_table_rows(c.block_table, c.row_lens, c.num_seqs() * c.num_kv_heads(), c.block_table_stride,
+  return detail::validate_table_rows(c.block_table, c.row_lens, c.num_seqs() * c.num_kv_heads(), c.block_table_stride(),
                                      c.page_size(), c.num_pages());
 }
 
@@ -125,7 +125,7 @@ template <class T>
 status validate_cache(const dense_cache<T>& c) {
   KVEVICT_TRY(validate_cache_shape(c));
   for (int s = 0; s < c.num_seqs(); ++s)
-    if (c.seq_lens[s] < 0 || c.seq_lens[s] > c.capacity)
+    if (c.seq_lens[s] < 0 || c.seq_lens[s] > c.capacity())
       return make_error(errc::out_of_range, "cache.seq_lens", "length outside [0, capacity]");
   return ok_status();
 }

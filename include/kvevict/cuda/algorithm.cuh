@@ -22,22 +22,24 @@
 #include "../keep_plan.hpp"
 #include "../policy/eviction_policy.hpp"
 #include "../signals.hpp"
+#include "blocks.cuh"
 #include "compact.cuh"
 #include "geometry.cuh"
 #include "rules.cuh"
 #include "scorers.cuh"
-#include "blocks.cuh"
 #include "select.cuh"
 
 namespace kvevict {
 
 //! Outputs of `compact(cuda, ...)`, all device memory: new lengths per (sequence, KV head), the
 //! freed page ids in (sequence, head, logical-page) order, and their number (one int).
+//! Each array carries its capacity, checked on the host before anything is enqueued.
 struct device_compact_result {
-  std::int32_t* new_lens = nullptr;     // [num_seqs, kv_heads]
+  std::int32_t* new_lens = nullptr;     // [new_lens_capacity]
+  int new_lens_capacity = 0;            //!< entries of new_lens (>= plan_rows(cache))
   std::int32_t* freed_pages = nullptr;  // [freed_capacity]
-  int freed_capacity = 0;
-  std::int32_t* num_freed = nullptr;  // [1]
+  int freed_capacity = 0;               //!< entries of freed_pages (checked on the device against the pages freed)
+  std::int32_t* num_freed = nullptr;    // [1]
 };
 
 namespace cuda_backend {
@@ -78,7 +80,7 @@ status enqueue_plan(cudaStream_t st, const Policy& p, const Cache& c, const sign
   KVEVICT_TRY(check_launch("plan checks: kernel launch"));
   KVEVICT_TRY(device_scorer<typename Policy::scorer_type>::enqueue(p.scorer, st, c, sig, rules, scores, buf[2], word));
   return device_granularity<typename Policy::granularity_type>::enqueue(p.granularity, st, c, sig, rules, scores, out,
-                                                                         buf[3], word);
+                                                                        buf[3], word);
 }
 
 template <class Cache>
@@ -103,11 +105,12 @@ template <class Cache>
 status check_compact_scalars(const Cache& c, const_keep_plan plan, const device_compact_result& out) {
   static_assert(is_paged_kv_cache_v<Cache>,
                 "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
+  static_assert(is_mutable_cache_v<Cache>,
+                "kvevict: compact moves K and V in place: pass a view over mutable keys and values (a view over "
+                "const elements serves plan only)");
   KVEVICT_TRY(check_device_shape(c));
-  if (plan.positions == nullptr || plan.counts == nullptr)
-    return make_error(errc::invalid_argument, "plan", "null positions or counts");
-  if (plan.capacity < 0) return make_error(errc::invalid_argument, "plan.capacity", "must be >= 0");
-  if (out.new_lens == nullptr) return make_error(errc::invalid_argument, "result.new_lens", "null output");
+  KVEVICT_TRY(detail::check_plan_arrays(c, plan));
+  KVEVICT_TRY(detail::check_new_lens(c, out.new_lens, out.new_lens_capacity));
   if (out.num_freed == nullptr) return make_error(errc::invalid_argument, "result.num_freed", "null output");
   if (out.freed_capacity < 0) return make_error(errc::invalid_argument, "result.freed_capacity", "must be >= 0");
   if (out.freed_capacity > 0 && out.freed_pages == nullptr)
@@ -136,8 +139,9 @@ status enqueue_compact(cudaStream_t st, const Cache& c, const_keep_plan plan, co
   }
   KVEVICT_TRY(check(cudaMemsetAsync(tiles, 0, sizeof(int) * (cs.rows + 1), st), "compact: cudaMemsetAsync"));
   KVEVICT_TRY(check(cudaMemsetAsync(freed, 0, sizeof(int) * (cs.rows + 1), st), "compact: cudaMemsetAsync"));
-  KVEVICT_TRY(check(cudaMemsetAsync(seen, 0, sizeof(int) * static_cast<std::size_t>(c.num_pages() > 0 ? c.num_pages() : 1), st),
-                    "compact: cudaMemsetAsync"));
+  KVEVICT_TRY(
+      check(cudaMemsetAsync(seen, 0, sizeof(int) * static_cast<std::size_t>(c.num_pages() > 0 ? c.num_pages() : 1), st),
+            "compact: cudaMemsetAsync"));
   KVEVICT_TRY(check(cudaMemsetAsync(flags, 0, sizeof(int) * cs.tiles_bound, st), "compact: cudaMemsetAsync"));
   KVEVICT_TRY(check(cudaMemsetAsync(ticket, 0, sizeof(int), st), "compact: cudaMemsetAsync"));
   const std::size_t plan_items = cs.rows * static_cast<std::size_t>(plan.capacity > 0 ? plan.capacity : 1);
@@ -163,7 +167,8 @@ status enqueue_compact(cudaStream_t st, const Cache& c, const_keep_plan plan, co
                    reinterpret_cast<std::uintptr_t>(c.v) % 16 == 0;
   int dev = 0, sms = 1;
   KVEVICT_TRY(check(cudaGetDevice(&dev), "compact: cudaGetDevice"));
-  KVEVICT_TRY(check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "compact: cudaDeviceGetAttribute"));
+  KVEVICT_TRY(
+      check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "compact: cudaDeviceGetAttribute"));
   const unsigned blocks = static_cast<unsigned>(sms) * 8u;
   const std::size_t smem = static_cast<std::size_t>(compact_tile) * 2 * row_bytes;
   if (smem > 48 * 1024) {
@@ -221,8 +226,7 @@ template <class Policy, class Cache, class T>
 status plan(cuda_t exec, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out, void* workspace,
             std::size_t workspace_bytes) {
   KVEVICT_TRY(cuda_backend::check_plan_scalars(p, cache, sig));
-  if (out.positions == nullptr || out.counts == nullptr)
-    return make_error(errc::invalid_argument, "plan", "null positions or counts");
+  KVEVICT_TRY(detail::check_plan_arrays(cache, as_const(out)));
   if (out.capacity < 1) return make_error(errc::buffer_too_small, "plan.capacity", "must be >= 1");
   KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, cuda_backend::plan_layout(p, cache, sig).total()));
   return cuda_backend::enqueue_plan(exec.stream, p, cache, sig, out, workspace);
@@ -240,8 +244,8 @@ std::size_t compact_workspace_bytes(cuda_t, const Cache& cache) {
 //! the new lengths, the freed page ids and their number to `out` (device memory). Validates the
 //! plan and the tables on the device first; on any error nothing is written (`device_status`).
 template <class Cache>
-status compact(cuda_t exec, const Cache& cache, const_keep_plan plan, const device_compact_result& out,
-               void* workspace, std::size_t workspace_bytes) {
+status compact(cuda_t exec, const Cache& cache, const_keep_plan plan, const device_compact_result& out, void* workspace,
+               std::size_t workspace_bytes) {
   KVEVICT_TRY(cuda_backend::check_compact_scalars(cache, plan, out));
   KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, compact_workspace_bytes(exec, cache)));
   return cuda_backend::enqueue_compact(exec.stream, cache, plan, out, workspace, true);

@@ -27,6 +27,7 @@ namespace kvevict {
 
 //! The CUDA backend: kernels run on `stream` (the default stream unless `.on(s)` names one).
 struct cuda_t {
+  static constexpr bool is_backend_tag = true;
   cudaStream_t stream = nullptr;
   //! The same backend on another stream.
   cuda_t on(cudaStream_t s) const { return cuda_t{s}; }

@@ -20,29 +20,29 @@ namespace kvevict::cuda_backend {
 
 template <class T, class L>
 std::size_t slab_tokens(const block_table_cache<T, L>& c) {
-  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.block_table_stride * c.page_size();
+  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.block_table_stride() * c.page_size();
 }
 template <class T, class L>
 int max_row_cap(const block_table_cache<T, L>& c) {
-  return c.block_table_stride * c.page_size();
+  return c.block_table_stride() * c.page_size();
 }
 //! Where row (s, h)'s per-token scratch starts (rows are disjoint and ordered by (s, h)).
 template <class T, class L>
 __device__ std::size_t row_base(const block_table_cache<T, L>& c, int s, int h) {
-  return (static_cast<std::size_t>(s) * c.num_kv_heads() + h) * (c.block_table_stride * c.page_size());
+  return (static_cast<std::size_t>(s) * c.num_kv_heads() + h) * (c.block_table_stride() * c.page_size());
 }
 
 template <class T>
 std::size_t slab_tokens(const head_row_table_cache<T>& c) {
-  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.block_table_stride * c.page_size();
+  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.block_table_stride() * c.page_size();
 }
 template <class T>
 int max_row_cap(const head_row_table_cache<T>& c) {
-  return c.block_table_stride * c.page_size();
+  return c.block_table_stride() * c.page_size();
 }
 template <class T>
 __device__ std::size_t row_base(const head_row_table_cache<T>& c, int s, int h) {
-  return (static_cast<std::size_t>(s) * c.num_kv_heads() + h) * (c.block_table_stride * c.page_size());
+  return (static_cast<std::size_t>(s) * c.num_kv_heads() + h) * (c.block_table_stride() * c.page_size());
 }
 
 template <class T, class L>
@@ -62,15 +62,15 @@ __device__ std::size_t row_base(const csr_page_cache<T, L>& c, int s, int h) {
 
 template <class T>
 std::size_t slab_tokens(const dense_cache<T>& c) {
-  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.capacity;
+  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.capacity();
 }
 template <class T>
 int max_row_cap(const dense_cache<T>& c) {
-  return c.capacity;
+  return c.capacity();
 }
 template <class T>
 __device__ std::size_t row_base(const dense_cache<T>& c, int s, int h) {
-  return (static_cast<std::size_t>(s) * c.num_kv_heads() + h) * c.capacity;
+  return (static_cast<std::size_t>(s) * c.num_kv_heads() + h) * c.capacity();
 }
 
 //! Rows of chunk-level scratch (one entry per `chunk` tokens of a row), laid out like the slabs:
@@ -78,7 +78,8 @@ __device__ std::size_t row_base(const dense_cache<T>& c, int s, int h) {
 //! overlap between rows.
 template <class Cache>
 std::size_t chunk_entries(const Cache& c, int chunk) {
-  return slab_tokens(c) / static_cast<std::size_t>(chunk) + static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() + 1;
+  return slab_tokens(c) / static_cast<std::size_t>(chunk) + static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() +
+         1;
 }
 template <class Cache>
 __device__ std::size_t chunk_base(const Cache& c, int s, int h, int chunk) {
@@ -90,7 +91,7 @@ __device__ std::size_t chunk_base(const Cache& c, int s, int h, int chunk) {
 template <class Cache>
 status check_table_device_shape(const Cache& c) {
   KVEVICT_TRY(validate_cache_shape(c));
-  if (static_cast<std::int64_t>(c.block_table_stride) * c.page_size() > INT_MAX)
+  if (static_cast<std::int64_t>(c.block_table_stride()) * c.page_size() > INT_MAX)
     return make_error(errc::out_of_range, "cache.block_table_stride", "a row would hold more than INT_MAX tokens");
   return ok_status();
 }
@@ -139,21 +140,21 @@ __device__ void check_table_entry(const std::int32_t* table, const Rows& lens, s
 
 template <class T, class L>
 std::size_t table_check_items(const block_table_cache<T, L>& c) {
-  return static_cast<std::size_t>(c.num_seqs()) * c.block_table_stride;
+  return static_cast<std::size_t>(c.num_seqs()) * c.block_table_stride();
 }
 template <class T, class L>
 __device__ void check_item(const block_table_cache<T, L>& c, std::size_t i, int* word) {
-  check_table_entry(c.block_table, c.seq_lens, static_cast<std::size_t>(c.num_seqs()), c.block_table_stride,
+  check_table_entry(c.block_table, c.seq_lens, static_cast<std::size_t>(c.num_seqs()), c.block_table_stride(),
                     c.page_size(), c.num_pages(), i, word);
 }
 template <class T>
 std::size_t table_check_items(const head_row_table_cache<T>& c) {
-  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.block_table_stride;
+  return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.block_table_stride();
 }
 template <class T>
 __device__ void check_item(const head_row_table_cache<T>& c, std::size_t i, int* word) {
   check_table_entry(c.block_table, c.row_lens, static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads(),
-                    c.block_table_stride, c.page_size(), c.num_pages(), i, word);
+                    c.block_table_stride(), c.page_size(), c.num_pages(), i, word);
 }
 template <class T, class L>
 std::size_t table_check_items(const csr_page_cache<T, L>& c) {
@@ -182,7 +183,7 @@ std::size_t table_check_items(const dense_cache<T>& c) {
 }
 template <class T>
 __device__ void check_item(const dense_cache<T>& c, std::size_t i, int* word) {
-  if (i < static_cast<std::size_t>(c.num_seqs()) && (c.seq_lens[i] < 0 || c.seq_lens[i] > c.capacity))
+  if (i < static_cast<std::size_t>(c.num_seqs()) && (c.seq_lens[i] < 0 || c.seq_lens[i] > c.capacity()))
     raise(word, dc_dense_len);
 }
 

@@ -44,6 +44,12 @@ template <class Scorer = window_attention<gqa_mean, no_pool>, class Budget = uni
           class Sharing = shared_heads>
 using chunkkv = eviction_policy<Scorer, fixed_block<Sharing>, selector<Budget>>;
 
+//! ChunkKV with every KV head choosing its own chunks (`independent_heads`), for caches whose heads
+//! may keep different tokens anyway; same defaults as `chunkkv`. Checked against a naive chunk
+//! selection per head.
+template <class Scorer = window_attention<gqa_mean, no_pool>, class Budget = uniform_budget>
+using chunkkv_per_head = chunkkv<Scorer, Budget, independent_heads>;
+
 //! SentenceKV-style (Zhu et al., arXiv 2504.00970): whole sentences / clauses from `Segmenter`
 //! kept by mean score, then an exact fill. Checked against a naive segment selection.
 template <class Segmenter = delimiter_segmenter, class Scorer = window_attention<gqa_mean, no_pool>,

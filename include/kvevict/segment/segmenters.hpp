@@ -11,6 +11,7 @@
 //! scratch) const; \endcode
 #pragma once
 
+#include <climits>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -20,6 +21,9 @@
 #include "../status.hpp"
 
 namespace kvevict {
+
+//! `max_len` value meaning "no maximum segment length": segments are never split.
+inline constexpr int no_max_len = INT_MAX;
 
 namespace host_backend {
 
@@ -62,13 +66,15 @@ KVEVICT_HOST_DEVICE int merge_and_split(std::int32_t* offsets, int count, int mi
 //! Cuts after every delimiter token (the delimiter closes its segment), then merges segments
 //! shorter than `min_len` and splits those longer than `max_len`. Needs `signals.token_ids`; the
 //! delimiter ids are the engine tokenizer's (period, comma, semicolon, colon, question and
-//! exclamation marks, newline). With no token ids the call is rejected naming
-//! `signals.token_ids`: use `key_similarity_segmenter` then.
+//! exclamation marks, newline), and at least one must be configured: with none every sequence
+//! would be one segment cut only by `max_len`, so `validate` rejects it (`segmenter.delimiter_ids`;
+//! use `fixed_length_segmenter` for length-only segments). With no token ids the call is rejected
+//! naming `signals.token_ids`: use `key_similarity_segmenter` then.
 struct delimiter_segmenter {
   const std::int32_t* delimiter_ids = nullptr;  // [num_delimiters]
   int num_delimiters = 0;
-  int min_len = 3;
-  int max_len = 64;
+  int min_len = 3;   //!< shorter segments merge into the next (>= 1)
+  int max_len = 64;  //!< longer segments split evenly (>= 1); `kvevict::no_max_len` never splits
 
   template <class Cache, class T>
   status validate(const Cache& cache, const signals<T>& sig) const {
@@ -90,6 +96,10 @@ struct delimiter_segmenter {
   status check_rules() const {
     if (num_delimiters < 0 || (num_delimiters > 0 && delimiter_ids == nullptr))
       return make_error(errc::invalid_argument, "segmenter.delimiter_ids", "null or negative count");
+    if (num_delimiters == 0)
+      return make_error(errc::invalid_argument, "segmenter.delimiter_ids",
+                        "no delimiter ids configured: pass the tokenizer's ids for . , ; : ? ! and newline "
+                        "(or use fixed_length_segmenter)");
     if (min_len < 1 || max_len < 1)
       return make_error(errc::invalid_argument, "segmenter.min_len / max_len", "must be >= 1");
     return ok_status();
@@ -147,8 +157,8 @@ struct fixed_length_segmenter {
 //! `t - 1` and not higher than at `t + 1`); then `min_len` / `max_len` as the delimiter segmenter.
 //! Cost O(tokens x kv_heads x head_dim).
 struct key_similarity_segmenter {
-  int min_len = 3;
-  int max_len = 64;
+  int min_len = 3;   //!< shorter segments merge into the next (>= 1)
+  int max_len = 64;  //!< longer segments split evenly (>= 1); `kvevict::no_max_len` never splits
   template <class Cache, class T>
   status validate(const Cache&, const signals<T>&) const {
     return min_len >= 1 && max_len >= 1
