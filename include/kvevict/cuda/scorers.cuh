@@ -13,7 +13,9 @@
 #include "../scorer/positional.hpp"
 #include "../scorer/precomputed.hpp"
 #include "../scorer/window_attention.hpp"
+#include "device_info.cuh"
 #include "window_attention.cuh"
+#include "window_attention_mma.cuh"
 
 namespace kvevict::cuda_backend {
 
@@ -160,6 +162,8 @@ struct device_scorer<accumulated_attention<Reduce>> {
 
 // ---- window attention ----
 
+//! Window attention: the tensor-core agent (window_attention_mma.cuh) where the shape allows, the
+//! CUDA-core kernels (window_attention.cuh) otherwise; pooling as a last light pass.
 template <class Reduce, class Pool>
 struct device_scorer<window_attention<Reduce, Pool>> {
   using scorer = window_attention<Reduce, Pool>;
@@ -175,44 +179,62 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     return wa_smem::make(c.head_dim(), sig.num_q_heads / c.num_kv_heads(), window, static_cast<int>(sizeof(T)),
                          vec_rows(c));
   }
+  //! Shared memory of the tensor-core configuration for this shape, 0 when it does not apply.
+  template <class Cache, class T>
+  static std::size_t mma_smem(const Cache& c, const signals<T>& sig, int window) {
+    if (!wa_mma_eligible(c, sig, window)) return 0;
+    std::size_t bytes = 0;
+    wa_mma_with_config(c.head_dim(), detail::wa_rows::make(window, sig.num_q_heads / c.num_kv_heads()).rows(),
+                       [&](auto cfg) { bytes = decltype(cfg)::smem_bytes; });
+    return bytes;
+  }
+  template <class Cache, class T>
+  static bool use_mma(const Cache& c, const signals<T>& sig, int window, const device_info& info) {
+    const std::size_t bytes = mma_smem(c, sig, window);
+    return bytes > 0 && info.cc_major >= 8 && bytes <= static_cast<std::size_t>(info.max_smem_optin);
+  }
   template <class Cache, class T>
   static status host_check(const scorer& sc, const Cache& c, const signals<T>& sig, int window) {
     KVEVICT_TRY(sc.validate(c, sig, window));  // scalar checks only
-    int dev = 0, max_smem = 0;
-    KVEVICT_TRY(check(cudaGetDevice(&dev), "window attention: cudaGetDevice"));
-    KVEVICT_TRY(check(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-                      "window attention: cudaDeviceGetAttribute"));
-    if (smem_of(c, sig, window).total > static_cast<std::size_t>(max_smem))
+    device_info info;
+    KVEVICT_TRY(current_device_info(info));
+    if (!use_mma(c, sig, window, info) && smem_of(c, sig, window).total > static_cast<std::size_t>(info.max_smem_optin))
       return make_error(errc::invalid_argument, "selector.window",
                         "window x query heads per KV head x head_dim exceeds the CUDA scorer's shared memory");
     return ok_status();
   }
 
+  //! Scratch: raw scores before pooling, then the larger of the two agents' statistics.
   struct layout {
-    std::size_t raw, part, stat;
+    std::size_t raw, part, stat;  // CUDA-core agent
+    wa_mma_layout mma;            // tensor-core agent
+    std::size_t agent() const {
+      const std::size_t cuda_core = detail::workspace_layout<4>{{part, part, stat, stat}}.total();
+      const std::size_t tensor = detail::workspace_layout<3>{{mma.part, mma.stat, mma.done}}.total();
+      return cuda_core > tensor ? cuda_core : tensor;
+    }
   };
   template <class Cache, class T>
   static layout sizes(const Cache& c, const signals<T>& sig, int window) {
     const wa_smem sm = smem_of(c, sig, window);
     return {Pool::enabled ? sizeof(float) * slab_tokens(c) : 0,
             sizeof(float) * chunk_entries(c, wa_chunk) * static_cast<std::size_t>(sm.rows_pad),
-            sizeof(float) * static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * sm.rows_pad};
+            sizeof(float) * static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * sm.rows_pad,
+            wa_mma_layout::of(c)};
   }
   template <class Cache, class T>
   static std::size_t scratch_bytes(const scorer&, const Cache& c, const signals<T>& sig, int window) {
     const layout l = sizes(c, sig, window);
-    return detail::workspace_layout<5>{{l.raw, l.part, l.part, l.stat, l.stat}}.total();
+    return detail::workspace_layout<2>{{l.raw, l.agent()}}.total();
   }
 
   template <bool Vec, bool Mma, class Cache, class T>
   static status run(cudaStream_t st, const wa_args<Cache, T>& a, dim3 grid, dim3 merge_grid) {
     auto k1 = window_attention_kernel<1, Reduce, Vec, Mma, Cache, T>;
     auto k2 = window_attention_kernel<2, Reduce, Vec, Mma, Cache, T>;
-    const int bytes = static_cast<int>(a.sm.total);
-    KVEVICT_TRY(check(cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-                      "window attention: cudaFuncSetAttribute"));
-    KVEVICT_TRY(check(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-                      "window attention: cudaFuncSetAttribute"));
+    const std::size_t bytes = a.sm.total;
+    KVEVICT_TRY(allow_dynamic_smem(k1, bytes));
+    KVEVICT_TRY(allow_dynamic_smem(k2, bytes));
     k1<<<grid, wa_threads, bytes, st>>>(a);
     KVEVICT_TRY(check_launch("window attention pass 1: kernel launch"));
     window_attention_merge_kernel<<<merge_grid, 256, 0, st>>>(a);
@@ -222,11 +244,10 @@ struct device_scorer<window_attention<Reduce, Pool>> {
   }
 
   template <class Cache, class T>
-  static status enqueue(const scorer& sc, cudaStream_t st, const Cache& c, const signals<T>& sig,
-                        const seq_rules& rules, float* out, void* scratch, int* word) {
-    const layout l = sizes(c, sig, rules.window);
-    void* buf[5];
-    detail::workspace_layout<5>{{l.raw, l.part, l.part, l.stat, l.stat}}.carve(scratch, buf);
+  static status enqueue_cuda_core(cudaStream_t st, const Cache& c, const signals<T>& sig, const seq_rules& rules,
+                                  const layout& l, void* scratch, float* out, int* word) {
+    void* buf[4];
+    detail::workspace_layout<4>{{l.part, l.part, l.stat, l.stat}}.carve(scratch, buf);
     wa_args<Cache, T> a{};
     a.cache = c;
     a.queries = sig.queries;
@@ -236,28 +257,79 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim()));
     a.rules = rules;
     a.sm = smem_of(c, sig, rules.window);
-    a.part_m = static_cast<float*>(buf[1]);
-    a.part_l = static_cast<float*>(buf[2]);
-    a.stat_m = static_cast<float*>(buf[3]);
-    a.stat_inv = static_cast<float*>(buf[4]);
-    a.out = Pool::enabled ? static_cast<float*>(buf[0]) : out;
+    a.part_m = static_cast<float*>(buf[0]);
+    a.part_l = static_cast<float*>(buf[1]);
+    a.stat_m = static_cast<float*>(buf[2]);
+    a.stat_inv = static_cast<float*>(buf[3]);
+    a.out = out;
     a.word = word;
     const dim3 grid((max_row_cap(c) + wa_chunk - 1) / wa_chunk, c.num_kv_heads(), c.num_seqs());
     const dim3 merge_grid((a.sm.rows_pad + 255) / 256, c.num_kv_heads(), c.num_seqs());
     constexpr bool sixteen_bit = !std::is_same_v<typename mma_element<T>::type, void>;
     if (vec_rows(c)) {
-      if (sixteen_bit && c.head_dim() % 16 == 0) {
-        KVEVICT_TRY((run<true, sixteen_bit>(st, a, grid, merge_grid)));
-      } else {
-        KVEVICT_TRY((run<true, false>(st, a, grid, merge_grid)));
-      }
-    } else {
-      KVEVICT_TRY((run<false, false>(st, a, grid, merge_grid)));
+      if (sixteen_bit && c.head_dim() % 16 == 0) return run<true, sixteen_bit>(st, a, grid, merge_grid);
+      return run<true, false>(st, a, grid, merge_grid);
     }
+    return run<false, false>(st, a, grid, merge_grid);
+  }
+
+  template <class Cache, class T>
+  static status enqueue_tensor_core(cudaStream_t st, const Cache& c, const signals<T>& sig, const seq_rules& rules,
+                                    const layout& l, void* scratch, float* out, int* word) {
+    void* buf[3];
+    detail::workspace_layout<3>{{l.mma.part, l.mma.stat, l.mma.done}}.carve(scratch, buf);
+    wa_mma_args<Cache, T> a{};
+    a.cache = c;
+    a.queries = sig.queries;
+    a.num_q_heads = sig.num_q_heads;
+    a.query_rows = sig.query_rows;
+    a.group = sig.num_q_heads / c.num_kv_heads();
+    a.slice = wa_mma_slice(c);
+    a.scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(c.head_dim()));
+    a.rules = rules;
+    a.part = static_cast<float2*>(buf[0]);
+    a.stat = static_cast<float2*>(buf[1]);
+    a.done = static_cast<int*>(buf[2]);
+    a.out = out;
+    a.word = word;
+    KVEVICT_TRY(check(cudaMemsetAsync(a.done, 0, l.mma.done, st), "window attention: cudaMemsetAsync"));
+    const dim3 grid((max_row_cap(c) + a.slice - 1) / a.slice, c.num_kv_heads(), c.num_seqs());
+    status result = ok_status();
+    wa_mma_with_config(c.head_dim(), detail::wa_rows::make(rules.window, a.group).rows(), [&](auto cfg) {
+      using Cfg = decltype(cfg);
+      auto k1 = wa_mma_pass1_kernel<Cfg, Cache, T>;
+      auto k2 = wa_mma_pass2_kernel<Cfg, Reduce, Cache, T>;
+      result = allow_dynamic_smem(k1, Cfg::smem_bytes);
+      if (result.ok()) result = allow_dynamic_smem(k2, Cfg::smem_bytes);
+      if (!result.ok()) return;
+      k1<<<grid, Cfg::threads, Cfg::smem_bytes, st>>>(a);
+      result = check_launch("window attention (tensor cores) pass 1: kernel launch");
+      if (!result.ok()) return;
+      k2<<<grid, Cfg::threads, Cfg::smem_bytes, st>>>(a);
+      result = check_launch("window attention (tensor cores) pass 2: kernel launch");
+    });
+    return result;
+  }
+
+  template <class Cache, class T>
+  static status enqueue(const scorer& sc, cudaStream_t st, const Cache& c, const signals<T>& sig,
+                        const seq_rules& rules, float* out, void* scratch, int* word) {
+    const layout l = sizes(c, sig, rules.window);
+    void* buf[2];
+    detail::workspace_layout<2>{{l.raw, l.agent()}}.carve(scratch, buf);
+    float* raw = Pool::enabled ? static_cast<float*>(buf[0]) : out;
+    device_info info;
+    KVEVICT_TRY(current_device_info(info));
+    bool tensor = false;
+    if constexpr (std::is_same_v<T, bfloat16> || std::is_same_v<T, half>) {
+      tensor = use_mma(c, sig, rules.window, info);
+      if (tensor) KVEVICT_TRY(enqueue_tensor_core(st, c, sig, rules, l, buf[1], raw, word));
+    }
+    if (!tensor) KVEVICT_TRY(enqueue_cuda_core(st, c, sig, rules, l, buf[1], raw, word));
     if constexpr (Pool::enabled) {
       const dim3 pgrid(grid_for(static_cast<std::size_t>(max_row_cap(c)), threads_per_block, 1024), c.num_kv_heads(),
                        c.num_seqs());
-      pool_kernel<Pool><<<pgrid, threads_per_block, 0, st>>>(c, rules, sc.pool_kernel, a.out, out, word);
+      pool_kernel<Pool><<<pgrid, threads_per_block, 0, st>>>(c, rules, sc.pool_kernel, raw, out, word);
       KVEVICT_TRY(check_launch("pooling: kernel launch"));
     }
     return ok_status();
