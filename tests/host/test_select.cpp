@@ -121,11 +121,33 @@ TEST_CASE("plans are identical across reruns", "[select]") {
   CHECK(a.counts == b.counts);
 }
 
-// The device top-k (cuda/select.cuh) as the kernel computes it, sequentially: four 8-bit digit
-// histograms to find the threshold key, then keep keys above it and the first `krem` equal ones in
-// position order. Must equal the host's protected top-k exactly, ties, -0 / +0 and huge or tiny
-// magnitudes included.
-TEST_CASE("the CUDA radix top-k picks exactly the host's protected top-k", "[select][cuda]") {
+// The device top-k (cuda/select.cuh) as its kernels compute it, block by block: digit histograms
+// of 11, 11 and 10 bits (the second pass gathering candidates, the third over them alone), each
+// digit picked by chunks the way a block's threads pick it, then a stable write whose blocks learn
+// their offsets by look-back. Must equal the host's protected top-k exactly, ties, -0 / +0 and
+// huge or tiny magnitudes included.
+namespace {
+// pick_digit over `bins` bins as `threads` threads do: a chunk each from the top, exclusive sums.
+int chunked_pick(const std::vector<unsigned>& hist, int threads, int& krem) {
+  const int bins = static_cast<int>(hist.size()), per = bins / threads;
+  int above = 0, found = 0, digit = 0, k2 = krem;
+  for (int th = 0; th < threads; ++th) {
+    const int hi = bins - th * per, lo = hi - per;
+    int d, kk;
+    if (kvevict::detail::pick_digit_in_chunk(hist.data(), lo, hi, above, krem, d, kk)) ++found, digit = d, k2 = kk;
+    for (int b = lo; b < hi; ++b) above += static_cast<int>(hist[b]);
+  }
+  REQUIRE(found == 1);
+  int ref_krem = krem;
+  REQUIRE(kvevict::detail::pick_digit(hist.data(), ref_krem, bins) == digit);  // the sequential reference
+  REQUIRE(ref_krem == k2);
+  krem = k2;
+  return digit;
+}
+}  // namespace
+
+TEST_CASE("the CUDA multi-block radix top-k picks exactly the host's protected top-k", "[select][cuda]") {
+  namespace kd = kvevict::detail;
   std::mt19937 rng(99);
   for (int trial = 0; trial < 600; ++trial) {
     const int n = 1 + static_cast<int>(rng() % 400);
@@ -143,33 +165,66 @@ TEST_CASE("the CUDA radix top-k picks exactly the host's protected top-k", "[sel
     std::vector<std::int32_t> want(n), idx(n);
     want.resize(kvevict::host_backend::select_protected_top_k(s.data(), n, budget, sinks, window, want.data(), idx.data()));
 
-    std::vector<std::int32_t> got;
-    if (n <= budget) {
-      for (int t = 0; t < n; ++t) got.push_back(t);
-    } else {
-      const int lo = std::min(sinks, n), hi = std::max(lo, n - window), k = budget - lo - (n - hi);
-      std::uint32_t prefix = 0, mask = 0;
-      int krem = k;
-      if (k > 0)
-        for (int shift = 24; shift >= 0; shift -= 8) {
-          unsigned hist[256] = {};
-          for (int t = lo; t < hi; ++t) {
-            const std::uint32_t key = kvevict::detail::order_key(s[t]);
-            if ((key & mask) == prefix) ++hist[(key >> shift) & 255u];
+    const int items = 1 + static_cast<int>(rng() % 40), blocks = (n + items - 1) / items;  // small slices: many blocks
+    const bool whole = n <= budget;
+    const int lo = std::min(sinks, n), hi = std::max(lo, n - window), k = whole ? 0 : budget - lo - (n - hi);
+    std::uint32_t thr = 0xffffffffu;
+    int krem = 0;
+    if (k > 0) {
+      std::uint32_t prefix = 0;
+      krem = k;
+      std::vector<std::int32_t> cand;
+      for (int pass = 0; pass < 2; ++pass) {
+        std::vector<unsigned> hist(2048, 0);
+        for (int b = 0; b < blocks; ++b)  // the blocks' histograms, added bin by bin
+          for (int t = std::max(lo, b * items); t < std::min(hi, (b + 1) * items); ++t) {
+            const std::uint32_t key = kd::order_key(s[t]);
+            if (!kd::topk_matches(key, prefix, pass)) continue;
+            ++hist[kd::topk_digit(key, pass)];
+            if (pass == 1) cand.push_back(t);
           }
-          prefix |= static_cast<std::uint32_t>(kvevict::detail::pick_digit(hist, krem)) << shift;
-          mask |= 255u << shift;
+        prefix |= static_cast<std::uint32_t>(chunked_pick(hist, 512, krem)) << kd::topk_shift(pass);
+      }
+      std::shuffle(cand.begin(), cand.end(), rng);  // gathered in any order
+      std::vector<unsigned> hist3(1024, 0);
+      for (int t : cand) {
+        const std::uint32_t key = kd::order_key(s[t]);
+        if (kd::topk_matches(key, prefix, 2)) ++hist3[kd::topk_digit(key, 2)];
+      }
+      thr = prefix | static_cast<std::uint32_t>(chunked_pick(hist3, 512, krem));
+    }
+    // The write: per block, counts of sure and equal keys; offsets by look-back over published words.
+    std::vector<std::uint64_t> words(blocks, 0);
+    std::vector<std::int32_t> got(n, -1);
+    int total = 0;
+    for (int b = 0; b < blocks; ++b) {
+      std::vector<int> sure, equal;
+      for (int t = b * items; t < std::min(n, (b + 1) * items); ++t) {
+        const bool prot = whole || t < lo || t >= hi;
+        const std::uint32_t key = prot ? 0u : kd::order_key(s[t]);
+        sure.push_back(prot || key > thr);
+        equal.push_back(!prot && key == thr);
+      }
+      const int ns = static_cast<int>(std::count(sure.begin(), sure.end(), 1)),
+                ne = static_cast<int>(std::count(equal.begin(), equal.end(), 1));
+      int sb = 0, eb = 0;
+      if (b > 0) {
+        words[b] = kd::lookback_pack(kd::lookback_aggregate, ns, ne);
+        for (int j = b - 1; j >= 0; --j) {
+          REQUIRE(kd::lookback_flag(words[j]) != 0);
+          sb += kd::lookback_above(words[j]);
+          eb += kd::lookback_equal(words[j]);
+          if (kd::lookback_flag(words[j]) == kd::lookback_inclusive) break;
         }
-      int eq_seen = 0;
-      for (int t = 0; t < n; ++t) {
-        bool keep = t < lo || t >= hi;
-        if (!keep && k > 0) {
-          const std::uint32_t key = kvevict::detail::order_key(s[t]);
-          keep = key > prefix || (key == prefix && eq_seen++ < krem);
-        }
-        if (keep) got.push_back(t);
+      }
+      words[b] = kd::lookback_pack(kd::lookback_inclusive, sb + ns, eb + ne);
+      int at = kd::topk_block_offset(sb, eb, krem), eq_rank = eb;
+      for (std::size_t i = 0; i < sure.size(); ++i) {
+        if (sure[i] || (equal[i] && eq_rank < krem)) got[at++] = b * items + static_cast<int>(i), ++total;
+        eq_rank += equal[i];
       }
     }
+    got.resize(total);
     REQUIRE(got == want);
   }
 }

@@ -437,14 +437,13 @@ struct device_granularity<token_level> {
     return ok_status();
   }
   template <class Cache>
-  static std::size_t scratch_bytes(const token_level&, const Cache&) {
-    return 0;
+  static std::size_t scratch_bytes(const token_level&, const Cache& c) {
+    return topk_layout::of(c).total();
   }
   template <class Cache, class T>
   static status enqueue(const token_level&, cudaStream_t st, const Cache& c, const signals<T>&, const seq_rules& rules,
-                        const float* scores, keep_plan out, void*, int* word) {
-    select_top_k_kernel<<<c.num_seqs() * c.num_kv_heads(), select_threads, 0, st>>>(c, rules, scores, out, word);
-    return check_launch("selection: kernel launch");
+                        const float* scores, keep_plan out, void* scratch, int* word) {
+    return enqueue_top_k(st, c, rules, scores, out, scratch, word);
   }
 };
 
