@@ -190,16 +190,29 @@ TEST_CASE("in-place tile schedule of the CUDA compaction is hazard-free under an
   }
 }
 
-TEST_CASE("the CUDA compaction maps a global tile to its row, skipping rows with no tiles", "[compact][cuda]") {
+TEST_CASE("the CUDA compaction's 32-way warp search finds the binary search's first blocking tile", "[compact][cuda]") {
   std::mt19937 rng(7);
-  for (int trial = 0; trial < 200; ++trial) {
-    const int rows = 1 + static_cast<int>(rng() % 12);
-    std::vector<int> off(rows + 1, 0);
-    for (int r = 0; r < rows; ++r) off[r + 1] = off[r] + static_cast<int>(rng() % 4);  // zeros included
-    for (int g = 0; g < off[rows]; ++g) {
-      const int r = kvevict::detail::row_of_tile(off.data(), rows, g);
-      REQUIRE(off[r] <= g);
-      REQUIRE(g < off[r + 1]);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int n = 1 + static_cast<int>(rng() % 5000), tile = 1 + static_cast<int>(rng() % 80);
+    std::vector<std::int32_t> pos;
+    for (int t = 0; t < n; ++t)
+      if (rng() % 3 != 0 || trial % 7 == 0) pos.push_back(t);  // every 7th: everything kept, no moves
+    const int cnt = static_cast<int>(pos.size());
+    int steps_max = 0;
+    for (int j0 = 0; j0 < cnt; j0 += tile) {
+      int steps = 0;
+      const int got = kvevict::detail::first_blocking_tile_32way(j0, tile, [&](int base, int step, int end) {
+        ++steps;
+        unsigned m = 0;
+        for (int lane = 0; lane < 32; ++lane) {  // what the 32 lanes' ballot returns
+          const int idx = base + lane * step;
+          if (idx >= end || pos[idx] >= j0) m |= 1u << lane;
+        }
+        return m;
+      });
+      REQUIRE(got == kvevict::detail::first_blocking_tile(pos.data(), j0, tile));
+      steps_max = std::max(steps_max, steps);
     }
+    CHECK(steps_max <= 4);  // log32(5000) < 3, plus the last exact step
   }
 }

@@ -3,18 +3,25 @@
 //! overloaded on `kvevict::cuda_t`. Same policies, caches and template parameters as the host;
 //! every pointer inside the cache view, the signals, the plan and the result is device memory.
 //!
-//! Checks: scalar arguments (shapes, the selector, null pointers) are checked on the host and
-//! returned at once; checks of device-resident tables (lengths, page ids, plan rows, per-sequence
-//! overrides, non-finite scores) run on the device before anything is written and are read back
-//! with `kvevict::device_status(exec, workspace)`. On any error the cache is left byte-for-byte
+//! Layers, as in CUB: the front doors check scalar arguments on the host and hand over to a
+//! dispatch (`plan_dispatch`, `compact_dispatch`) that sizes and carves the workspace in one place
+//! and enqueues the agents (scorer, granularity, compaction), each a few thin kernels. Checks of
+//! device-resident tables (lengths, page ids, plan rows, per-sequence overrides, non-finite scores)
+//! run on the device before anything is written and are read back with
+//! `kvevict::device_status(exec, workspace)`. On any error the cache is left byte-for-byte
 //! unchanged.
+//!
+//! Stream operations per call (no allocation, no synchronisation, no attribute query after the
+//! first call on a device): one memset that zeroes the status word and every counter, one check
+//! kernel, then the agents. `evict` with SnapKV on bf16 / fp16 keys: memset, checks, two scoring
+//! passes, pooling, two selection passes, the selection write, the compaction checks, the
+//! compaction: 10.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
-
-#include <cub/device/device_scan.cuh>
 
 #include "../algorithm/plan.hpp"
 #include "../concepts.hpp"
@@ -31,175 +38,145 @@
 
 namespace kvevict {
 
-//! Outputs of `compact(cuda, ...)`, all device memory: new lengths per (sequence, KV head), the
-//! freed page ids in (sequence, head, logical-page) order, and their number (one int).
-//! Each array carries its capacity, checked on the host before anything is enqueued.
-struct device_compact_result {
-  std::int32_t* new_lens = nullptr;     // [new_lens_capacity]
-  int new_lens_capacity = 0;            //!< entries of new_lens (>= plan_rows(cache))
-  std::int32_t* freed_pages = nullptr;  // [freed_capacity]
-  int freed_capacity = 0;               //!< entries of freed_pages (checked on the device against the pages freed)
-  std::int32_t* num_freed = nullptr;    // [1]
-};
+//! Outputs of `compact(cuda, ...)` (device memory); see `cuda_backend::compact_outputs`.
+using device_compact_result = cuda_backend::compact_outputs;
 
 namespace cuda_backend {
 
-template <class Policy, class Cache, class T>
-detail::workspace_layout<4> plan_layout(const Policy& p, const Cache& c, const signals<T>& sig) {
-  return detail::workspace_layout<4>{
-      {sizeof(int), sizeof(float) * slab_tokens(c),
-       device_scorer<typename Policy::scorer_type>::scratch_bytes(p.scorer, c, sig, p.selector.window),
-       device_granularity<typename Policy::granularity_type>::scratch_bytes(p.granularity, c)}};
-}
+//! The call's workspace: the status word and every agent's zeroed scratch first, so that one
+//! memset resets them all, then the agents' plain scratch. Sized and carved by the same function.
+template <int Agents>
+struct call_layout {
+  scratch_request req[Agents];
 
-template <class Policy, class Cache, class T>
-status check_plan_scalars(const Policy& p, const Cache& c, const signals<T>& sig) {
-  detail::static_check_plan_types<Policy, Cache, T>();
-  KVEVICT_TRY(check_device_shape(c));
-  KVEVICT_TRY(p.selector.validate());
-  if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");
-  if (sig.layer < 0 || sig.layer >= sig.num_layers)
-    return make_error(errc::out_of_range, "signals.layer", "must lie in [0, num_layers)");
-  KVEVICT_TRY(device_granularity<typename Policy::granularity_type>::host_check(p.granularity, c, sig));
-  return device_scorer<typename Policy::scorer_type>::host_check(p.scorer, c, sig, p.selector.window);
-}
+  detail::workspace_layout<1 + 2 * Agents> layout() const {
+    detail::workspace_layout<1 + 2 * Agents> l{};
+    l.sizes[0] = sizeof(int);
+    for (int i = 0; i < Agents; ++i) {
+      l.sizes[1 + i] = req[i].zeroed;
+      l.sizes[1 + Agents + i] = req[i].plain;
+    }
+    return l;
+  }
+  std::size_t total() const { return layout().total(); }
 
-//! Enqueues the plan: table and rule checks (fresh status word), scoring, selection.
-template <class Policy, class Cache, class T>
-status enqueue_plan(cudaStream_t st, const Policy& p, const Cache& c, const signals<T>& sig, keep_plan out,
-                    void* workspace) {
-  const auto layout = plan_layout(p, c, sig);
-  void* buf[4];
-  layout.carve(workspace, buf);
-  int* word = static_cast<int*>(buf[0]);
-  float* scores = static_cast<float*>(buf[1]);
-  const seq_rules rules = make_rules(p.selector, sig);
-  KVEVICT_TRY(enqueue_cache_checks(st, c, word));
-  check_rules_kernel<<<grid_for(static_cast<std::size_t>(c.num_seqs())), threads_per_block, 0, st>>>(
-      c, rules, detail::scorer_needs_window_queries<typename Policy::scorer_type>::value, out.capacity, word);
-  KVEVICT_TRY(check_launch("plan checks: kernel launch"));
-  KVEVICT_TRY(device_scorer<typename Policy::scorer_type>::enqueue(p.scorer, st, c, sig, rules, scores, buf[2], word));
-  return device_granularity<typename Policy::granularity_type>::enqueue(p.granularity, st, c, sig, rules, scores, out,
-                                                                        buf[3], word);
-}
-
-template <class Cache>
-struct compact_scratch {
-  std::size_t rows, tiles_bound, scan_bytes;
-  detail::workspace_layout<9> layout;  // word, tiles, tile offsets, freed, freed offsets, seen, flags, ticket, cub
-
-  explicit compact_scratch(const Cache& c) {
-    rows = static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads();
-    tiles_bound = slab_tokens(c) / compact_tile + rows + 1;
-    scan_bytes = 0;
-    cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<const int*>(nullptr), static_cast<int*>(nullptr),
-                                  static_cast<int>(rows + 1));
-    const std::size_t ints = sizeof(int) * (rows + 1);
-    layout = detail::workspace_layout<9>{{sizeof(int), ints, ints, ints, ints,
-                                          sizeof(int) * static_cast<std::size_t>(c.num_pages() > 0 ? c.num_pages() : 1),
-                                          sizeof(int) * tiles_bound, sizeof(int), scan_bytes}};
+  struct parts {
+    int* word;
+    void* zeroed[Agents];
+    void* plain[Agents];
+    std::size_t zero_bytes;  //!< from the word to the end of the last zeroed buffer
+  };
+  parts carve(void* workspace) const {
+    const auto l = layout();
+    void* p[1 + 2 * Agents];
+    l.carve(workspace, p);
+    parts out{};
+    out.word = static_cast<int*>(p[0]);
+    for (int i = 0; i < Agents; ++i) {
+      out.zeroed[i] = p[1 + i];
+      out.plain[i] = p[1 + Agents + i];
+    }
+    out.zero_bytes = static_cast<std::size_t>(static_cast<char*>(p[Agents]) - static_cast<char*>(p[0])) +
+                     detail::align_up(l.sizes[Agents]);
+    return out;
   }
 };
 
+//! The plan's checks of the tables and of every sequence's rules, one kernel.
 template <class Cache>
-status check_compact_scalars(const Cache& c, const_keep_plan plan, const device_compact_result& out) {
-  static_assert(is_paged_kv_cache_v<Cache>,
-                "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
-  static_assert(is_mutable_cache_v<Cache>,
-                "kvevict: compact moves K and V in place: pass a view over mutable keys and values (a view over "
-                "const elements serves plan only)");
-  KVEVICT_TRY(check_device_shape(c));
-  KVEVICT_TRY(detail::check_plan_arrays(c, plan));
-  KVEVICT_TRY(detail::check_new_lens(c, out.new_lens, out.new_lens_capacity));
-  if (out.num_freed == nullptr) return make_error(errc::invalid_argument, "result.num_freed", "null output");
-  if (out.freed_capacity < 0) return make_error(errc::invalid_argument, "result.freed_capacity", "must be >= 0");
-  if (out.freed_capacity > 0 && out.freed_pages == nullptr)
-    return make_error(errc::invalid_argument, "result.freed_pages", "null output with a positive capacity");
-  return ok_status();
+__global__ void plan_check_kernel(Cache c, seq_rules rules, bool needs_window_queries, int capacity,
+                                  std::size_t items, int* word) {
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < items;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    if (i < table_check_items(c)) check_item(c, i, word);
+    if (i < static_cast<std::size_t>(c.num_seqs()))
+      check_sequence_rules(c, rules, static_cast<int>(i), needs_window_queries, capacity, word);
+  }
 }
 
-template <class Cache>
-status enqueue_compact(cudaStream_t st, const Cache& c, const_keep_plan plan, const device_compact_result& out,
-                       void* workspace, bool reset) {
-  using T = typename Cache::value_type;
-  const compact_scratch<Cache> cs(c);
-  void* buf[9];
-  cs.layout.carve(workspace, buf);
-  int* word = static_cast<int*>(buf[0]);
-  int* tiles = static_cast<int*>(buf[1]);
-  int* tile_off = static_cast<int*>(buf[2]);
-  int* freed = static_cast<int*>(buf[3]);
-  int* freed_off = static_cast<int*>(buf[4]);
-  int* seen = static_cast<int*>(buf[5]);
-  int* flags = static_cast<int*>(buf[6]);
-  int* ticket = static_cast<int*>(buf[7]);
-  const int rows = static_cast<int>(cs.rows);
-  if (reset) {
-    KVEVICT_TRY(enqueue_cache_checks(st, c, word));
-  }
-  KVEVICT_TRY(check(cudaMemsetAsync(tiles, 0, sizeof(int) * (cs.rows + 1), st), "compact: cudaMemsetAsync"));
-  KVEVICT_TRY(check(cudaMemsetAsync(freed, 0, sizeof(int) * (cs.rows + 1), st), "compact: cudaMemsetAsync"));
-  KVEVICT_TRY(
-      check(cudaMemsetAsync(seen, 0, sizeof(int) * static_cast<std::size_t>(c.num_pages() > 0 ? c.num_pages() : 1), st),
-            "compact: cudaMemsetAsync"));
-  KVEVICT_TRY(check(cudaMemsetAsync(flags, 0, sizeof(int) * cs.tiles_bound, st), "compact: cudaMemsetAsync"));
-  KVEVICT_TRY(check(cudaMemsetAsync(ticket, 0, sizeof(int), st), "compact: cudaMemsetAsync"));
-  const std::size_t plan_items = cs.rows * static_cast<std::size_t>(plan.capacity > 0 ? plan.capacity : 1);
-  check_plan_kernel<<<grid_for(plan_items), threads_per_block, 0, st>>>(c, plan, tiles, freed, word);
-  KVEVICT_TRY(check_launch("compact checks: kernel launch"));
-  if (frees_pages<Cache>::value) {
-    const std::size_t items = listed_page_items(c);
-    check_pages_kernel<<<grid_for(items), threads_per_block, 0, st>>>(c, items, seen, word);
-    KVEVICT_TRY(check_launch("compact page checks: kernel launch"));
-  }
-  std::size_t scan_bytes = cs.scan_bytes;
-  KVEVICT_TRY(check(cub::DeviceScan::ExclusiveSum(buf[8], scan_bytes, freed, freed_off, rows + 1, st),
-                    "compact: cub::DeviceScan"));
-  scan_bytes = cs.scan_bytes;
-  KVEVICT_TRY(check(cub::DeviceScan::ExclusiveSum(buf[8], scan_bytes, tiles, tile_off, rows + 1, st),
-                    "compact: cub::DeviceScan"));
-  check_freed_kernel<<<1, 1, 0, st>>>(freed_off, rows, out.freed_capacity, out.num_freed, word);
-  KVEVICT_TRY(check_launch("compact checks: kernel launch"));
+//! Problem state of one `plan` (or the plan half of `evict`): the scores slab, the scorer and the
+//! granularity agents.
+template <class Policy, class Cache, class T>
+struct plan_dispatch {
+  using scorer_agent = device_scorer<typename Policy::scorer_type>;
+  using granularity_agent = device_granularity<typename Policy::granularity_type>;
+  const Policy& p;
+  const Cache& c;
+  const signals<T>& sig;
 
-  // Every row starts 16-byte aligned when the row size and the bases are multiples of 16 bytes.
-  const std::size_t row_bytes = c.head_dim() * sizeof(T);
-  const bool vec = row_bytes % 16 == 0 && reinterpret_cast<std::uintptr_t>(c.k) % 16 == 0 &&
-                   reinterpret_cast<std::uintptr_t>(c.v) % 16 == 0;
-  int dev = 0, sms = 1;
-  KVEVICT_TRY(check(cudaGetDevice(&dev), "compact: cudaGetDevice"));
-  KVEVICT_TRY(
-      check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "compact: cudaDeviceGetAttribute"));
-  const unsigned blocks = static_cast<unsigned>(sms) * 8u;
-  const std::size_t smem = static_cast<std::size_t>(compact_tile) * 2 * row_bytes;
-  if (smem > 48 * 1024) {
-    if (vec)
-      KVEVICT_TRY(check(cudaFuncSetAttribute(compact_kernel<uint4, Cache>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(smem)),
-                        "compact: cudaFuncSetAttribute"));
-    else
-      KVEVICT_TRY(check(cudaFuncSetAttribute(compact_kernel<T, Cache>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(smem)),
-                        "compact: cudaFuncSetAttribute"));
+  //! Agents: 0 the scores slab, 1 the scorer, 2 the granularity.
+  void requests(scratch_request* req) const {
+    req[0] = {0, sizeof(float) * slab_tokens(c)};
+    req[1] = scorer_agent::request(p.scorer, c, sig, p.selector.window);
+    req[2] = granularity_agent::request(p.granularity, c);
   }
-  if (vec)
-    compact_kernel<uint4><<<blocks, compact_threads, smem, st>>>(c, plan, tile_off, ticket, flags, word);
-  else
-    compact_kernel<T><<<blocks, compact_threads, smem, st>>>(c, plan, tile_off, ticket, flags, word);
-  KVEVICT_TRY(check_launch("compaction: kernel launch"));
-  finish_compact_kernel<<<rows, 128, 0, st>>>(c, plan, freed_off, out.new_lens, out.freed_pages, word);
-  return check_launch("compaction: kernel launch");
+  status check_scalars() const {
+    detail::static_check_plan_types<Policy, Cache, T>();
+    KVEVICT_TRY(check_device_shape(c));
+    KVEVICT_TRY(p.selector.validate());
+    if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");
+    if (sig.layer < 0 || sig.layer >= sig.num_layers)
+      return make_error(errc::out_of_range, "signals.layer", "must lie in [0, num_layers)");
+    KVEVICT_TRY(granularity_agent::host_check(p.granularity, c, sig));
+    return scorer_agent::host_check(p.scorer, c, sig, p.selector.window);
+  }
+  //! Checks, scoring, selection (after the call's memset).
+  status enqueue(cudaStream_t st, keep_plan out, int* word, void* const* zeroed, void* const* plain) const {
+    const seq_rules rules = make_rules(p.selector, sig);
+    const std::size_t items = std::max<std::size_t>(table_check_items(c), static_cast<std::size_t>(c.num_seqs()));
+    plan_check_kernel<<<grid_for(items), threads_per_block, 0, st>>>(
+        c, rules, detail::scorer_needs_window_queries<typename Policy::scorer_type>::value, out.capacity, items, word);
+    KVEVICT_TRY(check_launch("plan checks: kernel launch"));
+    float* scores = static_cast<float*>(plain[0]);
+    KVEVICT_TRY(scorer_agent::enqueue(p.scorer, st, c, sig, rules, scores, zeroed[1], plain[1], word));
+    return granularity_agent::enqueue(p.granularity, st, c, sig, rules, scores, out, zeroed[2], plain[2], word);
+  }
+};
+
+//! Problem state of one `compact` (or the compaction half of `evict`).
+template <class Cache>
+struct compact_dispatch {
+  const Cache& c;
+  const_keep_plan plan;
+
+  scratch_request request() const {
+    const compact_layout<Cache> l(c);
+    return {l.zeroed, l.plain};
+  }
+  status check_scalars(const compact_outputs& out) const {
+    static_assert(is_paged_kv_cache_v<Cache>,
+                  "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
+    static_assert(is_mutable_cache_v<Cache>,
+                  "kvevict: compact moves K and V in place: pass a view over mutable keys and values (a view over "
+                  "const elements serves plan only)");
+    KVEVICT_TRY(check_device_shape(c));
+    KVEVICT_TRY(detail::check_plan_arrays(c, plan));
+    KVEVICT_TRY(detail::check_new_lens(c, out.new_lens, out.new_lens_capacity));
+    if (out.num_freed == nullptr) return make_error(errc::invalid_argument, "result.num_freed", "null output");
+    if (out.freed_capacity < 0) return make_error(errc::invalid_argument, "result.freed_capacity", "must be >= 0");
+    if (out.freed_capacity > 0 && out.freed_pages == nullptr)
+      return make_error(errc::invalid_argument, "result.freed_pages", "null output with a positive capacity");
+    return ok_status();
+  }
+};
+
+//! One memset over the word and every zeroed buffer.
+inline status reset_call(cudaStream_t st, int* word, std::size_t bytes) {
+  return check(cudaMemsetAsync(word, 0, bytes, st), "call reset: cudaMemsetAsync");
 }
 
 }  // namespace cuda_backend
 
 //! Bytes of device workspace `plan(cuda, ...)` needs: 4 bytes per token the cache's tables can
 //! hold per KV head (block tables: `num_seqs x block_table_stride x page_size`; CSR tables:
-//! `num_pages x page_size`), plus the scorer's scratch (window attention: a float pair per window
-//! query and 512 keys). Computed on the host from the view's scalars; reads no device memory.
+//! `num_pages x page_size`), plus the scorer's and the selection's scratch. Computed on the host
+//! from the view's scalars; reads no device memory.
 template <class Policy, class Cache, class T>
 std::size_t plan_workspace_bytes(cuda_t, const Policy& p, const Cache& cache, const signals<T>& sig) {
   if (!cuda_backend::check_device_shape(cache).ok()) return 0;
-  return cuda_backend::plan_layout(p, cache, sig).total();
+  cuda_backend::call_layout<3> l{};
+  cuda_backend::plan_dispatch<Policy, Cache, T>{p, cache, sig}.requests(l.req);
+  return l.total();
 }
 
 //! Plan capacity (entries per row) that suffices for `plan(cuda, ...)` without per-sequence
@@ -225,18 +202,26 @@ int plan_capacity(cuda_t, const Policy& p, const Cache& cache) {
 template <class Policy, class Cache, class T>
 status plan(cuda_t exec, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out, void* workspace,
             std::size_t workspace_bytes) {
-  KVEVICT_TRY(cuda_backend::check_plan_scalars(p, cache, sig));
+  const cuda_backend::plan_dispatch<Policy, Cache, T> d{p, cache, sig};
+  KVEVICT_TRY(d.check_scalars());
   KVEVICT_TRY(detail::check_plan_arrays(cache, as_const(out)));
   if (out.capacity < 1) return make_error(errc::buffer_too_small, "plan.capacity", "must be >= 1");
-  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, cuda_backend::plan_layout(p, cache, sig).total()));
-  return cuda_backend::enqueue_plan(exec.stream, p, cache, sig, out, workspace);
+  cuda_backend::call_layout<3> l{};
+  d.requests(l.req);
+  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, l.total()));
+  const auto parts = l.carve(workspace);
+  KVEVICT_TRY(cuda_backend::reset_call(exec.stream, parts.word, parts.zero_bytes));
+  return d.enqueue(exec.stream, out, parts.word, parts.zeroed, parts.plain);
 }
 
-//! Bytes of device workspace `compact(cuda, ...)` needs (a few ints per row, page and 32 tokens).
+//! Bytes of device workspace `compact(cuda, ...)` needs: an int per page and per 64 tokens a row's
+//! table can hold, and a few per row.
 template <class Cache>
 std::size_t compact_workspace_bytes(cuda_t, const Cache& cache) {
   if (!cuda_backend::check_device_shape(cache).ok()) return 0;
-  return cuda_backend::compact_scratch<Cache>(cache).layout.total();
+  cuda_backend::call_layout<1> l{};
+  l.req[0] = cuda_backend::compact_dispatch<Cache>{cache, const_keep_plan{}}.request();
+  return l.total();
 }
 
 //! Compacts the cache in place on the device, as `compact(host, ...)` does: kept K and V move to
@@ -244,18 +229,27 @@ std::size_t compact_workspace_bytes(cuda_t, const Cache& cache) {
 //! the new lengths, the freed page ids and their number to `out` (device memory). Validates the
 //! plan and the tables on the device first; on any error nothing is written (`device_status`).
 template <class Cache>
-status compact(cuda_t exec, const Cache& cache, const_keep_plan plan, const device_compact_result& out, void* workspace,
-               std::size_t workspace_bytes) {
-  KVEVICT_TRY(cuda_backend::check_compact_scalars(cache, plan, out));
-  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, compact_workspace_bytes(exec, cache)));
-  return cuda_backend::enqueue_compact(exec.stream, cache, plan, out, workspace, true);
+status compact(cuda_t exec, const Cache& cache, const_keep_plan plan, const device_compact_result& out,
+               void* workspace, std::size_t workspace_bytes) {
+  const cuda_backend::compact_dispatch<Cache> d{cache, plan};
+  KVEVICT_TRY(d.check_scalars(out));
+  cuda_backend::call_layout<1> l{};
+  l.req[0] = d.request();
+  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, l.total()));
+  const auto parts = l.carve(workspace);
+  KVEVICT_TRY(cuda_backend::reset_call(exec.stream, parts.word, parts.zero_bytes));
+  return cuda_backend::enqueue_compact_agent(exec.stream, cache, plan, out, true, parts.zeroed[0], parts.plain[0],
+                                             parts.word);
 }
 
-//! Workspace bytes for `evict(cuda, ...)`.
+//! Workspace bytes for `evict(cuda, ...)` (the plan's and the compaction's scratch side by side).
 template <class Policy, class Cache, class T>
-std::size_t evict_workspace_bytes(cuda_t exec, const Policy& p, const Cache& cache, const signals<T>& sig) {
-  const std::size_t a = plan_workspace_bytes(exec, p, cache, sig), b = compact_workspace_bytes(exec, cache);
-  return a > b ? a : b;
+std::size_t evict_workspace_bytes(cuda_t, const Policy& p, const Cache& cache, const signals<T>& sig) {
+  if (!cuda_backend::check_device_shape(cache).ok()) return 0;
+  cuda_backend::call_layout<4> l{};
+  cuda_backend::plan_dispatch<Policy, Cache, T>{p, cache, sig}.requests(l.req);
+  l.req[3] = cuda_backend::compact_dispatch<Cache>{cache, const_keep_plan{}}.request();
+  return l.total();
 }
 
 //! `plan` then `compact` on one stream and one workspace: when the plan's device checks fail, the
@@ -263,12 +257,20 @@ std::size_t evict_workspace_bytes(cuda_t exec, const Policy& p, const Cache& cac
 template <class Policy, class Cache, class T>
 status evict(cuda_t exec, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan kept,
              const device_compact_result& out, void* workspace, std::size_t workspace_bytes) {
-  KVEVICT_TRY(cuda_backend::check_plan_scalars(p, cache, sig));
-  KVEVICT_TRY(cuda_backend::check_compact_scalars(cache, as_const(kept), out));
+  const cuda_backend::plan_dispatch<Policy, Cache, T> d{p, cache, sig};
+  const cuda_backend::compact_dispatch<Cache> cd{cache, as_const(kept)};
+  KVEVICT_TRY(d.check_scalars());
+  KVEVICT_TRY(cd.check_scalars(out));
   if (kept.capacity < 1) return make_error(errc::buffer_too_small, "plan.capacity", "must be >= 1");
-  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, evict_workspace_bytes(exec, p, cache, sig)));
-  KVEVICT_TRY(cuda_backend::enqueue_plan(exec.stream, p, cache, sig, kept, workspace));
-  return cuda_backend::enqueue_compact(exec.stream, cache, as_const(kept), out, workspace, false);
+  cuda_backend::call_layout<4> l{};
+  d.requests(l.req);
+  l.req[3] = cd.request();
+  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, l.total()));
+  const auto parts = l.carve(workspace);
+  KVEVICT_TRY(cuda_backend::reset_call(exec.stream, parts.word, parts.zero_bytes));
+  KVEVICT_TRY(d.enqueue(exec.stream, kept, parts.word, parts.zeroed, parts.plain));
+  return cuda_backend::enqueue_compact_agent(exec.stream, cache, as_const(kept), out, false, parts.zeroed[3],
+                                             parts.plain[3], parts.word);
 }
 
 }  // namespace kvevict

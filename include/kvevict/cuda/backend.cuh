@@ -70,8 +70,10 @@ enum device_check : int {
 template <class>
 inline constexpr bool always_false = false;
 
-//! The status word's value when nothing is wrong.
-inline constexpr int no_problem = INT_MAX;
+//! The status word's value when nothing is wrong: 0, so the memset that zeroes a call's counters
+//! resets it too. A problem `code` is stored as `dc_count_ - code`, so the largest stored value
+//! (atomicMax) is the lowest code.
+inline constexpr int no_problem = 0;
 
 //! The status each device check code stands for (argument names as in the host backend).
 struct device_check_entry {
@@ -121,6 +123,7 @@ static_assert(sizeof(device_checks) / sizeof(device_checks[0]) == dc_count_, "on
 
 inline status decode(int code) {
   if (code == no_problem) return ok_status();
+  code = dc_count_ - code;
   if (code < 1 || code >= dc_count_)
     return make_error(errc::device_error, "workspace",
                       "the status word holds no known code (not a kvevict workspace?)");
@@ -129,7 +132,7 @@ inline status decode(int code) {
 }
 
 //! Records a problem: the lowest code wins.
-__device__ __forceinline__ void raise(int* word, int code) { atomicMin(word, code); }
+__device__ __forceinline__ void raise(int* word, int code) { atomicMax(word, dc_count_ - code); }
 //! True when an earlier kernel of this call recorded a problem (one thread's view).
 __device__ __forceinline__ bool failed(const int* word) {
   return *reinterpret_cast<const volatile int*>(word) != no_problem;
@@ -151,10 +154,12 @@ inline status check(cudaError_t e, const char* what) {
 //! Status of the last launch (configuration errors are reported at once, without synchronising).
 inline status check_launch(const char* what) { return check(cudaGetLastError(), what); }
 
-template <class = void>
-__global__ void set_word_kernel(int* word, int value) {
-  *word = value;
-}
+//! Scratch an agent (scorer, granularity, compaction) asks of the call's workspace: bytes the call
+//! zeroes first, in the one memset that also resets the status word (counters, histograms, flags),
+//! and bytes left as they are.
+struct scratch_request {
+  std::size_t zeroed = 0, plain = 0;
+};
 
 inline constexpr int threads_per_block = 256;
 inline unsigned grid_for(std::size_t n, int per_block = threads_per_block, unsigned cap = 65535u * 32u) {

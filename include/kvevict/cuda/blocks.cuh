@@ -437,13 +437,13 @@ struct device_granularity<token_level> {
     return ok_status();
   }
   template <class Cache>
-  static std::size_t scratch_bytes(const token_level&, const Cache& c) {
-    return topk_layout::of(c).total();
+  static scratch_request request(const token_level&, const Cache& c) {
+    return topk_layout::of(c).request();
   }
   template <class Cache, class T>
   static status enqueue(const token_level&, cudaStream_t st, const Cache& c, const signals<T>&, const seq_rules& rules,
-                        const float* scores, keep_plan out, void* scratch, int* word) {
-    return enqueue_top_k(st, c, rules, scores, out, scratch, word);
+                        const float* scores, keep_plan out, void* zeroed, void* plain, int* word) {
+    return enqueue_top_k(st, c, rules, scores, out, zeroed, plain, word);
   }
 };
 
@@ -469,12 +469,12 @@ struct device_block_granularity {
     }
   }
   template <class Cache>
-  static std::size_t scratch_bytes(const Granularity&, const Cache& c) {
-    return layout(c).total();
+  static scratch_request request(const Granularity&, const Cache& c) {
+    return {0, layout(c).total()};
   }
   template <class Cache, class T>
   static status enqueue(const Granularity& g, cudaStream_t st, const Cache& c, const signals<T>& sig,
-                        const seq_rules& rules, const float* scores, keep_plan out, void* scratch, int* word) {
+                        const seq_rules& rules, const float* scores, keep_plan out, void*, void* scratch, int* word) {
     void* p[7];
     layout(c).carve(scratch, p);
     block_args<Granularity, Cache, T> a{c, g, sig, rules, scores,

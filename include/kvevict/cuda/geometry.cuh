@@ -139,7 +139,7 @@ __device__ void check_table_entry(const std::int32_t* table, const Rows& lens, s
 }
 
 template <class T, class L>
-std::size_t table_check_items(const block_table_cache<T, L>& c) {
+__host__ __device__ std::size_t table_check_items(const block_table_cache<T, L>& c) {
   return static_cast<std::size_t>(c.num_seqs()) * c.block_table_stride();
 }
 template <class T, class L>
@@ -148,7 +148,7 @@ __device__ void check_item(const block_table_cache<T, L>& c, std::size_t i, int*
                     c.page_size(), c.num_pages(), i, word);
 }
 template <class T>
-std::size_t table_check_items(const head_row_table_cache<T>& c) {
+__host__ __device__ std::size_t table_check_items(const head_row_table_cache<T>& c) {
   return static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * c.block_table_stride();
 }
 template <class T>
@@ -157,7 +157,7 @@ __device__ void check_item(const head_row_table_cache<T>& c, std::size_t i, int*
                     c.block_table_stride(), c.page_size(), c.num_pages(), i, word);
 }
 template <class T, class L>
-std::size_t table_check_items(const csr_page_cache<T, L>& c) {
+__host__ __device__ std::size_t table_check_items(const csr_page_cache<T, L>& c) {
   const std::size_t a = static_cast<std::size_t>(c.num_seqs()) + 1, b = static_cast<std::size_t>(c.num_pages());
   return a > b ? a : b;
 }
@@ -178,29 +178,13 @@ __device__ void check_item(const csr_page_cache<T, L>& c, std::size_t i, int* wo
   }
 }
 template <class T>
-std::size_t table_check_items(const dense_cache<T>& c) {
+__host__ __device__ std::size_t table_check_items(const dense_cache<T>& c) {
   return static_cast<std::size_t>(c.num_seqs());
 }
 template <class T>
 __device__ void check_item(const dense_cache<T>& c, std::size_t i, int* word) {
   if (i < static_cast<std::size_t>(c.num_seqs()) && (c.seq_lens[i] < 0 || c.seq_lens[i] > c.capacity()))
     raise(word, dc_dense_len);
-}
-
-template <class Cache>
-__global__ void check_tables_kernel(Cache c, std::size_t items, int* word) {
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < items;
-       i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
-    check_item(c, i, word);
-}
-
-//! Resets the status word and enqueues the table checks.
-template <class Cache>
-status enqueue_cache_checks(cudaStream_t stream, const Cache& c, int* word) {
-  set_word_kernel<<<1, 1, 0, stream>>>(word, no_problem);
-  const std::size_t items = table_check_items(c);
-  check_tables_kernel<<<grid_for(items), threads_per_block, 0, stream>>>(c, items, word);
-  return check_launch("cache checks: kernel launch");
 }
 
 }  // namespace kvevict::cuda_backend

@@ -63,12 +63,11 @@ seq_rules make_rules(const selector<Budget>& sel, const signals<T>& sig) {
   return r;
 }
 
-//! One thread per sequence: the checks `plan` makes of the per-sequence parameters (as the host
-//! backend orders them) and of the plan's capacity.
+//! The checks `plan` makes of sequence `s`'s parameters (as the host backend orders them) and of
+//! the plan's capacity.
 template <class Cache>
-__global__ void check_rules_kernel(Cache c, seq_rules rules, bool needs_window_queries, int capacity, int* word) {
-  const int s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s >= c.num_seqs() || failed(word)) return;
+__device__ void check_sequence_rules(const Cache& c, const seq_rules& rules, int s, bool needs_window_queries,
+                                     int capacity, int* word) {
   const seq_info si = rules.info(c, s);
   if (si.sinks < 0) raise(word, dc_seq_sinks);
   if (si.window < 0 || si.window > rules.window) raise(word, dc_seq_windows_range);

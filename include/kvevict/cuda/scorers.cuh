@@ -54,12 +54,12 @@ struct cache_only_device_scorer {
     return ok_status();
   }
   template <class Cache, class T>
-  static std::size_t scratch_bytes(const Scorer&, const Cache&, const signals<T>&, int) {
-    return 0;
+  static scratch_request request(const Scorer&, const Cache&, const signals<T>&, int) {
+    return {};
   }
   template <class Cache, class T>
   static status enqueue(const Scorer&, cudaStream_t st, const Cache& c, const signals<T>&, const seq_rules& rules,
-                        float* out, void*, int* word) {
+                        float* out, void*, void*, int* word) {
     return launch_per_token(st, c, rules, out, word, Fn{});
   }
 };
@@ -110,12 +110,12 @@ struct device_scorer<precomputed> {
     return ok_status();
   }
   template <class Cache, class T>
-  static std::size_t scratch_bytes(const precomputed&, const Cache&, const signals<T>&, int) {
-    return 0;
+  static scratch_request request(const precomputed&, const Cache&, const signals<T>&, int) {
+    return {};
   }
   template <class Cache, class T>
   static status enqueue(const precomputed& p, cudaStream_t st, const Cache& c, const signals<T>&,
-                        const seq_rules& rules, float* out, void*, int* word) {
+                        const seq_rules& rules, float* out, void*, void*, int* word) {
     return launch_per_token(st, c, rules, out, word, precomputed_fn{p.scores, p.stride, word});
   }
 };
@@ -149,12 +149,12 @@ struct device_scorer<accumulated_attention<Reduce>> {
     return ok_status();
   }
   template <class Cache, class T>
-  static std::size_t scratch_bytes(const accumulated_attention<Reduce>&, const Cache&, const signals<T>&, int) {
-    return 0;
+  static scratch_request request(const accumulated_attention<Reduce>&, const Cache&, const signals<T>&, int) {
+    return {};
   }
   template <class Cache, class T>
   static status enqueue(const accumulated_attention<Reduce>&, cudaStream_t st, const Cache& c, const signals<T>& sig,
-                        const seq_rules& rules, float* out, void*, int* word) {
+                        const seq_rules& rules, float* out, void*, void*, int* word) {
     return launch_per_token(st, c, rules, out, word,
                             accumulated_fn<Reduce>{sig.attention_sums, sig.num_q_heads, sig.sums_stride, word});
   }
@@ -210,7 +210,7 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     wa_mma_layout mma;            // tensor-core agent
     std::size_t agent() const {
       const std::size_t cuda_core = detail::workspace_layout<4>{{part, part, stat, stat}}.total();
-      const std::size_t tensor = detail::workspace_layout<3>{{mma.part, mma.stat, mma.done}}.total();
+      const std::size_t tensor = detail::workspace_layout<2>{{mma.part, mma.stat}}.total();
       return cuda_core > tensor ? cuda_core : tensor;
     }
   };
@@ -222,10 +222,12 @@ struct device_scorer<window_attention<Reduce, Pool>> {
             sizeof(float) * static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() * sm.rows_pad,
             wa_mma_layout::of(c)};
   }
+  //! Zeroed: the tensor-core agent's slice counters; plain: raw scores before pooling, then the
+  //! larger of the two agents' statistics.
   template <class Cache, class T>
-  static std::size_t scratch_bytes(const scorer&, const Cache& c, const signals<T>& sig, int window) {
+  static scratch_request request(const scorer&, const Cache& c, const signals<T>& sig, int window) {
     const layout l = sizes(c, sig, window);
-    return detail::workspace_layout<2>{{l.raw, l.agent()}}.total();
+    return {l.mma.done, detail::workspace_layout<2>{{l.raw, l.agent()}}.total()};
   }
 
   template <bool Vec, bool Mma, class Cache, class T>
@@ -275,9 +277,9 @@ struct device_scorer<window_attention<Reduce, Pool>> {
 
   template <class Cache, class T>
   static status enqueue_tensor_core(cudaStream_t st, const Cache& c, const signals<T>& sig, const seq_rules& rules,
-                                    const layout& l, void* scratch, float* out, int* word) {
-    void* buf[3];
-    detail::workspace_layout<3>{{l.mma.part, l.mma.stat, l.mma.done}}.carve(scratch, buf);
+                                    const layout& l, void* zeroed, void* scratch, float* out, int* word) {
+    void* buf[2];
+    detail::workspace_layout<2>{{l.mma.part, l.mma.stat}}.carve(scratch, buf);
     wa_mma_args<Cache, T> a{};
     a.cache = c;
     a.queries = sig.queries;
@@ -289,10 +291,9 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     a.rules = rules;
     a.part = static_cast<float2*>(buf[0]);
     a.stat = static_cast<float2*>(buf[1]);
-    a.done = static_cast<int*>(buf[2]);
+    a.done = static_cast<int*>(zeroed);
     a.out = out;
     a.word = word;
-    KVEVICT_TRY(check(cudaMemsetAsync(a.done, 0, l.mma.done, st), "window attention: cudaMemsetAsync"));
     const dim3 grid((max_row_cap(c) + a.slice - 1) / a.slice, c.num_kv_heads(), c.num_seqs());
     status result = ok_status();
     wa_mma_with_config(c.head_dim(), detail::wa_rows::make(rules.window, a.group).rows(), [&](auto cfg) {
@@ -313,17 +314,17 @@ struct device_scorer<window_attention<Reduce, Pool>> {
 
   template <class Cache, class T>
   static status enqueue(const scorer& sc, cudaStream_t st, const Cache& c, const signals<T>& sig,
-                        const seq_rules& rules, float* out, void* scratch, int* word) {
+                        const seq_rules& rules, float* out, void* zeroed, void* plain, int* word) {
     const layout l = sizes(c, sig, rules.window);
     void* buf[2];
-    detail::workspace_layout<2>{{l.raw, l.agent()}}.carve(scratch, buf);
+    detail::workspace_layout<2>{{l.raw, l.agent()}}.carve(plain, buf);
     float* raw = Pool::enabled ? static_cast<float*>(buf[0]) : out;
     device_info info;
     KVEVICT_TRY(current_device_info(info));
     bool tensor = false;
     if constexpr (std::is_same_v<T, bfloat16> || std::is_same_v<T, half>) {
       tensor = use_mma(c, sig, rules.window, info);
-      if (tensor) KVEVICT_TRY(enqueue_tensor_core(st, c, sig, rules, l, buf[1], raw, word));
+      if (tensor) KVEVICT_TRY(enqueue_tensor_core(st, c, sig, rules, l, zeroed, buf[1], raw, word));
     }
     if (!tensor) KVEVICT_TRY(enqueue_cuda_core(st, c, sig, rules, l, buf[1], raw, word));
     if constexpr (Pool::enabled) {

@@ -58,7 +58,8 @@ struct topk_args {
   int* word;
 };
 
-//! Scratch of the top-k: the zeroed part first (one memset), then candidates and states.
+//! Scratch of the top-k: counters, histograms and look-back words (zeroed by the call's memset),
+//! then candidates and row states.
 struct topk_layout {
   std::size_t zeroed, cand, state;
   int rows, blocks_per_row, cand_stride;
@@ -76,7 +77,7 @@ struct topk_layout {
     l.state = sizeof(topk_state) * rows;
     return l;
   }
-  std::size_t total() const { return detail::workspace_layout<3>{{zeroed, cand, state}}.total(); }
+  scratch_request request() const { return {zeroed, detail::workspace_layout<2>{{cand, state}}.total()}; }
 };
 
 //! One row's selection parameters.
@@ -279,13 +280,15 @@ __global__ void __launch_bounds__(topk_threads) topk_write_kernel(topk_args<Cach
   if (b == 0 && threadIdx.x == 0) a.out.counts[r] = w.count;
 }
 
-//! Enqueues the top-k of every row: one memset of the counters, two histogram passes, the write.
+//! Enqueues the top-k of every row on scratch the call's memset zeroed: two histogram passes and
+//! the write.
 template <class Cache>
 status enqueue_top_k(cudaStream_t st, const Cache& c, const seq_rules& rules, const float* scores, keep_plan out,
-                     void* scratch, int* word) {
+                     void* zeroed, void* plain, int* word) {
   const topk_layout l = topk_layout::of(c);
   void* p[3];
-  detail::workspace_layout<3>{{l.zeroed, l.cand, l.state}}.carve(scratch, p);
+  p[0] = zeroed;
+  detail::workspace_layout<2>{{l.cand, l.state}}.carve(plain, p + 1);
   topk_args<Cache> a{};
   a.cache = c;
   a.rules = rules;
@@ -301,7 +304,6 @@ status enqueue_top_k(cudaStream_t st, const Cache& c, const seq_rules& rules, co
   a.cand_stride = l.cand_stride;
   a.blocks_per_row = l.blocks_per_row;
   a.word = word;
-  KVEVICT_TRY(check(cudaMemsetAsync(p[0], 0, l.zeroed, st), "selection: cudaMemsetAsync"));
   const dim3 grid(static_cast<unsigned>(l.blocks_per_row), static_cast<unsigned>(l.rows));
   topk_hist_kernel<0><<<grid, topk_threads, 0, st>>>(a);
   KVEVICT_TRY(check_launch("selection pass 1: kernel launch"));
