@@ -38,6 +38,19 @@ bool g_small = false;
     }                                                                          \
   } while (0)
 
+// Checks a status and leaves the current test function when it is not ok.
+#define REQUIRE_OK(expr)                                 \
+  do {                                                   \
+    const kvevict::status st_ = (expr);                  \
+    CHECK(st_.ok(), "%s", st_.message().c_str());        \
+    if (!st_.ok()) return;                               \
+  } while (0)
+
+template <class V>
+bool same_bytes(const V& a, const V& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(a[0]) * a.size()) == 0;
+}
+
 void cuda_ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
     std::printf("CUDA error in %s: %s\n", what, cudaGetErrorString(e));
@@ -707,6 +720,127 @@ void test_sablock_goldens() {
               cases, equal_to_golden);
 }
 
+// 8. The benchmark's shape (Llama-3-8B layer: 32 query / 8 KV heads, head_dim 128, window 64,
+// bf16, page size 16): SnapKV plan on the device (tensor-core scorer, multi-block top-k) against the
+// host's, and the compaction byte for byte. Plans may differ only where scores nearly tie.
+void test_benchmark_shape(int tokens, std::uint32_t seed) {
+  using T = kvevict::bfloat16;
+  const int kvh = 8, hq = 32, d = 128, window = 64;
+  auto L = testing::make_logical(1, kvh, d, {tokens}, seed);
+  auto hc = testing::build<T>(L, layout_kind::block_nhd, 16, seed + 1, 0);
+  device_cache<T> dc(hc);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<T> q(static_cast<std::size_t>(hq) * window * d);
+  for (auto& x : q) x = kvevict::from_float<T>(nd(rng));
+  kvevict::signals<T> sig{};
+  sig.queries = q.data();
+  sig.num_q_heads = hq;
+  device_signals<T> ds(sig, q.size(), 0, 1);
+  kvevict::snapkv<> p;
+  p.selector.window = window;
+  p.selector.budget.entries = 1024;
+  auto hv = hc.block_view();
+  auto dv = on_device(hv, dc);
+  kvevict::keep_plan_buffer hp = kvevict::keep_plan_buffer::for_cache(p, hv, sig);
+  std::vector<float> hs(static_cast<std::size_t>(kvh) * tokens);
+  REQUIRE_OK(kvevict::score(kvevict::host, p, hv, sig, hs.data(), tokens));
+  REQUIRE_OK(kvevict::plan(kvevict::host, p, hv, sig, hp.view()));
+  device_plan out(kvh, hp.capacity);
+  dbuf<unsigned char> ws;
+  const auto st = run_device_plan<decltype(p), decltype(hv)>(p, dv, ds.sig, out, ws);
+  CHECK(st.ok(), "benchmark shape %d: %s", tokens, st.message().c_str());
+  if (!st.ok()) return;
+  int differing = 0;
+  for (int h = 0; h < kvh; ++h) {
+    const auto a = out.kept(h), b = hp.kept(h);
+    CHECK(a.size() == b.size(), "head %d: %zu vs %zu kept", h, a.size(), b.size());
+    std::vector<std::int32_t> only_a, only_b;
+    std::set_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(only_a));
+    std::set_difference(b.begin(), b.end(), a.begin(), a.end(), std::back_inserter(only_b));
+    differing += static_cast<int>(only_a.size());
+    // A token one backend keeps and the other drops must score within 1e-3 of the boundary.
+    float boundary = 1e30f;
+    for (int t : b) boundary = std::min(boundary, hs[static_cast<std::size_t>(h) * tokens + t]);
+    for (int t : only_a)
+      CHECK(std::abs(hs[static_cast<std::size_t>(h) * tokens + t] - boundary) <= 1e-3f * boundary,
+            "head %d token %d kept on the device only, score %g vs boundary %g", h, t,
+            hs[static_cast<std::size_t>(h) * tokens + t], boundary);
+  }
+  std::printf("benchmark shape, %d tokens: device and host plans differ in %d of %d kept tokens (near-ties)\n",
+              tokens, differing, kvh * 1024);
+  // Compaction by the host's plan on both backends: byte for byte.
+  kvevict::compact_result_buffer hr = kvevict::compact_result_buffer::for_cache(hv);
+  REQUIRE_OK(kvevict::compact(kvevict::host, hv, hp.const_view(), hr.result));
+  dbuf<std::int32_t> dpos(hp.positions), dcnt(hp.counts), dlens(kvh), dfreed(hr.freed_pages.size()), dnum(1);
+  kvevict::device_compact_result dr{dlens.p, kvh, dfreed.p, static_cast<int>(hr.freed_pages.size()), dnum.p};
+  const std::size_t bytes = kvevict::compact_workspace_bytes(kvevict::cuda, dv);
+  dbuf<unsigned char> cws(bytes);
+  auto cs = kvevict::compact(kvevict::cuda, dv, kvevict::const_keep_plan{dpos.p, dcnt.p, hp.capacity, hp.rows()}, dr,
+                             cws.p, bytes);
+  if (cs.ok()) cs = kvevict::device_status(kvevict::cuda, cws.p);
+  CHECK(cs.ok(), "benchmark shape compaction: %s", cs.message().c_str());
+  CHECK(dc.same_bytes_as_host(), "benchmark shape %d: compacted caches differ", tokens);
+  CHECK(dnum.download()[0] == hr.result.num_freed, "freed counts differ");
+}
+
+// 9. `evict` on a non-default stream, captured into a CUDA graph after one warm-up call, replayed
+// twice from the same cache: every replay gives the direct call's cache and plan.
+void test_graph_capture(std::uint32_t seed) {
+  using T = kvevict::bfloat16;
+  const int seqs = 2, kvh = 2, d = 64, hq = 8, window = 16;
+  std::mt19937 rng(seed);
+  auto L = testing::make_logical(seqs, kvh, d, random_lens(rng, seqs, 300, 900), seed);
+  auto hc = testing::build<T>(L, layout_kind::csr_nhd, 16, seed + 1);
+  device_cache<T> dc(hc);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<T> q(static_cast<std::size_t>(seqs) * hq * window * d);
+  for (auto& x : q) x = kvevict::from_float<T>(nd(rng));
+  kvevict::signals<T> sig{};
+  sig.queries = q.data();
+  sig.num_q_heads = hq;
+  device_signals<T> ds(sig, q.size(), 0, seqs);
+  kvevict::snapkv<> p;
+  p.selector.window = window;
+  p.selector.budget.entries = 128;
+  auto dv = on_device(hc.csr_view<kvevict::nhd>(), dc);
+  cudaStream_t stream;
+  cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  const auto exec = kvevict::cuda.on(stream);
+  device_plan out(seqs * kvh, kvevict::plan_capacity(exec, p, dv));
+  dbuf<std::int32_t> dlens(seqs * kvh), dfreed(hc.num_pages), dnum(1);
+  kvevict::device_compact_result dr{dlens.p, seqs * kvh, dfreed.p, hc.num_pages, dnum.p};
+  const std::size_t bytes = kvevict::evict_workspace_bytes(exec, p, dv, ds.sig);
+  dbuf<unsigned char> ws(bytes);
+  auto st = kvevict::evict(exec, p, dv, ds.sig, out.view(), dr, ws.p, bytes);  // warm-up, and the reference
+  if (st.ok()) st = kvevict::device_status(exec, ws.p);
+  CHECK(st.ok(), "direct evict on a stream: %s", st.message().c_str());
+  const auto ref_k = dc.k.download();
+  const auto ref_pos = out.pos.download();
+  cudaGraph_t graph;
+  cudaGraphExec_t instance;
+  dc.k.upload(hc.k);
+  dc.v.upload(hc.v);
+  cuda_ok(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+  st = kvevict::evict(exec, p, dv, ds.sig, out.view(), dr, ws.p, bytes);
+  const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+  CHECK(st.ok() && end == cudaSuccess, "capture: %s / %s", st.message().c_str(), cudaGetErrorString(end));
+  if (!st.ok() || end != cudaSuccess) return;
+  cuda_ok(cudaGraphInstantiate(&instance, graph, 0), "cudaGraphInstantiate");
+  for (int rep = 0; rep < 2; ++rep) {
+    dc.k.upload(hc.k);
+    dc.v.upload(hc.v);
+    cuda_ok(cudaGraphLaunch(instance, stream), "cudaGraphLaunch");
+    const auto gs = kvevict::device_status(exec, ws.p);
+    CHECK(gs.ok(), "replay %d: %s", rep, gs.message().c_str());
+    CHECK(same_bytes(dc.k.download(), ref_k), "replay %d: K differs from the direct call", rep);
+    CHECK(out.pos.download() == ref_pos, "replay %d: plan differs from the direct call", rep);
+  }
+  cudaGraphExecDestroy(instance);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 template <class T>
 void run_for_type(const char* tname) {
   std::printf("-- element type %s\n", tname);
@@ -835,6 +969,9 @@ int main(int argc, char** argv) {
     run_for_type<kvevict::half>("half");
   }
   run_for_type<kvevict::bfloat16>("bfloat16");
+  test_graph_capture(7);
+  test_benchmark_shape(g_small ? 2048 : 32768, 11);
+  if (!g_small) test_benchmark_shape(131072, 13);
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
