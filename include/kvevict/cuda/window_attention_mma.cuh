@@ -140,6 +140,25 @@ __device__ void wa_mma_tile(const T* ks, int mt, const std::uint32_t (&b)[Cfg::n
   }
 }
 
+//! Streams the block's keys through the double-buffered pipeline: `f(ks, t0)` runs on each staged
+//! 64-key tile; a barrier follows it, so `f` may end with shared-memory work of its own.
+template <class Cfg, class Cache, class T, class F>
+__device__ void wa_for_each_key_tile(const Cache& c, int s, int h, int t_begin, int t_end, T* kbuf, F&& f) {
+  wa_issue_keys<Cfg>(c, s, h, t_begin, t_end, kbuf);
+  cp_async_commit();
+  int stage = 0;
+  for (int t0 = t_begin; t0 < t_end; t0 += Cfg::key_tile, stage ^= 1) {
+    if (t0 + Cfg::key_tile < t_end)
+      wa_issue_keys<Cfg>(c, s, h, t0 + Cfg::key_tile, t_end,
+                         kbuf + static_cast<std::size_t>(stage ^ 1) * Cfg::key_tile * Cfg::dp);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    f(static_cast<const T*>(kbuf + static_cast<std::size_t>(stage) * Cfg::key_tile * Cfg::dp), t0);
+    __syncthreads();  // the stage is refilled next iteration
+  }
+}
+
 //! What a block of either pass shares: the (sequence, head, slice) it owns and the row layout.
 struct wa_block {
   int s, h, n, t_begin, t_end, nslices;
@@ -182,19 +201,9 @@ __global__ void __launch_bounds__(Cfg::threads) wa_mma_pass1_kernel(wa_mma_args<
   wa_load_b<Cfg>(qs, b);
   __syncthreads();  // the query staging area becomes the key pipeline
 
-  T* kbuf = reinterpret_cast<T*>(wa_mma_smem);
   detail::log2_stats st[Cfg::ntiles][2];
-  wa_issue_keys<Cfg>(c, blk.s, blk.h, blk.t_begin, blk.t_end, kbuf);
-  cp_async_commit();
-  int stage = 0;
-  for (int t0 = blk.t_begin; t0 < blk.t_end; t0 += Cfg::key_tile, stage ^= 1) {
-    if (t0 + Cfg::key_tile < blk.t_end)
-      wa_issue_keys<Cfg>(c, blk.s, blk.h, t0 + Cfg::key_tile, blk.t_end,
-                         kbuf + static_cast<std::size_t>(stage ^ 1) * Cfg::key_tile * Cfg::dp);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    const T* ks = kbuf + static_cast<std::size_t>(stage) * Cfg::key_tile * Cfg::dp;
+  wa_for_each_key_tile<Cfg>(c, blk.s, blk.h, blk.t_begin, blk.t_end, reinterpret_cast<T*>(wa_mma_smem),
+                            [&](const T* ks, int t0) {
     for (int mt = 0; mt < Cfg::mtiles && t0 + mt * 16 < blk.t_end; ++mt) {
       float acc[Cfg::ntiles][4];
       wa_mma_tile<Cfg>(ks, mt, b, acc);
@@ -207,8 +216,7 @@ __global__ void __launch_bounds__(Cfg::threads) wa_mma_pass1_kernel(wa_mma_args<
           if (t < blk.t_end && blk.rows.sees(row, t, blk.n)) st[nt][i % 2].add(acc[nt][i] * a.scale_log2);
         }
     }
-    __syncthreads();  // the stage is refilled next iteration
-  }
+  });
 
   // Lanes sharing a query (same lane % 4) merge: xor 4, 8, 16.
   const std::size_t sh = static_cast<std::size_t>(blk.s) * c.num_kv_heads() + blk.h;
@@ -277,20 +285,10 @@ __global__ void __launch_bounds__(Cfg::threads) wa_mma_pass2_kernel(wa_mma_args<
       stat[nt][j] = a.stat[sh * Cfg::rows_cap + (warp * Cfg::ntiles + nt) * 8 + (lane % 4) * 2 + j];
   __syncthreads();
 
-  T* kbuf = reinterpret_cast<T*>(wa_mma_smem);
   float* part = reinterpret_cast<float*>(wa_mma_smem + Cfg::k_bytes);  // [rows_cap / 8][key_tile]
   const std::size_t base = row_base(c, blk.s, blk.h);
-  wa_issue_keys<Cfg>(c, blk.s, blk.h, blk.t_begin, blk.t_end, kbuf);
-  cp_async_commit();
-  int stage = 0;
-  for (int t0 = blk.t_begin; t0 < blk.t_end; t0 += Cfg::key_tile, stage ^= 1) {
-    if (t0 + Cfg::key_tile < blk.t_end)
-      wa_issue_keys<Cfg>(c, blk.s, blk.h, t0 + Cfg::key_tile, blk.t_end,
-                         kbuf + static_cast<std::size_t>(stage ^ 1) * Cfg::key_tile * Cfg::dp);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    const T* ks = kbuf + static_cast<std::size_t>(stage) * Cfg::key_tile * Cfg::dp;
+  wa_for_each_key_tile<Cfg>(c, blk.s, blk.h, blk.t_begin, blk.t_end, reinterpret_cast<T*>(wa_mma_smem),
+                            [&](const T* ks, int t0) {
     for (int mt = 0; mt < Cfg::mtiles && t0 + mt * 16 < blk.t_end; ++mt) {
       float acc[Cfg::ntiles][4];
       wa_mma_tile<Cfg>(ks, mt, b, acc);
@@ -320,8 +318,7 @@ __global__ void __launch_bounds__(Cfg::threads) wa_mma_pass2_kernel(wa_mma_args<
     __syncthreads();
     for (int k = threadIdx.x; k < Cfg::key_tile; k += Cfg::threads)
       if (t0 + k < blk.t_end) a.out[base + t0 + k] = detail::wa_key_score<Reduce>(part + k, Cfg::key_tile, blk.rows);
-    __syncthreads();  // part and the stage are reused next iteration
-  }
+  });  // its barrier guards `part` too
 }
 
 // ---- dispatch ----
