@@ -23,3 +23,6 @@ cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DKVEVICT_SANITIZE=ON -DKVEVIC
 cmake --build build/asan -j "$jobs"
 echo "== tests under sanitizers =="
 (cd build/asan && ctest --output-on-failure -j "$jobs" -LE cmake)
+
+echo "== Python package (python/): kvpress parity and API tests =="
+bash scripts/test_python.sh

@@ -36,7 +36,7 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 import kvevict
 
-__all__ = ["KvevictPress", "window_queries"]
+__all__ = ["KvevictPress", "window_queries", "delimiter_ids"]
 
 
 def window_queries(module, hidden_states: torch.Tensor, window: int, position_embeddings) -> torch.Tensor:
@@ -147,3 +147,16 @@ class KvevictPress(BasePress):
         n = int(result.new_lens.max())
         # Every head of a dense cache keeps the same count here (uniform or per-layer budgets).
         return keys[:, :, :n], values[:, :, :n]
+
+
+def delimiter_ids(tokenizer, marks: str = ".,;:?!\n") -> list:
+    """Token ids of a tokenizer's tokens that end a clause or sentence: every vocabulary entry whose
+    text, with the tokenizer's word-boundary markers stripped, is one of ``marks`` (for example
+    ``.``, ``▁.``, ``Ġ,``, ``\\n``, ``Ċ``)."""
+    marks = set(marks)
+    ids = []
+    for token, i in tokenizer.get_vocab().items():
+        text = tokenizer.convert_tokens_to_string([token]).strip(" ") if token else ""
+        if text and all(c in marks for c in text) and len(text) <= 2:
+            ids.append(int(i))
+    return sorted(ids)

@@ -353,3 +353,11 @@ def test_press_in_the_kvpress_pipeline(model):
     assert isinstance(out["answer"], str) and len(press.plans) == model.config.num_hidden_layers
     context_len = 1 + len(context.split())  # [BOS] and the words
     assert all(int(p.counts[0]) == context_len // 2 for p in press.plans.values())
+
+
+def test_delimiter_ids_from_a_tokenizer():
+    from kvevict.kvpress import delimiter_ids
+
+    tok = word_tokenizer()
+    vocab = tok.get_vocab()
+    assert delimiter_ids(tok) == sorted(vocab[w] for w in [",", ".", "?", "!"])
