@@ -3,6 +3,9 @@
 //    (4 query heads, head_dim 128, window 64), with FLOPs and bytes counters;
 //  * BM_window_triple_loop: the same two-pass computation as a plain triple loop, same run, for
 //    the ratio (items/s ratio = speed-up);
+//  * BM_window_group_baseline / BM_window_group_dispatched: the scorer's kernel on one query group
+//    built for the baseline vectors and as dispatched at run time (AVX2 where the CPU has it), same
+//    run, for the ratio;
 //  * BM_compact: in-place compaction of a vLLM-style cache at 50% kept, bytes moved counter.
 #include <benchmark/benchmark.h>
 
@@ -121,6 +124,30 @@ void BM_compact(benchmark::State& state) {
 
 }  // namespace
 
+template <bool Dispatched>
+void BM_window_group(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  one_head_cache c(n);
+  auto key = [&](int t) { return c.k.data() + static_cast<std::size_t>(t) * head_dim; };
+  std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(head_dim, window, group));
+  std::vector<float> out(n);
+  auto emit = [&](int t, const float* col) { out[t] = col[0] + col[1] + col[2] + col[3]; };
+  for (auto _ : state) {
+    if constexpr (Dispatched)
+      kvevict::host_backend::window_attention_group(key, n, head_dim, c.q.data(), std::size_t(window) * head_dim, group,
+                                                    window, scratch.data(), emit);
+    else
+      kvevict::host_backend::wa_detail::window_attention_group_w<kvevict::detail::simd_floats>(
+          key, n, head_dim, c.q.data(), std::size_t(window) * head_dim, group, window, scratch.data(), emit);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["FLOPs"] = benchmark::Counter(window_flops(n), benchmark::Counter::kIsIterationInvariantRate);
+  state.SetItemsProcessed(state.iterations() * int64_t(n));
+}
+void BM_window_group_baseline(benchmark::State& s) { BM_window_group<false>(s); }
+void BM_window_group_dispatched(benchmark::State& s) { BM_window_group<true>(s); }
+BENCHMARK(BM_window_group_baseline)->Arg(8192)->Arg(32768)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_window_group_dispatched)->Arg(8192)->Arg(32768)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_window_scorer)->Arg(8192)->Arg(32768)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_window_triple_loop)->Arg(8192)->Arg(32768)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_compact)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);

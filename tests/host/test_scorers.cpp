@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 
@@ -239,4 +240,38 @@ TEST_CASE("regression (fuzz_evict): the softmax exponential is defined for NaN a
   for (float x = -87.0f; x <= 0.0f; x += 0.00731f)
     worst = std::max(worst, std::fabs(kvevict::detail::exp_nonpositive(x) - std::exp(double(x))) / std::exp(double(x)));
   CHECK(worst < 2e-7);
+}
+
+TEST_CASE("window attention: the dispatched variant (AVX2 where the CPU has it) equals the baseline bit for bit",
+          "[scorer][simd]") {
+  // Shapes that exercise full and partial row blocks, partial key tiles and the causal window.
+  for (int n : {1, 17, 100, 1000}) {
+    for (int group : {1, 3, 4}) {
+      const int d = 40, window = std::min(n, 7);
+      std::mt19937 rng(n * 10 + group);
+      std::normal_distribution<float> nd;
+      std::vector<kvevict::bfloat16> k(static_cast<std::size_t>(n) * d), q(static_cast<std::size_t>(group) * window * d);
+      for (auto& x : k) x = kvevict::from_float<kvevict::bfloat16>(nd(rng));
+      for (auto& x : q) x = kvevict::from_float<kvevict::bfloat16>(2.0f * nd(rng));
+      auto key = [&](int t) { return k.data() + static_cast<std::size_t>(t) * d; };
+      std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(d, window, group));
+      std::vector<float> base(static_cast<std::size_t>(n) * group), disp(base.size());
+      auto into = [&](std::vector<float>& out) {
+        return [&out, group](int t, const float* col) {
+          for (int j = 0; j < group; ++j) out[static_cast<std::size_t>(t) * group + j] = col[j];
+        };
+      };
+      auto emit_base = into(base);
+      kvevict::host_backend::wa_detail::window_attention_group_w<kvevict::detail::simd_floats>(
+          key, n, d, q.data(), static_cast<std::size_t>(window) * d, group, window, scratch.data(), emit_base);
+      kvevict::host_backend::window_attention_group(key, n, d, q.data(), static_cast<std::size_t>(window) * d, group,
+                                                    window, scratch.data(), into(disp));
+      INFO("n " << n << " group " << group);
+      REQUIRE(std::memcmp(base.data(), disp.data(), base.size() * sizeof(float)) == 0);
+    }
+  }
+#if defined(KVEVICT_X86_DISPATCH)
+  WARN("this CPU " << (kvevict::detail::cpu_has_avx2() ? "has" : "lacks") << " AVX2: the dispatched variant "
+                   << (kvevict::detail::cpu_has_avx2() ? "is AVX2" : "is the baseline"));
+#endif
 }

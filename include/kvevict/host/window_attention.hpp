@@ -16,37 +16,76 @@ namespace kvevict {
 namespace detail {
 
 #if defined(__GNUC__) || defined(__clang__)
+#define KVEVICT_VECTOR_EXT 1
 #if defined(__AVX__)
 inline constexpr int simd_floats = 8;  //!< one AVX register
 #else
 inline constexpr int simd_floats = 4;  //!< one SSE / NEON register
 #endif
-typedef float simd_float __attribute__((vector_size(simd_floats * 4)));
+
+//! A vector of W floats (GCC/clang vector extension).
+template <int W>
+struct float_vec {
+  typedef float type __attribute__((vector_size(W * sizeof(float))));
+};
+#else
+inline constexpr int simd_floats = 1;
 #endif
 
-//! acc[c] = sum_d q[d] * kt[d * 16 + c] for c in [0, 16): one query against a tile of 16 keys
-//! stored transposed. Accumulates in the order d = 0, 1, ... for every c (deterministic).
-inline void dot_tile16(const float* q, const float* kt, int head_dim, float* acc) {
-#if defined(__GNUC__) || defined(__clang__)
-  constexpr int V = 16 / simd_floats;
-  simd_float a[V] = {};
+//! Query rows a micro-kernel handles at once with vectors of W floats: R x 16 / W accumulators
+//! plus 16 / W key vectors stay in registers (16 of them on x86-64).
+template <int W>
+inline constexpr int micro_rows = W >= 8 ? 4 : 2;
+
+//! acc[i * 16 + c] = sum_d q[i * q_stride + d] * kt[d * 16 + c] for R query rows i and a tile of
+//! 16 keys stored transposed: the register tile of the window-attention scorer. Every (row, key)
+//! accumulates in the order d = 0, 1, ..., one multiply then one add, whatever W and R are, so
+//! the logits are bit for bit those of one row at a time (no FMA contraction: the dispatched
+//! variants enable AVX2 without FMA).
+template <int W, int R>
+inline void dot_rows_tile16(const float* q, std::size_t q_stride, const float* kt, int head_dim, float* acc) {
+#if defined(KVEVICT_VECTOR_EXT)
+  using V = typename float_vec<W>::type;
+  constexpr int NV = 16 / W;
+  V a[R][NV];
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v) a[i][v] = V{};
   for (int d = 0; d < head_dim; ++d, kt += 16) {
-    const float qd = q[d];
+    V k[NV];
     KVEVICT_UNROLL
-    for (int v = 0; v < V; ++v) {
-      simd_float k;
-      std::memcpy(&k, kt + v * simd_floats, sizeof k);
-      a[v] += qd * k;
+    for (int v = 0; v < NV; ++v) std::memcpy(&k[v], kt + v * W, sizeof(V));
+    KVEVICT_UNROLL
+    for (int i = 0; i < R; ++i) {
+      const float qd = q[static_cast<std::size_t>(i) * q_stride + d];
+      KVEVICT_UNROLL
+      for (int v = 0; v < NV; ++v) a[i][v] += qd * k[v];
     }
   }
   std::memcpy(acc, a, sizeof a);
 #else
-  float a[16] = {};
-  for (int d = 0; d < head_dim; ++d, kt += 16)
-    for (int c = 0; c < 16; ++c) a[c] += q[d] * kt[c];
-  for (int c = 0; c < 16; ++c) acc[c] = a[c];
+  for (int i = 0; i < R; ++i) {
+    float a[16] = {};
+    for (int d = 0; d < head_dim; ++d)
+      for (int c = 0; c < 16; ++c) a[c] += q[static_cast<std::size_t>(i) * q_stride + d] * kt[d * 16 + c];
+    for (int c = 0; c < 16; ++c) acc[i * 16 + c] = a[c];
+  }
 #endif
 }
+
+//! Run-time instruction-set dispatch on x86-64 with GCC or clang: a build with default flags still
+//! runs the scorer with AVX2 where the CPU has it. Off under nvcc's host pass and where the build
+//! already targets AVX2 (then the baseline path is the AVX2 one).
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(__CUDACC__) && !defined(__AVX2__) && \
+    !defined(KVEVICT_NO_DISPATCH)
+#define KVEVICT_X86_DISPATCH 1
+inline bool cpu_has_avx2() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return has;
+}
+#endif
 
 }  // namespace detail
 
@@ -78,8 +117,15 @@ inline std::size_t window_attention_scratch_floats(int head_dim, int window, int
 //! \param scratch  window_attention_scratch_floats(head_dim, window, group) floats
 template <class KeyFn, class Q, class Emit>
 void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, std::size_t query_head_stride, int group,
-                            int window, float* scratch, Emit emit) {
-  constexpr int KT = window_attention_key_tile;
+                            int window, float* scratch, Emit emit);
+
+namespace wa_detail {
+//! `window_attention_group` with vectors of W floats (the dispatcher below picks W).
+template <int W, class KeyFn, class Q, class Emit>
+inline void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* queries, std::size_t query_head_stride,
+                                     int group, int window, float* scratch, Emit& emit) {
+  constexpr int KT = host_backend::window_attention_key_tile;
+  constexpr int R = kvevict::detail::micro_rows<W>;
   const int rows = group * window;
   float* qf = scratch;
   float* kt = qf + static_cast<std::size_t>(rows) * head_dim;
@@ -106,9 +152,16 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, st
       }
     }
   };
-  auto logits = [&](int row, float* acc) {
-    const float* q = qf + static_cast<std::size_t>(row) * head_dim;
-    detail::dot_tile16(q, kt, head_dim, acc);
+  // Logits of rows [r0, r0 + nr) against the tile: accR[i * KT + c].
+  auto logits = [&](int r0, int nr, float* accR) {
+    const float* q = qf + static_cast<std::size_t>(r0) * head_dim;
+    if (nr == R) {
+      kvevict::detail::dot_rows_tile16<W, R>(q, static_cast<std::size_t>(head_dim), kt, head_dim, accR);
+    } else {
+      for (int i = 0; i < nr; ++i)
+        kvevict::detail::dot_rows_tile16<W, 1>(q + static_cast<std::size_t>(i) * head_dim, 0, kt, head_dim,
+                                               accR + i * KT);
+    }
   };
   // Keys visible to window query r: t <= n - window + r.
   auto visible = [&](int row, int t0, int cnt) {
@@ -129,22 +182,33 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, st
     return v[0];
   };
 
-  float acc[KT], tmp[KT];
+  float accR[R * KT], tmp[KT];
+  // The rows of [r0, r0 + nr) that see a key of the tile (the last row of each query head sees most).
+  auto block_visible = [&](int r0, int nr, int t0, int cnt) {
+    for (int i = 0; i < nr; ++i)
+      if (visible(r0 + i, t0, cnt) > 0) return true;
+    return false;
+  };
   // Pass 1: row max and sum of exponentials (online over tiles).
   for (int t0 = 0; t0 < n; t0 += KT) {
     const int cnt = n - t0 < KT ? n - t0 : KT;
     load_tile(t0, cnt);
-    for (int r = 0; r < rows; ++r) {
-      const int vis = visible(r, t0, cnt);
-      if (vis == 0) continue;
-      logits(r, acc);
-      for (int c = 0; c < KT; ++c) acc[c] = c < vis ? acc[c] : -FLT_MAX;  // masked keys
-      for (int c = 0; c < KT; ++c) tmp[c] = acc[c];
-      const float tile_max = tree_max(tmp);
-      const float m = tile_max > row_max[r] ? tile_max : row_max[r];
-      for (int c = 0; c < KT; ++c) tmp[c] = c < vis ? detail::exp_nonpositive(acc[c] - m) : 0.0f;
-      row_inv[r] = row_inv[r] * detail::exp_nonpositive(row_max[r] - m) + tree_sum(tmp);
-      row_max[r] = m;
+    for (int r0 = 0; r0 < rows; r0 += R) {
+      const int nr = rows - r0 < R ? rows - r0 : R;
+      if (!block_visible(r0, nr, t0, cnt)) continue;
+      logits(r0, nr, accR);
+      for (int r = r0; r < r0 + nr; ++r) {
+        const int vis = visible(r, t0, cnt);
+        if (vis == 0) continue;
+        float* acc = accR + (r - r0) * KT;
+        for (int c = 0; c < KT; ++c) acc[c] = c < vis ? acc[c] : -FLT_MAX;  // masked keys
+        for (int c = 0; c < KT; ++c) tmp[c] = acc[c];
+        const float tile_max = tree_max(tmp);
+        const float m = tile_max > row_max[r] ? tile_max : row_max[r];
+        for (int c = 0; c < KT; ++c) tmp[c] = c < vis ? kvevict::detail::exp_nonpositive(acc[c] - m) : 0.0f;
+        row_inv[r] = row_inv[r] * kvevict::detail::exp_nonpositive(row_max[r] - m) + tree_sum(tmp);
+        row_max[r] = m;
+      }
     }
   }
   const float inv_window = 1.0f / static_cast<float>(window);
@@ -155,13 +219,18 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, st
     const int cnt = n - t0 < KT ? n - t0 : KT;
     load_tile(t0, cnt);
     for (int i = 0; i < group * KT; ++i) col[i] = 0.0f;
-    for (int r = 0; r < rows; ++r) {
-      const int vis = visible(r, t0, cnt);
-      if (vis == 0) continue;
-      logits(r, acc);
-      float* cj = col + static_cast<std::size_t>(r / window) * KT;
-      const float m = row_max[r], inv = row_inv[r];
-      for (int c = 0; c < KT; ++c) cj[c] += c < vis ? detail::exp_nonpositive(acc[c] - m) * inv : 0.0f;
+    for (int r0 = 0; r0 < rows; r0 += R) {
+      const int nr = rows - r0 < R ? rows - r0 : R;
+      if (!block_visible(r0, nr, t0, cnt)) continue;
+      logits(r0, nr, accR);
+      for (int r = r0; r < r0 + nr; ++r) {
+        const int vis = visible(r, t0, cnt);
+        if (vis == 0) continue;
+        const float* acc = accR + (r - r0) * KT;
+        float* cj = col + static_cast<std::size_t>(r / window) * KT;
+        const float m = row_max[r], inv = row_inv[r];
+        for (int c = 0; c < KT; ++c) cj[c] += c < vis ? kvevict::detail::exp_nonpositive(acc[c] - m) * inv : 0.0f;
+      }
     }
     float vals[64];  // group <= 64 is checked by the scorer's validation
     for (int c = 0; c < cnt; ++c) {
@@ -169,6 +238,35 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, st
       emit(t0 + c, static_cast<const float*>(vals));
     }
   }
+}
+}  // namespace wa_detail
+
+#if defined(KVEVICT_X86_DISPATCH)
+namespace wa_detail {
+//! The scorer compiled for AVX2 (without FMA, so the arithmetic is the baseline's, bit for bit);
+//! `flatten` inlines the key reader, the element conversion and `emit` into it.
+template <class KeyFn, class Q, class Emit>
+__attribute__((target("avx2"), flatten)) void window_attention_group_avx2(KeyFn& key, int n, int head_dim,
+                                                                          const Q* queries,
+                                                                          std::size_t query_head_stride, int group,
+                                                                          int window, float* scratch, Emit& emit) {
+  window_attention_group_w<8>(key, n, head_dim, queries, query_head_stride, group, window, scratch, emit);
+}
+}  // namespace wa_detail
+#endif
+
+//! Dispatches to the widest vectors the CPU runs (AVX2 on x86-64 with GCC or clang, else the
+//! build's baseline); every variant computes the same bits.
+template <class KeyFn, class Q, class Emit>
+void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, std::size_t query_head_stride, int group,
+                            int window, float* scratch, Emit emit) {
+#if defined(KVEVICT_X86_DISPATCH)
+  if (kvevict::detail::cpu_has_avx2())
+    return wa_detail::window_attention_group_avx2(key, n, head_dim, queries, query_head_stride, group, window, scratch,
+                                                  emit);
+#endif
+  wa_detail::window_attention_group_w<kvevict::detail::simd_floats>(key, n, head_dim, queries, query_head_stride, group,
+                                                                    window, scratch, emit);
 }
 
 }  // namespace host_backend
