@@ -2,6 +2,8 @@
 //! Backend tags: front doors overload on them.
 #pragma once
 
+#include <thread>
+
 #include <type_traits>
 
 namespace kvevict {
@@ -9,6 +11,19 @@ namespace kvevict {
 //! The host backend: the readable reference for every stage, always available.
 struct host_t {
   static constexpr bool is_backend_tag = true;
+  //! Threads `plan`, `score` and `evict` may use: 0 (the default) every hardware thread, 1 the
+  //! caller's thread only (an engine that runs its own pool says 1). The plan does not depend on it.
+  int num_threads = 0;
+
+  //! This backend limited to `n` threads (`kvevict::host.threads(1)`); `n <= 0` means every
+  //! hardware thread.
+  constexpr host_t threads(int n) const { return host_t{n}; }
+  //! The threads a call may use: `num_threads`, or the hardware's when it is 0 (at least 1).
+  int thread_count() const {
+    if (num_threads > 0) return num_threads;
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw > 0 ? static_cast<int>(hw) : 1;
+  }
 };
 inline constexpr host_t host{};
 

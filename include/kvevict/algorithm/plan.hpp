@@ -12,6 +12,7 @@
 #include "../backend.hpp"
 #include "../cache/validate.hpp"
 #include "../concepts.hpp"
+#include "../detail/parallel.hpp"
 #include "../detail/workspace.hpp"
 #include "../keep_plan.hpp"
 #include "../policy/eviction_policy.hpp"
@@ -34,6 +35,16 @@ struct scorer_needs_window_queries : std::false_type {};
 template <class S>
 struct scorer_needs_window_queries<S, std::void_t<decltype(S::needs_window_queries)>>
     : std::bool_constant<S::needs_window_queries> {};
+
+//! True when the scorer scores one head at a time (`score_head`): `plan` then scores the heads of a
+//! sequence on several threads.
+template <class S, class Cache, class T, class = void>
+struct scorer_has_score_head : std::false_type {};
+template <class S, class Cache, class T>
+struct scorer_has_score_head<S, Cache, T,
+                             std::void_t<decltype(std::declval<const S&>().score_head(
+                                 std::declval<const Cache&>(), std::declval<const signals<T>&>(), 0, 0, 0,
+                                 static_cast<float*>(nullptr), static_cast<void*>(nullptr)))>> : std::true_type {};
 
 //! The selector's parameters for one sequence, after the per-sequence overrides of `signals`.
 struct seq_params {
@@ -104,12 +115,35 @@ status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T
 }
 
 template <class Policy, class Cache, class T>
-workspace_layout<4> plan_layout(const Policy& p, const Cache& cache, const signals<T>& sig) {
+std::size_t scorer_scratch_bytes(const Policy& p, const Cache& cache, const signals<T>& sig) {
+  return p.scorer.scratch_bytes(cache, p.selector.window, sig.num_q_heads, max_row_len(cache));
+}
+
+//! The plan's workspace with `threads` scorer scratch slices (one per scoring thread).
+template <class Policy, class Cache, class T>
+workspace_layout<4> plan_layout(const Policy& p, const Cache& cache, const signals<T>& sig, int threads = 1) {
   const int kvh = cache.num_kv_heads(), n = max_row_len(cache);
   const std::size_t stride = static_cast<std::size_t>(n);
+  const std::size_t scorer = align_up(scorer_scratch_bytes(p, cache, sig)) * static_cast<std::size_t>(threads);
   return workspace_layout<4>{{sizeof(float) * kvh * stride + 2 * sizeof(int) * kvh,  // scores, budgets, lengths
-                              p.scorer.scratch_bytes(cache, p.selector.window, sig.num_q_heads, n),
-                              p.granularity.scratch_bytes(cache, n), p.selector.budget.scratch_bytes(kvh, n)}};
+                              scorer, p.granularity.scratch_bytes(cache, n), p.selector.budget.scratch_bytes(kvh, n)}};
+}
+
+//! Threads that score one sequence's heads: the backend's count, at most one per KV head, one for
+//! scorers without `score_head`.
+template <class Policy, class Cache, class T>
+int scoring_threads(host_t exec, const Cache& cache) {
+  if (!scorer_has_score_head<typename Policy::scorer_type, Cache, T>::value) return 1;
+  const int t = exec.thread_count();
+  return t < cache.num_kv_heads() ? t : cache.num_kv_heads();
+}
+
+//! The scoring threads a workspace of `bytes` holds (at least 1: the caller checked the 1-thread size).
+template <class Policy, class Cache, class T>
+int threads_that_fit(host_t exec, const Policy& p, const Cache& cache, const signals<T>& sig, std::size_t bytes) {
+  int t = scoring_threads<Policy, Cache, T>(exec, cache);
+  while (t > 1 && plan_layout(p, cache, sig, t).total() > bytes) --t;
+  return t;
 }
 
 //! The keep plan `plan` writes: set, with a row per (sequence, head) and `plan_capacity` entries.
@@ -131,10 +165,23 @@ inline status check_workspace(const void* ws, std::size_t bytes, std::size_t nee
 }
 
 //! Scores one sequence (with its window) into `scores` and rejects non-finite results.
+//! With `threads > 1` (a scorer with `score_head`) the heads are scored in parallel, thread `w`
+//! using scratch slice `w` (`scratch_stride` bytes apart); the scores do not depend on it.
 template <class Policy, class Cache, class T>
 status score_sequence(const Policy& p, const Cache& cache, const signals<T>& sig, int seq, int window, float* scores,
-                      std::size_t stride, void* scratch) {
-  p.scorer.score(cache, sig, seq, window, scores, stride, scratch);
+                      std::size_t stride, void* scratch, int threads = 1, std::size_t scratch_stride = 0) {
+  if constexpr (scorer_has_score_head<typename Policy::scorer_type, Cache, T>::value) {
+    if (threads > 1) {
+      parallel_for(threads, cache.num_kv_heads(), [&](int h, int w) {
+        p.scorer.score_head(cache, sig, seq, h, window, scores + static_cast<std::size_t>(h) * stride,
+                            static_cast<unsigned char*>(scratch) + static_cast<std::size_t>(w) * scratch_stride);
+      });
+    } else {
+      p.scorer.score(cache, sig, seq, window, scores, stride, scratch);
+    }
+  } else {
+    p.scorer.score(cache, sig, seq, window, scores, stride, scratch);
+  }
   for (int h = 0; h < cache.num_kv_heads(); ++h) {
     const float* row = scores + static_cast<std::size_t>(h) * stride;
     for (int t = 0, n = cache.seq_len(seq, h); t < n; ++t)
@@ -148,18 +195,21 @@ status score_sequence(const Policy& p, const Cache& cache, const signals<T>& sig
 
 //! Bytes of workspace `plan(host, ...)` needs for this policy, cache and signals (0 when the cache
 //! itself is invalid: `plan` then reports why).
+//! With several threads (`kvevict::host`, `host.threads(n)`) it includes a scorer scratch per
+//! scoring thread; a smaller workspace (down to the one-thread size) runs on fewer threads.
 template <class Policy, class Cache, class T>
-std::size_t plan_workspace_bytes(host_t, const Policy& p, const Cache& cache, const signals<T>& sig) {
+std::size_t plan_workspace_bytes(host_t exec, const Policy& p, const Cache& cache, const signals<T>& sig) {
   if (!validate_cache(cache).ok()) return 0;
-  return detail::plan_layout(p, cache, sig).total();
+  return detail::plan_layout(p, cache, sig, detail::scoring_threads<Policy, Cache, T>(exec, cache)).total();
 }
 
 //! Bytes of workspace `score(host, ...)` needs: the scorer's scratch (0 when the cache itself is
 //! invalid: `score` then reports why).
 template <class Policy, class Cache, class T>
-std::size_t score_workspace_bytes(host_t, const Policy& p, const Cache& cache, const signals<T>& sig) {
+std::size_t score_workspace_bytes(host_t exec, const Policy& p, const Cache& cache, const signals<T>& sig) {
   if (!validate_cache(cache).ok()) return 0;
-  return p.scorer.scratch_bytes(cache, p.selector.window, sig.num_q_heads, detail::max_row_len(cache));
+  return detail::align_up(detail::scorer_scratch_bytes(p, cache, sig)) *
+         static_cast<std::size_t>(detail::scoring_threads<Policy, Cache, T>(exec, cache));
 }
 
 //! Computes token scores only (the policy's scorer, with its window and pooling), for engines that
@@ -170,37 +220,44 @@ std::size_t score_workspace_bytes(host_t, const Policy& p, const Cache& cache, c
 //! \param workspace  score_workspace_bytes(host, p, cache, sig) bytes
 //! \return errc::ok, or the first invalid argument
 template <class Policy, class Cache, class T>
-status score(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, float* scores, std::size_t stride,
+status score(host_t exec, const Policy& p, const Cache& cache, const signals<T>& sig, float* scores, std::size_t stride,
              void* workspace, std::size_t workspace_bytes) {
   KVEVICT_TRY(detail::validate_plan_inputs(p, cache, sig));
   if (scores == nullptr) return make_error(errc::invalid_argument, "scores", "null output");
   if (stride < static_cast<std::size_t>(detail::max_row_len(cache)))
     return make_error(errc::buffer_too_small, "stride", "shorter than the longest sequence");
-  KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, score_workspace_bytes(host, p, cache, sig)));
+  const std::size_t slice = detail::align_up(detail::scorer_scratch_bytes(p, cache, sig));
+  KVEVICT_TRY(
+      detail::check_workspace(workspace, workspace_bytes, score_workspace_bytes(host.threads(1), p, cache, sig)));
+  int threads = detail::scoring_threads<Policy, Cache, T>(exec, cache);
+  while (threads > 1 && slice * static_cast<std::size_t>(threads) > workspace_bytes) --threads;
   const int kvh = cache.num_kv_heads();
   for (int s = 0; s < cache.num_seqs(); ++s) {
     const int w = detail::params_of(p, sig, s).window;
     if (detail::scorer_needs_window_queries<typename Policy::scorer_type>::value && w < 1)
       return make_error(errc::invalid_argument, "signals.seq_windows", "window attention needs at least one query");
     KVEVICT_TRY(detail::score_sequence(p, cache, sig, s, w, scores + static_cast<std::size_t>(s) * kvh * stride, stride,
-                                       workspace));
+                                       workspace, threads, slice));
   }
   return ok_status();
 }
 
 //! Convenience overload of `score` that allocates its workspace.
 template <class Policy, class Cache, class T>
-status score(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, float* scores, std::size_t stride) {
-  std::vector<unsigned char> ws(score_workspace_bytes(host, p, cache, sig) + 1);
-  return score(host, p, cache, sig, scores, stride, ws.data(), ws.size());
+status score(host_t exec, const Policy& p, const Cache& cache, const signals<T>& sig, float* scores,
+             std::size_t stride) {
+  std::vector<unsigned char> ws(score_workspace_bytes(exec, p, cache, sig) + 1);
+  return score(exec, p, cache, sig, scores, stride, ws.data(), ws.size());
 }
 
 namespace detail {
 //! The plan loop, on inputs `plan` or `evict` has validated (cache, signals, outputs, workspace).
 template <class Policy, class Cache, class T>
-status plan_validated(const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out, void* workspace) {
+status plan_validated(const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out, void* workspace,
+                      int threads = 1) {
   void* buf[4];
-  plan_layout(p, cache, sig).carve(workspace, buf);
+  plan_layout(p, cache, sig, threads).carve(workspace, buf);
+  const std::size_t slice = align_up(scorer_scratch_bytes(p, cache, sig));
   const int kvh = cache.num_kv_heads();
   const std::size_t stride = static_cast<std::size_t>(max_row_len(cache));
   float* scores = static_cast<float*>(buf[0]);
@@ -216,7 +273,7 @@ status plan_validated(const Policy& p, const Cache& cache, const signals<T>& sig
       }
       continue;
     }
-    KVEVICT_TRY(score_sequence(p, cache, sig, s, sp.window, scores, stride, buf[1]));
+    KVEVICT_TRY(score_sequence(p, cache, sig, s, sp.window, scores, stride, buf[1], threads, slice));
     for (int h = 0; h < kvh; ++h) lens[h] = cache.seq_len(s, h);
     p.selector.budget.allocate(scores, stride, lens, kvh, sp.entries, sp.sinks, sp.window, sig.layer, sig.num_layers,
                                budgets, buf[3]);
@@ -231,8 +288,8 @@ status plan_validated(const Policy& p, const Cache& cache, const signals<T>& sig
 //! and recent window included. Reads the cache, never writes it (a view over const K/V serves).
 //!
 //! Deterministic: ties in score go to the lower position, so reruns and backends agree.
-//! Cost: the scorer's (window attention: 2 x q_heads x window x tokens x head_dim FMAs) plus
-//! O(tokens) selection per head.
+//! Cost: the scorer's (window attention: q_heads x window x tokens x head_dim multiply-adds, the heads on `exec`'s
+//! threads) plus O(tokens) selection per head.
 //!
 //! \param out  plan with `plan_rows(cache)` rows of `plan_capacity(p, cache, sig)` entries
 //!             (`keep_plan_buffer::for_cache(p, cache, sig)` sizes one)
@@ -248,19 +305,20 @@ status plan_validated(const Policy& p, const Cache& cache, const signals<T>& sig
 //! auto st = kvevict::plan(kvevict::host, p, cache, sig, kept.view());
 //! \endcode
 template <class Policy, class Cache, class T>
-status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out, void* workspace,
+status plan(host_t exec, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out, void* workspace,
             std::size_t workspace_bytes) {
   KVEVICT_TRY(detail::validate_plan_inputs(p, cache, sig));
   KVEVICT_TRY(detail::check_plan_output(p, cache, sig, as_const(out)));
   KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, detail::plan_layout(p, cache, sig).total()));
-  return detail::plan_validated(p, cache, sig, out, workspace);
+  return detail::plan_validated(p, cache, sig, out, workspace,
+                                detail::threads_that_fit(exec, p, cache, sig, workspace_bytes));
 }
 
 //! Convenience overload that allocates its workspace (use the one above in an engine's run path).
 template <class Policy, class Cache, class T>
-status plan(host_t, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out) {
-  std::vector<unsigned char> ws(plan_workspace_bytes(host, p, cache, sig) + 1);
-  return plan(host, p, cache, sig, out, ws.data(), ws.size());
+status plan(host_t exec, const Policy& p, const Cache& cache, const signals<T>& sig, keep_plan out) {
+  std::vector<unsigned char> ws(plan_workspace_bytes(exec, p, cache, sig) + 1);
+  return plan(exec, p, cache, sig, out, ws.data(), ws.size());
 }
 
 // A call without the backend tag fails with a sentence saying so.

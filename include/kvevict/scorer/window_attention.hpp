@@ -75,8 +75,35 @@ struct window_attention {
   template <class Cache>
   std::size_t scratch_bytes(const Cache& cache, int window, int num_q_heads, int max_len) const {
     const int group = num_q_heads / cache.num_kv_heads();
-    return sizeof(float) * (host_backend::window_attention_scratch_floats(cache.head_dim(), window, group) +
+    return sizeof(float) * (host_backend::window_attention_scratch_floats(cache.head_dim(), window, group, max_len) +
                             (Pool::enabled ? static_cast<std::size_t>(max_len) : 0));
+  }
+
+  //! Scores of head `head` of sequence `seq` with its window `window` (<= sig.query_rows):
+  //! `out[t]` for `t < seq_len(seq, head)`. Heads are independent: `plan` scores them on several
+  //! threads, each with its own `scratch` (scratch_bytes).
+  template <class Cache, class T>
+  void score_head(const Cache& cache, const signals<T>& sig, int seq, int head, int window, float* out,
+                  void* scratch) const {
+    const int kvh = cache.num_kv_heads(), d = cache.head_dim();
+    const int group = sig.num_q_heads / kvh, rows = sig.query_rows > 0 ? sig.query_rows : window;
+    float* fs = static_cast<float*>(scratch);
+    const int n = cache.seq_len(seq, head);
+    const T* q = sig.queries +
+                 ((static_cast<std::size_t>(seq) * sig.num_q_heads + static_cast<std::size_t>(head) * group) * rows +
+                  static_cast<std::size_t>(rows - window)) *
+                     d;
+    host_backend::window_attention_group(detail::keys_of(cache, seq, head), n, d, q, static_cast<std::size_t>(rows) * d,
+                                         group, window, fs,
+                                         [&](int t, const float* col) { out[t] = Reduce::reduce(col, group); });
+    if constexpr (Pool::enabled) {
+      const int m = n - window;
+      if (m > 0) {
+        float* tmp = fs + host_backend::window_attention_scratch_floats(d, window, group, n);
+        for (int t = 0; t < m; ++t) tmp[t] = out[t];
+        host_backend::pool_1d<Pool>(tmp, out, m, pool_kernel);
+      }
+    }
   }
 
   //! Scores of sequence `seq` with its window `window` (<= sig.query_rows):
@@ -84,28 +111,8 @@ struct window_attention {
   template <class Cache, class T>
   void score(const Cache& cache, const signals<T>& sig, int seq, int window, float* out, std::size_t stride,
              void* scratch) const {
-    const int kvh = cache.num_kv_heads(), d = cache.head_dim();
-    const int group = sig.num_q_heads / kvh, rows = sig.query_rows > 0 ? sig.query_rows : window;
-    float* fs = static_cast<float*>(scratch);
-    for (int h = 0; h < kvh; ++h) {
-      const int n = cache.seq_len(seq, h);
-      float* o = out + static_cast<std::size_t>(h) * stride;
-      const T* q = sig.queries +
-                   ((static_cast<std::size_t>(seq) * sig.num_q_heads + static_cast<std::size_t>(h) * group) * rows +
-                    static_cast<std::size_t>(rows - window)) *
-                       d;
-      host_backend::window_attention_group(detail::keys_of(cache, seq, h), n, d, q, static_cast<std::size_t>(rows) * d,
-                                           group, window, fs,
-                                           [&](int t, const float* col) { o[t] = Reduce::reduce(col, group); });
-      if constexpr (Pool::enabled) {
-        const int m = n - window;
-        if (m > 0) {
-          float* tmp = fs + host_backend::window_attention_scratch_floats(d, window, group);
-          for (int t = 0; t < m; ++t) tmp[t] = o[t];
-          host_backend::pool_1d<Pool>(tmp, o, m, pool_kernel);
-        }
-      }
-    }
+    for (int h = 0; h < cache.num_kv_heads(); ++h)
+      score_head(cache, sig, seq, h, window, out + static_cast<std::size_t>(h) * stride, scratch);
   }
 };
 
