@@ -129,7 +129,7 @@ void BM_window_group(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0));
   one_head_cache c(n);
   auto key = [&](int t) { return c.k.data() + static_cast<std::size_t>(t) * head_dim; };
-  std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(head_dim, window, group));
+  std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(head_dim, window, group, n));
   std::vector<float> out(n);
   auto emit = [&](int t, const float* col) { out[t] = col[0] + col[1] + col[2] + col[3]; };
   for (auto _ : state) {

@@ -170,7 +170,7 @@ inline std::vector<std::vector<float>> question_attention_sums(kvevict::syntheti
   const auto& cfg = s.cfg;
   const int group = cfg.q_heads / cfg.kv_heads, n = s.tokens;
   std::vector<std::vector<float>> sums(cfg.num_layers, std::vector<float>(static_cast<std::size_t>(cfg.q_heads) * n));
-  std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(cfg.head_dim, cfg.window, group));
+  std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(cfg.head_dim, cfg.window, group, n));
   for (int l = 0; l < cfg.num_layers; ++l)
     kvevict::host_backend::attention_sums(s.layer_view(l), 0, s.window_queries[l].data(), cfg.q_heads, cfg.window,
                                           sums[l].data(), static_cast<std::size_t>(n), scratch.data());

@@ -182,7 +182,7 @@ TEST_CASE("accumulate_step_attention adds the newest query's attention", "[decod
   for (auto& x : q) x = r.normal();
   std::vector<int> table = {0, 1, 2, 3}, lens = {n};
   kvevict::block_table_cache<float> c{k.data(), v.data(), table.data(), lens.data(), 1, 4, 4, 4, 1, d};
-  std::vector<float> sums(2 * 16, 1.0f), scratch(kvevict::host_backend::window_attention_scratch_floats(d, 1, 2));
+  std::vector<float> sums(2 * 16, 1.0f), scratch(kvevict::host_backend::window_attention_scratch_floats(d, 1, 2, 16));
   kvevict::accumulate_step_attention(c, 0, q.data(), 2, sums.data(), 16, scratch.data());
   for (int j = 0; j < 2; ++j) {
     std::vector<double> l(n);

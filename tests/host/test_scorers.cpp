@@ -181,7 +181,7 @@ TEST_CASE("H2O: engine-provided sums reduced over the GQA group, and prefill sum
   // Prefill sums equal the column sums of the full causal attention.
   auto qs = make_queries<float>(1, kvh * group, n, d, 8);
   std::vector<float> pre(static_cast<size_t>(kvh) * group * n);
-  std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(d, n, group));
+  std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(d, n, group, n));
   kvevict::host_backend::prefill_attention_sums(view, 0, qs.q.data(), kvh * group, pre.data(), n, scratch.data());
   for (int h = 0; h < kvh; ++h) {
     std::vector<double> qg(qs.qd.begin() + static_cast<size_t>(h) * group * n * d,
@@ -234,7 +234,8 @@ TEST_CASE("regression (fuzz_evict): the softmax exponential is defined for NaN a
   // int conversion of NaN was undefined behaviour (UBSan float-cast-overflow). Now NaN stays NaN
   // (the plan then rejects the non-finite score) and every other input stays accurate.
   CHECK(std::isnan(kvevict::detail::exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
-  CHECK(kvevict::detail::exp_nonpositive(-std::numeric_limits<float>::infinity()) == Approx(std::exp(-87.0)).epsilon(1e-6));
+  CHECK(kvevict::detail::exp_nonpositive(-std::numeric_limits<float>::infinity()) ==
+        Approx(std::exp(-87.0)).epsilon(1e-6));
   CHECK(kvevict::detail::exp_nonpositive(0.0f) == 1.0f);
   double worst = 0;
   for (float x = -87.0f; x <= 0.0f; x += 0.00731f)
@@ -250,11 +251,12 @@ TEST_CASE("window attention: the dispatched variant (AVX2 where the CPU has it) 
       const int d = 40, window = std::min(n, 7);
       std::mt19937 rng(n * 10 + group);
       std::normal_distribution<float> nd;
-      std::vector<kvevict::bfloat16> k(static_cast<std::size_t>(n) * d), q(static_cast<std::size_t>(group) * window * d);
+      std::vector<kvevict::bfloat16> k(static_cast<std::size_t>(n) * d),
+          q(static_cast<std::size_t>(group) * window * d);
       for (auto& x : k) x = kvevict::from_float<kvevict::bfloat16>(nd(rng));
       for (auto& x : q) x = kvevict::from_float<kvevict::bfloat16>(2.0f * nd(rng));
       auto key = [&](int t) { return k.data() + static_cast<std::size_t>(t) * d; };
-      std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(d, window, group));
+      std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(d, window, group, n));
       std::vector<float> base(static_cast<std::size_t>(n) * group), disp(base.size());
       auto into = [&](std::vector<float>& out) {
         return [&out, group](int t, const float* col) {

@@ -57,9 +57,9 @@ inline void accumulate_attention(float* sums, std::size_t sums_stride, const flo
 }
 
 //! Computes the step's attention from its query (the newest token's, which sees every key of
-//! sequence `seq`) over the cache, and adds it to the H2O sums. Two passes, no matrix.
+//! sequence `seq`) over the cache, and adds it to the H2O sums. No matrix.
 //! \param query [num_q_heads, head_dim]  \param sums [num_q_heads, sums_stride]
-//! \param scratch  host_backend::window_attention_scratch_floats(head_dim, 1, group) floats
+//! \param scratch  host_backend::window_attention_scratch_floats(head_dim, 1, group, seq_len(seq)) floats
 template <class Cache>
 void accumulate_step_attention(const Cache& cache, int seq, const typename Cache::value_type* query, int num_q_heads,
                                float* sums, std::size_t sums_stride, float* scratch) {

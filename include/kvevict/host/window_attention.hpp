@@ -6,6 +6,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 
 #include "../config.hpp"
@@ -15,7 +16,9 @@
 namespace kvevict {
 namespace detail {
 
-#if defined(__GNUC__) || defined(__clang__)
+// GCC/clang vector extensions; not under nvcc, whose front end rejects vector comparisons (the
+// scalar code below computes the same bits).
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #define KVEVICT_VECTOR_EXT 1
 #if defined(__AVX__)
 inline constexpr int simd_floats = 8;  //!< one AVX register
@@ -72,6 +75,51 @@ inline void dot_rows_tile16(const float* q, std::size_t q_stride, const float* k
 #endif
 }
 
+//! `out[c] = c < vis ? exp_nonpositive(acc[c] - m) * s : 0` for the 16 keys of a tile (with
+//! `Scale = false`, without the factor `s`), W lanes at a time. Every lane runs the scalar
+//! `exp_nonpositive`'s operations in the same order, so the results are its bits.
+template <int W, bool Scale>
+inline void exp_tile16(const float* acc, float m, float s, int vis, float* out) {
+#if defined(KVEVICT_VECTOR_EXT)
+  using V = typename float_vec<W>::type;
+  typedef std::uint32_t U __attribute__((vector_size(W * sizeof(float))));
+  typedef std::int32_t I __attribute__((vector_size(W * sizeof(float))));
+  constexpr float magic = 12582912.0f;
+  std::uint32_t mb;
+  std::memcpy(&mb, &magic, sizeof mb);
+  KVEVICT_UNROLL
+  for (int v = 0; v < 16 / W; ++v) {
+    V x, lane;
+    std::memcpy(&x, acc + v * W, sizeof x);
+    for (int i = 0; i < W; ++i) lane[i] = static_cast<float>(v * W + i);
+    x = x - m;
+    x = x < -87.0f ? V{} - 87.0f : x;  // NaN compares false and passes through
+    const V t = x * 1.44269504f + magic;
+    const V kf = t - magic;
+    const V r = (x - kf * 0.693145752f) - kf * 1.42860677e-6f;
+    V p = V{} + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const U bits = ((U)t - mb + 127u) << 23;
+    V e = p * (V)bits;
+    if (Scale) e = e * s;
+    const I keep = lane < static_cast<float>(vis);
+    e = keep ? e : V{};
+    std::memcpy(out + v * W, &e, sizeof e);
+  }
+#else
+  for (int c = 0; c < 16; ++c) {
+    const float e = exp_nonpositive(acc[c] - m);
+    out[c] = c < vis ? (Scale ? e * s : e) : 0.0f;
+  }
+#endif
+}
+
 //! Run-time instruction-set dispatch on x86-64 with GCC or clang: a build with default flags still
 //! runs the scorer with AVX2 where the CPU has it. Off under nvcc's host pass and where the build
 //! already targets AVX2 (then the baseline path is the AVX2 one).
@@ -94,27 +142,40 @@ namespace host_backend {
 //! Keys scored together in one tile (the inner, vectorised loop runs over them).
 inline constexpr int window_attention_key_tile = 16;
 
-//! Floats of scratch `window_attention_group` needs.
-inline std::size_t window_attention_scratch_floats(int head_dim, int window, int group) {
+//! Query rows whose logits `window_attention_group` keeps at once (one row block).
+inline constexpr int window_attention_row_block = 64;
+
+//! Floats of scratch `window_attention_group` needs for `n` keys: O(tokens), about
+//! (16 + group) floats per key plus the queries.
+inline std::size_t window_attention_scratch_floats(int head_dim, int window, int group, int n) {
   const std::size_t rows = static_cast<std::size_t>(window) * group;
+  const std::size_t padded = (static_cast<std::size_t>(n < 0 ? 0 : n) + window_attention_key_tile - 1) /
+                             window_attention_key_tile * window_attention_key_tile;
+  const std::size_t block = rows < static_cast<std::size_t>(window_attention_row_block)
+                                ? rows
+                                : static_cast<std::size_t>(window_attention_row_block);
   return rows * head_dim                                                   // queries as float, pre-scaled
          + static_cast<std::size_t>(head_dim) * window_attention_key_tile  // key tile, transposed
          + 2 * rows                                                        // row max, 1 / row sum
-         + static_cast<std::size_t>(group) * window_attention_key_tile;    // per-query-head column tile
+         + static_cast<std::size_t>(group) * padded                        // per-query-head column sums
+         + block * padded;                                                 // a row block's logits
 }
 
 //! Window attention of one KV head's query group over its keys.
 //!
 //! For each of the `group` query heads `j` and window query `r` (at position `n - window + r`),
 //! the softmax of `q . k_t / sqrt(head_dim)` over keys `t <= n - window + r` (causal) is formed in
-//! two passes (pass 1: running row max and sum; pass 2: normalised probabilities). For every key
-//! `t` it calls `emit(t, col)` with `col[j]` = the probability mass query head `j` puts on `t`,
-//! averaged over the window queries. Keys are read with `key(t)` -> `const T*` (head_dim
-//! contiguous). Cost: 2 passes x group x window x n x head_dim FMAs. Deterministic.
+//! two steps per block of 16 query rows: the block's logits against every key, computed once (one
+//! matmul's worth of work) with the running row max and sum, are kept in scratch; then the
+//! normalised probabilities are added to per-query-head column sums. For every key `t` it calls
+//! `emit(t, col)` with `col[j]` = the probability mass query head `j` puts on `t`, averaged over
+//! the window queries. Keys are read with `key(t)` -> `const T*` (head_dim contiguous). Cost:
+//! group x window x n x head_dim multiply-adds; scratch O(n). Deterministic: every sum runs in a
+//! fixed order.
 //!
 //! \param queries  the group's last `window` queries: query head j's row r at
 //!                  `queries[j * query_head_stride + r * head_dim]` (dense: stride = window * head_dim)
-//! \param scratch  window_attention_scratch_floats(head_dim, window, group) floats
+//! \param scratch  window_attention_scratch_floats(head_dim, window, group, n) floats
 template <class KeyFn, class Q, class Emit>
 void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, std::size_t query_head_stride, int group,
                             int window, float* scratch, Emit emit);
@@ -127,11 +188,14 @@ inline void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* q
   constexpr int KT = host_backend::window_attention_key_tile;
   constexpr int R = kvevict::detail::micro_rows<W>;
   const int rows = group * window;
+  const std::size_t np = (static_cast<std::size_t>(n) + KT - 1) / KT * KT;  // padded row length
+  const int RB = rows < host_backend::window_attention_row_block ? rows : host_backend::window_attention_row_block;
   float* qf = scratch;
   float* kt = qf + static_cast<std::size_t>(rows) * head_dim;
   float* row_max = kt + static_cast<std::size_t>(head_dim) * KT;
   float* row_inv = row_max + rows;
-  float* col = row_inv + rows;
+  float* col = row_inv + rows;                             // [group, np]
+  float* lg = col + static_cast<std::size_t>(group) * np;  // [RB, np]: the row block's logits
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (int j = 0; j < group; ++j)
@@ -139,17 +203,19 @@ inline void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* q
       qf[static_cast<std::size_t>(j) * window * head_dim + i] = to_float(queries[j * query_head_stride + i]) * scale;
   for (int r = 0; r < rows; ++r) {
     row_max[r] = -FLT_MAX;
-    row_inv[r] = 0.0f;  // running sum in pass 1, its inverse in pass 2
+    row_inv[r] = 0.0f;  // running sum, then its inverse
   }
+  for (std::size_t i = 0; i < static_cast<std::size_t>(group) * np; ++i) col[i] = 0.0f;
 
+  // The tile's keys as float, transposed: kt[d * KT + c]. Rows are written whole (16 contiguous
+  // floats per d), which is what makes the transposition cheap next to the logits.
   auto load_tile = [&](int t0, int cnt) {
-    for (int c = 0; c < KT; ++c) {
-      if (c < cnt) {
-        const auto* kp = key(t0 + c);
-        for (int d = 0; d < head_dim; ++d) kt[static_cast<std::size_t>(d) * KT + c] = to_float(kp[d]);
-      } else {
-        for (int d = 0; d < head_dim; ++d) kt[static_cast<std::size_t>(d) * KT + c] = 0.0f;
-      }
+    decltype(key(t0)) kp[KT];
+    for (int c = 0; c < KT; ++c) kp[c] = key(t0 + (c < cnt ? c : 0));
+    for (int d = 0; d < head_dim; ++d) {
+      float* row = kt + static_cast<std::size_t>(d) * KT;
+      KVEVICT_UNROLL
+      for (int c = 0; c < KT; ++c) row[c] = c < cnt ? to_float(kp[c][d]) : 0.0f;
     }
   };
   // Logits of rows [r0, r0 + nr) against the tile: accR[i * KT + c].
@@ -169,74 +235,76 @@ inline void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* q
     const int v = last - t0 + 1;
     return v < cnt ? (v < 0 ? 0 : v) : cnt;
   };
-
   // Fixed-order pairwise reductions over a tile: deterministic, and they vectorise.
   auto tree_max = [](float* v) {
-    for (int w = KT / 2; w > 0; w /= 2)
+    KVEVICT_UNROLL
+    for (int w = KT / 2; w > 0; w /= 2) {
+      KVEVICT_UNROLL
       for (int c = 0; c < w; ++c) v[c] = v[c + w] > v[c] ? v[c + w] : v[c];
+    }
     return v[0];
   };
   auto tree_sum = [](float* v) {
-    for (int w = KT / 2; w > 0; w /= 2)
+    KVEVICT_UNROLL
+    for (int w = KT / 2; w > 0; w /= 2) {
+      KVEVICT_UNROLL
       for (int c = 0; c < w; ++c) v[c] += v[c + w];
+    }
     return v[0];
   };
-
-  float accR[R * KT], tmp[KT];
-  // The rows of [r0, r0 + nr) that see a key of the tile (the last row of each query head sees most).
   auto block_visible = [&](int r0, int nr, int t0, int cnt) {
     for (int i = 0; i < nr; ++i)
       if (visible(r0 + i, t0, cnt) > 0) return true;
     return false;
   };
-  // Pass 1: row max and sum of exponentials (online over tiles).
-  for (int t0 = 0; t0 < n; t0 += KT) {
-    const int cnt = n - t0 < KT ? n - t0 : KT;
-    load_tile(t0, cnt);
-    for (int r0 = 0; r0 < rows; r0 += R) {
-      const int nr = rows - r0 < R ? rows - r0 : R;
-      if (!block_visible(r0, nr, t0, cnt)) continue;
-      logits(r0, nr, accR);
-      for (int r = r0; r < r0 + nr; ++r) {
+
+  float accR[R * KT], tmp[KT];
+  const float inv_window = 1.0f / static_cast<float>(window);
+  for (int b0 = 0; b0 < rows; b0 += RB) {
+    const int b1 = rows - b0 < RB ? rows : b0 + RB;
+    // Step 1: the block's logits (kept), with each row's running max and sum of exponentials.
+    for (int t0 = 0; t0 < n; t0 += KT) {
+      const int cnt = n - t0 < KT ? n - t0 : KT;
+      load_tile(t0, cnt);
+      for (int r0 = b0; r0 < b1; r0 += R) {
+        const int nr = b1 - r0 < R ? b1 - r0 : R;
+        if (!block_visible(r0, nr, t0, cnt)) continue;
+        logits(r0, nr, accR);
+        for (int r = r0; r < r0 + nr; ++r) {
+          const int vis = visible(r, t0, cnt);
+          if (vis == 0) continue;
+          float* acc = accR + (r - r0) * KT;
+          std::memcpy(lg + static_cast<std::size_t>(r - b0) * np + t0, acc, sizeof(float) * KT);
+          for (int c = 0; c < KT; ++c) acc[c] = c < vis ? acc[c] : -FLT_MAX;  // masked keys
+          for (int c = 0; c < KT; ++c) tmp[c] = acc[c];
+          const float tile_max = tree_max(tmp);
+          const float m = tile_max > row_max[r] ? tile_max : row_max[r];
+          kvevict::detail::exp_tile16<W, false>(acc, m, 1.0f, vis, tmp);
+          row_inv[r] = row_inv[r] * kvevict::detail::exp_nonpositive(row_max[r] - m) + tree_sum(tmp);
+          row_max[r] = m;
+        }
+      }
+    }
+    // Step 2: normalised probabilities into the column sums, rows in order.
+    for (int r = b0; r < b1; ++r) {
+      row_inv[r] = row_inv[r] > 0.0f ? inv_window / row_inv[r] : 0.0f;
+      const float m = row_max[r], inv = row_inv[r];
+      const float* lr = lg + static_cast<std::size_t>(r - b0) * np;
+      float* cj = col + static_cast<std::size_t>(r / window) * np;
+      for (int t0 = 0; t0 < n; t0 += KT) {
+        const int cnt = n - t0 < KT ? n - t0 : KT;
         const int vis = visible(r, t0, cnt);
-        if (vis == 0) continue;
-        float* acc = accR + (r - r0) * KT;
-        for (int c = 0; c < KT; ++c) acc[c] = c < vis ? acc[c] : -FLT_MAX;  // masked keys
-        for (int c = 0; c < KT; ++c) tmp[c] = acc[c];
-        const float tile_max = tree_max(tmp);
-        const float m = tile_max > row_max[r] ? tile_max : row_max[r];
-        for (int c = 0; c < KT; ++c) tmp[c] = c < vis ? kvevict::detail::exp_nonpositive(acc[c] - m) : 0.0f;
-        row_inv[r] = row_inv[r] * kvevict::detail::exp_nonpositive(row_max[r] - m) + tree_sum(tmp);
-        row_max[r] = m;
+        if (vis == 0) break;  // later tiles are invisible too
+        float e[KT];
+        kvevict::detail::exp_tile16<W, true>(lr + t0, m, inv, vis, e);
+        for (int c = 0; c < KT; ++c) cj[t0 + c] += e[c];
       }
     }
   }
-  const float inv_window = 1.0f / static_cast<float>(window);
-  for (int r = 0; r < rows; ++r) row_inv[r] = row_inv[r] > 0.0f ? inv_window / row_inv[r] : 0.0f;
-
-  // Pass 2: normalised probabilities, summed over the window per query head.
-  for (int t0 = 0; t0 < n; t0 += KT) {
-    const int cnt = n - t0 < KT ? n - t0 : KT;
-    load_tile(t0, cnt);
-    for (int i = 0; i < group * KT; ++i) col[i] = 0.0f;
-    for (int r0 = 0; r0 < rows; r0 += R) {
-      const int nr = rows - r0 < R ? rows - r0 : R;
-      if (!block_visible(r0, nr, t0, cnt)) continue;
-      logits(r0, nr, accR);
-      for (int r = r0; r < r0 + nr; ++r) {
-        const int vis = visible(r, t0, cnt);
-        if (vis == 0) continue;
-        const float* acc = accR + (r - r0) * KT;
-        float* cj = col + static_cast<std::size_t>(r / window) * KT;
-        const float m = row_max[r], inv = row_inv[r];
-        for (int c = 0; c < KT; ++c) cj[c] += c < vis ? kvevict::detail::exp_nonpositive(acc[c] - m) * inv : 0.0f;
-      }
-    }
-    float vals[64];  // group <= 64 is checked by the scorer's validation
-    for (int c = 0; c < cnt; ++c) {
-      for (int j = 0; j < group; ++j) vals[j] = col[static_cast<std::size_t>(j) * KT + c];
-      emit(t0 + c, static_cast<const float*>(vals));
-    }
+  float vals[64];  // group <= 64 is checked by the scorer's validation
+  for (int t = 0; t < n; ++t) {
+    for (int j = 0; j < group; ++j) vals[j] = col[static_cast<std::size_t>(j) * np + t];
+    emit(t, static_cast<const float*>(vals));
   }
 }
 }  // namespace wa_detail

@@ -83,11 +83,12 @@ namespace host_backend {
 //! query `r` sits at position `n - num_queries + r` and sees keys up to it), summed over those
 //! queries, per query head: `sums[q * sums_stride + t]`. With `num_queries = n` this is the H2O
 //! accumulation of a whole prefill; with the window queries, what a decode-time H2O has gathered
-//! after them. Two passes, never the attention matrix; cost O(num_queries x n x head_dim) per head.
+//! after them. Never the attention matrix (see window_attention_group); cost O(num_queries x n x head_dim) per head.
 //!
 //! \param queries  [num_q_heads, num_queries, head_dim]
 //! \param sums     [num_q_heads, sums_stride] output, entries [0, n) written
-//! \param scratch  window_attention_scratch_floats(head_dim, num_queries, num_q_heads / kv_heads) floats
+//! \param scratch  window_attention_scratch_floats(head_dim, num_queries, num_q_heads / kv_heads, longest row)
+//!                 floats
 template <class Cache, class T>
 void attention_sums(const Cache& cache, int seq, const T* queries, int num_q_heads, int num_queries, float* sums,
                     std::size_t sums_stride, float* scratch) {

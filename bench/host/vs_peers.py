@@ -1,0 +1,142 @@
+"""One layer's SnapKV plan on the CPU: kvevict beside the numpy path (one BLAS matmul, the
+research-code way: ../shared/bench/numpy_path_baseline.py) and torch's CPU path (the kvpress
+formula), in one run, at 1 thread and at every thread. Prints a table with the ratios last and
+writes JSON.
+
+    build/pyvenv/bin/python bench/host/vs_peers.py [--build build/release] [--json out.json]
+
+kvevict: build/<build>/bench/kvevict_bench_layer (plain -O2, no -march; the scorer dispatches to
+AVX2 at run time), fp32 and bf16 keys. numpy: float32 (its BLAS has no bf16). torch: fp32 and bf16.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HQ, HK, D, W, POOL, BUDGET = 32, 8, 128, 64, 5, 1024
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def run_ours(build, reps):
+    exe = os.path.join(ROOT, build, "bench", "kvevict_bench_layer")
+    out = subprocess.run([exe, "--benchmark_format=json", f"--benchmark_repetitions={reps}",
+                          "--benchmark_report_aggregates_only=true"], capture_output=True, text=True, check=True)
+    rows = {}
+    for b in json.loads(out.stdout)["benchmarks"]:
+        if b.get("aggregate_name") != "median":
+            continue
+        name = b["run_name"]  # BM_plan_layer<float>/tokens:8192/threads:1/real_time
+        dtype = "bf16" if "bfloat16" in name else "fp32"
+        n = int(name.split("tokens:")[1].split("/")[0])
+        t = int(name.split("threads:")[1].split("/")[0])
+        rows[(dtype, n, "all" if t == 0 else str(t))] = b["real_time"]
+    return rows
+
+
+def peer(kind, threads, tokens, reps):
+    """Runs a peer in a child process with its thread count fixed before numpy/torch load."""
+    env = dict(os.environ)
+    if threads == "1":
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    code = f"import sys; sys.path.insert(0, {HERE!r}); import vs_peers; vs_peers.child({kind!r}, {tokens}, {reps})"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def best_ms(fn, reps):
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best * 1e3
+
+
+def child(kind, tokens, reps):
+    res = {}
+    if kind == "numpy":
+        import numpy as np
+        sys.path.insert(0, os.path.join(ROOT, "..", "shared", "bench"))
+        from numpy_path_baseline import plan
+        for n in tokens:
+            rng = np.random.default_rng(0)
+            k = rng.standard_normal((HK, n, D), dtype=np.float32)
+            q = rng.standard_normal((HQ, W, D), dtype=np.float32)
+            res[f"fp32/{n}"] = best_ms(lambda: plan(q, k, BUDGET), reps)
+        try:
+            from threadpoolctl import threadpool_info
+            res["blas"] = [(i.get("internal_api"), i.get("num_threads"), i.get("architecture")) for i in threadpool_info()]
+        except ImportError:
+            res["blas"] = "threadpoolctl not installed"
+    else:
+        import torch
+        import torch.nn.functional as F
+
+        def plan(q, k):
+            g = HQ // HK
+            n = k.shape[2]
+            kk = k.repeat_interleave(g, dim=1)
+            s = torch.matmul(q, kk.transpose(2, 3)) / D ** 0.5
+            s[..., n - W:] += torch.full((W, W), float("-inf")).triu(1).to(s.dtype)
+            p = torch.softmax(s, dim=-1, dtype=torch.float32)[..., : n - W]
+            a = p.mean(2).view(1, HK, g, n - W).mean(2)
+            a = F.avg_pool1d(a, kernel_size=POOL, padding=POOL // 2, stride=1)
+            return a.topk(BUDGET - W, dim=-1).indices.sort(-1).values
+
+        for dt, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            for n in tokens:
+                g = torch.Generator().manual_seed(0)
+                k = torch.randn(1, HK, n, D, generator=g).to(dt)
+                q = torch.randn(1, HQ, W, D, generator=g).to(dt)
+                with torch.no_grad():
+                    res[f"{name}/{n}"] = best_ms(lambda: plan(q, k), reps)
+        res["torch_threads"] = torch.get_num_threads()
+    print(json.dumps(res))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default="build/release")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[8192, 32768])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    ours = run_ours(a.build, a.repeats)
+    peers = {}
+    for kind in ("numpy", "torch"):
+        for threads in ("1", "all"):
+            peers[(kind, threads)] = peer(kind, threads, a.tokens, a.repeats)
+    print(f"\nOne layer's SnapKV plan (32 q / 8 KV heads, head_dim 128, window 64, pool 5, budget 1024), "
+          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; best (peers) / median (kvevict) of {a.repeats}")
+    if peers[("numpy", "all")]:
+        print(f"numpy BLAS: {peers[('numpy', 'all')].get('blas')}")
+    print("\n| keys | tokens | threads | kvevict ms | numpy fp32 ms | numpy / kvevict | torch ms | torch / kvevict |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        for n in a.tokens:
+            for threads in ("1", "all"):
+                o = ours.get((dtype, n, threads))
+                npy = (peers[("numpy", threads)] or {}).get(f"fp32/{n}")
+                tch = (peers[("torch", threads)] or {}).get(f"{dtype}/{n}")
+                rows.append({"keys": dtype, "tokens": n, "threads": threads, "kvevict_ms": o, "numpy_fp32_ms": npy,
+                             "torch_ms": tch})
+                f = lambda x: f"{x:.1f}" if x else "-"  # noqa: E731
+                r = lambda x: f"{x / o:.2f}x" if x and o else "-"  # noqa: E731
+                print(f"| {dtype} | {n} | {threads} | {f(o)} | {f(npy)} | {r(npy)} | {f(tch)} | {r(tch)} |")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "rows": rows,
+                       "peers": {f"{k}/{t}": v for (k, t), v in peers.items()}}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
