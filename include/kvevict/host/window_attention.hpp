@@ -92,19 +92,9 @@ inline void exp_tile16(const float* acc, float m, float s, int vis, float* out) 
     V x, lane;
     std::memcpy(&x, acc + v * W, sizeof x);
     for (int i = 0; i < W; ++i) lane[i] = static_cast<float>(v * W + i);
-    x = x - m;
-    x = x < -87.0f ? V{} - 87.0f : x;  // NaN compares false and passes through
-    const V t = x * 1.44269504f + magic;
-    const V kf = t - magic;
-    const V r = (x - kf * 0.693145752f) - kf * 1.42860677e-6f;
-    V p = V{} + 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    const V arg = x - m;
+    V t, p;
+    exp_nonpositive_parts(arg, t, p);
     const U bits = ((U)t - mb + 127u) << 23;
     V e = p * (V)bits;
     if (Scale) e = e * s;
