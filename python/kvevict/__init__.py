@@ -241,8 +241,8 @@ def _check_policy(policy):
                            "invalid argument", "policy")
 
 
-def _signals(queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows):
-    sig = {"layer": int(layer), "num_layers": int(num_layers)}
+def _signals(queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows, threads):
+    sig = {"layer": int(layer), "num_layers": int(num_layers), "threads": int(threads or 0)}
     if queries is not None:
         sig["queries"] = queries
     if attention_sums is not None:
@@ -263,7 +263,7 @@ def _like(cache, a):
 
 
 def plan(policy: Policy, cache, *, queries=None, attention_sums=None, token_ids=None, layer: int = 0,
-         num_layers: int = 1, seq_budgets=None, seq_sinks=None, seq_windows=None) -> KeepPlan:
+         num_layers: int = 1, seq_budgets=None, seq_sinks=None, seq_windows=None, threads: int = 0) -> KeepPlan:
     """The positions every (sequence, KV head) keeps. Reads the cache, writes nothing to it.
 
     ``queries``: the last ``window`` queries of every query head, rotary applied, newest last,
@@ -271,10 +271,12 @@ def plan(policy: Policy, cache, *, queries=None, attention_sums=None, token_ids=
     ``attention_sums``: float32 ``[num_seqs, num_q_heads, tokens]`` (H2O). ``token_ids``:
     ``[num_seqs, tokens]`` (SentenceKV, SABlock). ``layer``/``num_layers``: PyramidKV's layer.
     ``seq_budgets``/``seq_sinks``/``seq_windows``: per-sequence overrides ``[num_seqs]``.
+    ``threads``: host threads that score the heads (0: every hardware thread); the plan does not
+    depend on it. The GIL is released while the library runs.
     """
     _check_policy(policy)
     _check_cache(cache)
-    sig = _signals(queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows)
+    sig = _signals(queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows, threads)
     pos, cnt, _, _ = _ext.call(cache.layout, policy.kind, policy.params, cache._tensors(), sig, True, False, None,
                                None)
     return KeepPlan(_like(cache, pos), _like(cache, cnt))
@@ -296,11 +298,11 @@ def compact(cache, plan: KeepPlan) -> CompactResult:
 
 
 def evict(policy: Policy, cache, *, queries=None, attention_sums=None, token_ids=None, layer: int = 0,
-          num_layers: int = 1, seq_budgets=None, seq_sinks=None, seq_windows=None):
+          num_layers: int = 1, seq_budgets=None, seq_sinks=None, seq_windows=None, threads: int = 0):
     """``plan`` then ``compact`` in one call; returns ``(KeepPlan, CompactResult)``."""
     _check_policy(policy)
     _check_cache(cache)
-    sig = _signals(queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows)
+    sig = _signals(queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows, threads)
     pos, cnt, lens, freed = _ext.call(cache.layout, policy.kind, policy.params, cache._tensors(), sig, True, True,
                                       None, None)
     return (KeepPlan(_like(cache, pos), _like(cache, cnt)), CompactResult(_like(cache, lens), _like(cache, freed)))

@@ -250,6 +250,7 @@ nb::ndarray<nb::numpy, T> to_numpy(std::vector<T>&& v, std::vector<std::size_t> 
 struct signal_args {
   nb::object queries, attention_sums, token_ids, seq_budgets, seq_sinks, seq_windows;
   int layer = 0, num_layers = 1;
+  int threads = 0;  //!< host threads: 0 every hardware thread
 };
 
 template <class T, class Cache>
@@ -316,7 +317,7 @@ outputs run(const config& cfg, const Cache& cache, const signal_args& sa, bool d
       kvevict::status st;
       {
         nb::gil_scoped_release unlocked;
-        st = kvevict::plan(kvevict::host, policy, cache, sig,
+        st = kvevict::plan(kvevict::host.threads(sa.threads), policy, cache, sig,
                            kvevict::keep_plan{positions.data(), counts.data(), capacity, rows});
       }
       raise_if_error(st);

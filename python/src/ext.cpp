@@ -87,6 +87,8 @@ signal_args to_signals(const nb::dict& d) {
   s.seq_windows = obj("seq_windows");
   s.layer = get(d, "layer", 0);
   s.num_layers = get(d, "num_layers", 1);
+  s.threads = get(d, "threads", 0);
+  if (s.threads < 0) fail(kvevict::errc::invalid_argument, "threads", "must be >= 0 (0: every hardware thread)");
   return s;
 }
 

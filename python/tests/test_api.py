@@ -243,3 +243,14 @@ def test_per_head_budgets_plan_rows_of_different_lengths():
     if plan.counts[0] != plan.counts[1]:
         cache = kvevict.DenseCache(k, v)
         expect_error(lambda: kvevict.compact(cache, plan), "plan.counts", cache)
+
+
+def test_threads_do_not_change_the_plan():
+    k, v, q = dense(700, batch=2)
+    policy = kvevict.SnapKV(budget=100, window=W)
+    one = kvevict.plan(policy, kvevict.DenseCache(k, v), queries=q, threads=1)
+    for t in (0, 2, 5):
+        other = kvevict.plan(policy, kvevict.DenseCache(k, v), queries=q, threads=t)
+        np.testing.assert_array_equal(one.positions, other.positions)
+    with pytest.raises(kvevict.KvevictError, match="threads"):
+        kvevict.plan(policy, kvevict.DenseCache(k, v), queries=q, threads=-1)
