@@ -30,6 +30,16 @@
 #define KVEVICT_UNROLL
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+//! Always inlined: the host scorer's pieces, so that they are compiled for the instruction set of
+//! the dispatched function that calls them.
+#define KVEVICT_ALWAYS_INLINE inline __attribute__((always_inline))
+#define KVEVICT_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define KVEVICT_ALWAYS_INLINE inline
+#define KVEVICT_ALWAYS_INLINE_LAMBDA
+#endif
+
 #if defined(__cpp_concepts) && __cpp_concepts >= 201907L
 #define KVEVICT_HAS_CONCEPTS 1
 #else

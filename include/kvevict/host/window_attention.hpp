@@ -46,7 +46,8 @@ inline constexpr int micro_rows = W >= 8 ? 4 : 2;
 //! the logits are bit for bit those of one row at a time (no FMA contraction: the dispatched
 //! variants enable AVX2 without FMA).
 template <int W, int R>
-inline void dot_rows_tile16(const float* q, std::size_t q_stride, const float* kt, int head_dim, float* acc) {
+KVEVICT_ALWAYS_INLINE void dot_rows_tile16(const float* q, std::size_t q_stride, const float* kt, int head_dim,
+                                           float* acc) {
 #if defined(KVEVICT_VECTOR_EXT)
   using V = typename float_vec<W>::type;
   constexpr int NV = 16 / W;
@@ -79,7 +80,7 @@ inline void dot_rows_tile16(const float* q, std::size_t q_stride, const float* k
 //! `Scale = false`, without the factor `s`), W lanes at a time. Every lane runs the scalar
 //! `exp_nonpositive`'s operations in the same order, so the results are its bits.
 template <int W, bool Scale>
-inline void exp_tile16(const float* acc, float m, float s, int vis, float* out) {
+KVEVICT_ALWAYS_INLINE void exp_tile16(const float* acc, float m, float s, int vis, float* out) {
 #if defined(KVEVICT_VECTOR_EXT)
   using V = typename float_vec<W>::type;
   typedef std::uint32_t U __attribute__((vector_size(W * sizeof(float))));
@@ -108,6 +109,13 @@ inline void exp_tile16(const float* acc, float m, float s, int vis, float* out) 
     out[c] = c < vis ? (Scale ? e * s : e) : 0.0f;
   }
 #endif
+}
+
+//! One step of a pairwise tree reduction: v[c] = op(v[c], v[c + Stride]) for c < Stride.
+template <int Stride, class Op>
+KVEVICT_ALWAYS_INLINE void tree_step(float* v, Op op) {
+  KVEVICT_UNROLL
+  for (int c = 0; c < Stride; ++c) v[c] = op(v[c], v[c + Stride]);
 }
 
 //! Run-time instruction-set dispatch on x86-64 with GCC or clang: a build with default flags still
@@ -173,8 +181,9 @@ void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, st
 namespace wa_detail {
 //! `window_attention_group` with vectors of W floats (the dispatcher below picks W).
 template <int W, class KeyFn, class Q, class Emit>
-inline void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* queries, std::size_t query_head_stride,
-                                     int group, int window, float* scratch, Emit& emit) {
+KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* queries,
+                                                    std::size_t query_head_stride, int group, int window,
+                                                    float* scratch, Emit& emit) {
   constexpr int KT = host_backend::window_attention_key_tile;
   constexpr int R = kvevict::detail::micro_rows<W>;
   const int rows = group * window;
@@ -199,7 +208,7 @@ inline void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* q
 
   // The tile's keys as float, transposed: kt[d * KT + c]. Rows are written whole (16 contiguous
   // floats per d), which is what makes the transposition cheap next to the logits.
-  auto load_tile = [&](int t0, int cnt) {
+  auto load_tile = [&](int t0, int cnt) KVEVICT_ALWAYS_INLINE_LAMBDA {
     decltype(key(t0)) kp[KT];
     for (int c = 0; c < KT; ++c) kp[c] = key(t0 + (c < cnt ? c : 0));
     for (int d = 0; d < head_dim; ++d) {
@@ -209,7 +218,7 @@ inline void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* q
     }
   };
   // Logits of rows [r0, r0 + nr) against the tile: accR[i * KT + c].
-  auto logits = [&](int r0, int nr, float* accR) {
+  auto logits = [&](int r0, int nr, float* accR) KVEVICT_ALWAYS_INLINE_LAMBDA {
     const float* q = qf + static_cast<std::size_t>(r0) * head_dim;
     if (nr == R) {
       kvevict::detail::dot_rows_tile16<W, R>(q, static_cast<std::size_t>(head_dim), kt, head_dim, accR);
@@ -220,29 +229,28 @@ inline void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* q
     }
   };
   // Keys visible to window query r: t <= n - window + r.
-  auto visible = [&](int row, int t0, int cnt) {
+  auto visible = [&](int row, int t0, int cnt) KVEVICT_ALWAYS_INLINE_LAMBDA {
     const int last = n - window + row % window;
     const int v = last - t0 + 1;
     return v < cnt ? (v < 0 ? 0 : v) : cnt;
   };
-  // Fixed-order pairwise reductions over a tile: deterministic, and they vectorise.
-  auto tree_max = [](float* v) {
-    KVEVICT_UNROLL
-    for (int w = KT / 2; w > 0; w /= 2) {
-      KVEVICT_UNROLL
-      for (int c = 0; c < w; ++c) v[c] = v[c + w] > v[c] ? v[c + w] : v[c];
-    }
+  // Fixed-order pairwise reductions over a tile (strides 8, 4, 2, 1): deterministic, and the
+  // constant-length steps unroll and vectorise.
+  auto tree_max = [](float* v) KVEVICT_ALWAYS_INLINE_LAMBDA {
+    kvevict::detail::tree_step<8>(v, [](float a, float b) KVEVICT_ALWAYS_INLINE_LAMBDA { return b > a ? b : a; });
+    kvevict::detail::tree_step<4>(v, [](float a, float b) KVEVICT_ALWAYS_INLINE_LAMBDA { return b > a ? b : a; });
+    kvevict::detail::tree_step<2>(v, [](float a, float b) KVEVICT_ALWAYS_INLINE_LAMBDA { return b > a ? b : a; });
+    kvevict::detail::tree_step<1>(v, [](float a, float b) KVEVICT_ALWAYS_INLINE_LAMBDA { return b > a ? b : a; });
     return v[0];
   };
-  auto tree_sum = [](float* v) {
-    KVEVICT_UNROLL
-    for (int w = KT / 2; w > 0; w /= 2) {
-      KVEVICT_UNROLL
-      for (int c = 0; c < w; ++c) v[c] += v[c + w];
-    }
+  auto tree_sum = [](float* v) KVEVICT_ALWAYS_INLINE_LAMBDA {
+    kvevict::detail::tree_step<8>(v, [](float a, float b) KVEVICT_ALWAYS_INLINE_LAMBDA { return a + b; });
+    kvevict::detail::tree_step<4>(v, [](float a, float b) KVEVICT_ALWAYS_INLINE_LAMBDA { return a + b; });
+    kvevict::detail::tree_step<2>(v, [](float a, float b) KVEVICT_ALWAYS_INLINE_LAMBDA { return a + b; });
+    kvevict::detail::tree_step<1>(v, [](float a, float b) KVEVICT_ALWAYS_INLINE_LAMBDA { return a + b; });
     return v[0];
   };
-  auto block_visible = [&](int r0, int nr, int t0, int cnt) {
+  auto block_visible = [&](int r0, int nr, int t0, int cnt) KVEVICT_ALWAYS_INLINE_LAMBDA {
     for (int i = 0; i < nr; ++i)
       if (visible(r0 + i, t0, cnt) > 0) return true;
     return false;
@@ -302,12 +310,12 @@ inline void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* q
 #if defined(KVEVICT_X86_DISPATCH)
 namespace wa_detail {
 //! The scorer compiled for AVX2 (without FMA, so the arithmetic is the baseline's, bit for bit);
-//! `flatten` inlines the key reader, the element conversion and `emit` into it.
+//! The scorer body, its micro-kernel and its exponential are always inlined into it (so they are
+//! compiled for AVX2); what they call (key reader, conversions, `emit`) is inlined as usual.
 template <class KeyFn, class Q, class Emit>
-__attribute__((target("avx2"), flatten)) void window_attention_group_avx2(KeyFn& key, int n, int head_dim,
-                                                                          const Q* queries,
-                                                                          std::size_t query_head_stride, int group,
-                                                                          int window, float* scratch, Emit& emit) {
+__attribute__((target("avx2"))) void window_attention_group_avx2(KeyFn& key, int n, int head_dim, const Q* queries,
+                                                                 std::size_t query_head_stride, int group, int window,
+                                                                 float* scratch, Emit& emit) {
   window_attention_group_w<8>(key, n, head_dim, queries, query_head_stride, group, window, scratch, emit);
 }
 }  // namespace wa_detail
