@@ -126,7 +126,7 @@ def main():
                 print(f"  {n:6d} {name:14s} {impl:8s} {row['median_ms']:9.2f} ms  peak +{row['peak_extra_mib']:8.1f} MiB",
                       flush=True)
     print(f"\nOne Llama-3-8B-shaped layer ({a.dtype}, keep {1 - RATIO:.0%}), CPU, torch threads "
-          f"{rows[0]['torch_threads']}, kvevict host backend on one thread; {os.cpu_count()} CPUs\n")
+          f"{rows[0]['torch_threads']}, kvevict host backend on all threads; {os.cpu_count()} CPUs\n")
     print("| tokens | press | kvpress ms | kvevict ms | time ratio | kvpress peak extra MiB | kvevict peak extra MiB |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     by = {(r["tokens"], r["press"], r["impl"]): r for r in rows}

@@ -410,6 +410,21 @@ inline void check_queries_dtype(const signal_args& s, dtype_id id) {
   if (dtype_of(q) != id) fail(kvevict::errc::invalid_argument, "queries", "must have the cache's dtype");
 }
 
+//! Checks K and V (4-D, one dtype, writable when the call compacts) and the queries' dtype, then
+//! runs the call on the view `make(k, v, shape)` builds for the element type (T* k, T* v).
+template <class Make>
+outputs call_with(const config& cfg, const call_args& a, const signal_args& s, bool do_plan, bool do_compact,
+                  const nb::object& pp, const nb::object& pc, Make make) {
+  dtype_id id;
+  std::vector<std::size_t> shape;
+  auto [k, v] = kv_data(a, do_compact, 4, &id, &shape);
+  check_queries_dtype(s, id);
+  return with_dtype(id, [&](auto tag) {
+    using T = decltype(tag);
+    return run<T>(cfg, make(static_cast<T*>(k), static_cast<T*>(v), shape), s, do_plan, do_compact, pp, pc);
+  });
+}
+
 outputs call_dense(const config&, const call_args&, const signal_args&, bool, bool, const nb::object&,
                    const nb::object&);
 outputs call_block_table(const config&, const call_args&, const signal_args&, bool, bool, const nb::object&,
