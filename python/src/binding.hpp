@@ -39,18 +39,12 @@ inline void raise_if_error(const kvevict::status& st) {
 // ---------------------------------------------------------------------------------------------
 // Policies
 
-//! Every knob of every policy kind the package exposes. The Python classes fill it from their
-//! keyword arguments; their defaults come from `defaults(kind)`, read off the C++ presets.
+//! A policy as Python describes it: its kind, its keyword arguments (already checked against the
+//! kind's parameters) and the delimiter ids, which the C++ segmenter borrows for the call.
 struct config {
   std::string kind;
-  int budget = 0, sinks = 0, window = 0;
-  int kernel_size = 1;  //!< avg pooling window (kvpress convention, zero padding); 1 = no pooling
-  double beta = 0, floor_fraction = 0;
-  int chunk = 0;
-  double alpha = 0, g = 0;
-  int steps = 0, block_size = 0;
+  nb::dict params;
   std::vector<std::int32_t> delimiter_ids;
-  int min_len = 0, max_len = 0;
 };
 
 using wa_scorer = kvevict::window_attention<kvevict::gqa_mean, kvevict::avg_pool<kvevict::pad_zeros>>;
@@ -60,103 +54,66 @@ using chunkkv_policy = kvevict::chunkkv<wa_scorer>;
 using sentencekv_policy = kvevict::sentencekv<kvevict::delimiter_segmenter, wa_scorer>;
 using sablock_policy = kvevict::sablock<kvevict::delimiter_segmenter, wa_scorer>;
 
-template <class P>
-void set_selector(P& p, const config& c) {
-  p.selector.sinks = c.sinks;
-  p.selector.window = c.window;
-  p.selector.budget.entries = c.budget;
-}
-template <class Seg>
-void set_segmenter(Seg& s, const config& c) {
-  s.delimiter_ids = c.delimiter_ids.empty() ? nullptr : c.delimiter_ids.data();
-  s.num_delimiters = static_cast<int>(c.delimiter_ids.size());
-  s.min_len = c.min_len;
-  s.max_len = c.max_len;
+//! Calls `fn(name, field)` for every knob of `p` the package exposes, by its Python keyword: the one
+//! table that both the defaults (read) and a call's configuration (write) use.
+template <class P, class Fn>
+void visit_params(P& p, Fn&& fn) {
+  fn("budget", p.selector.budget.entries);
+  fn("sinks", p.selector.sinks);
+  fn("window", p.selector.window);
+  using budget = typename P::selector_type::budget_type;
+  if constexpr (std::is_same_v<typename P::scorer_type, wa_scorer>) fn("kernel_size", p.scorer.pool_kernel);
+  if constexpr (std::is_same_v<budget, kvevict::pyramid_budget>) fn("beta", p.selector.budget.beta);
+  if constexpr (std::is_same_v<budget, kvevict::adaptive_budget>)
+    fn("floor_fraction", p.selector.budget.floor_fraction);
+  if constexpr (std::is_same_v<P, chunkkv_policy>) fn("chunk", p.granularity.chunk);
+  if constexpr (std::is_same_v<P, sentencekv_policy> || std::is_same_v<P, sablock_policy>) {
+    fn("min_len", p.granularity.segmenter.min_len);
+    fn("max_len", p.granularity.segmenter.max_len);
+  }
+  if constexpr (std::is_same_v<P, sablock_policy>) {
+    fn("alpha", p.granularity.alpha);
+    fn("g", p.granularity.g);
+    fn("steps", p.granularity.steps);
+    fn("block_size", p.granularity.block_size);
+  }
 }
 
-//! Calls `f(policy)` with the C++ policy object `c` describes (its pointers borrow from `c`); with
-//! `apply = false`, with the default-constructed preset of `c.kind` (its members are the defaults).
+//! Calls `f(policy)` with the default preset of `kind`. ChunkKV, SentenceKV and SABlock pool
+//! nothing in C++ (no_pool); the package scores them with a pooling window of 1, the same bits.
 template <class F>
-decltype(auto) with_policy(const config& c, F&& f, bool apply = true) {
-  if (c.kind == "streaming_llm") {
-    kvevict::streaming_llm p;
-    if (apply) {
-      set_selector(p, c);
+decltype(auto) with_preset(const std::string& kind, F&& f) {
+  auto unpooled = [](auto p) {
+    p.scorer.pool_kernel = 1;
+    return p;
+  };
+  if (kind == "streaming_llm") return f(kvevict::streaming_llm{});
+  if (kind == "h2o") return f(kvevict::h2o<>{});
+  if (kind == "knorm") return f(knorm_policy{});
+  if (kind == "snapkv") return f(kvevict::snapkv<>{});
+  if (kind == "pyramidkv") return f(kvevict::pyramidkv<>{});
+  if (kind == "ada_snapkv") return f(kvevict::ada_snapkv<>{});
+  if (kind == "chunkkv") return f(unpooled(chunkkv_policy{}));
+  if (kind == "sentencekv") return f(unpooled(sentencekv_policy{}));
+  if (kind == "sablock") return f(unpooled(sablock_policy{}));
+  fail(kvevict::errc::invalid_argument, "policy", "unknown policy kind '" + kind + "'");
+}
+
+//! Calls `f(policy)` with the C++ policy `c` describes: the preset, its knobs set from the keyword
+//! arguments (the segmenter borrows `c.delimiter_ids`).
+template <class F>
+decltype(auto) with_policy(const config& c, F&& f) {
+  return with_preset(c.kind, [&](auto p) {
+    visit_params(p, [&](const char* name, auto& field) {
+      if (c.params.contains(name) && !c.params[name].is_none())
+        field = nb::cast<std::remove_reference_t<decltype(field)>>(c.params[name]);
+    });
+    if constexpr (std::is_same_v<decltype(p), sentencekv_policy> || std::is_same_v<decltype(p), sablock_policy>) {
+      p.granularity.segmenter.delimiter_ids = c.delimiter_ids.empty() ? nullptr : c.delimiter_ids.data();
+      p.granularity.segmenter.num_delimiters = static_cast<int>(c.delimiter_ids.size());
     }
     return f(p);
-  }
-  if (c.kind == "h2o") {
-    kvevict::h2o<> p;
-    if (apply) {
-      set_selector(p, c);
-    }
-    return f(p);
-  }
-  if (c.kind == "knorm") {
-    knorm_policy p;
-    if (apply) {
-      set_selector(p, c);
-    }
-    return f(p);
-  }
-  if (c.kind == "snapkv") {
-    kvevict::snapkv<> p;
-    if (apply) {
-      set_selector(p, c);
-      p.scorer.pool_kernel = c.kernel_size;
-    }
-    return f(p);
-  }
-  if (c.kind == "pyramidkv") {
-    kvevict::pyramidkv<> p;
-    if (apply) {
-      set_selector(p, c);
-      p.scorer.pool_kernel = c.kernel_size;
-      p.selector.budget.beta = c.beta;
-    }
-    return f(p);
-  }
-  if (c.kind == "ada_snapkv") {
-    kvevict::ada_snapkv<> p;
-    if (apply) {
-      set_selector(p, c);
-      p.scorer.pool_kernel = c.kernel_size;
-      p.selector.budget.floor_fraction = c.floor_fraction;
-    }
-    return f(p);
-  }
-  if (c.kind == "chunkkv") {
-    chunkkv_policy p;
-    if (apply) {
-      set_selector(p, c);
-      p.scorer.pool_kernel = c.kernel_size;
-      p.granularity.chunk = c.chunk;
-    }
-    return f(p);
-  }
-  if (c.kind == "sentencekv") {
-    sentencekv_policy p;
-    if (apply) {
-      set_selector(p, c);
-      p.scorer.pool_kernel = c.kernel_size;
-      set_segmenter(p.granularity.segmenter, c);
-    }
-    return f(p);
-  }
-  if (c.kind == "sablock") {
-    sablock_policy p;
-    if (apply) {
-      set_selector(p, c);
-      p.scorer.pool_kernel = c.kernel_size;
-      set_segmenter(p.granularity.segmenter, c);
-      p.granularity.alpha = c.alpha;
-      p.granularity.g = c.g;
-      p.granularity.steps = c.steps;
-      p.granularity.block_size = c.block_size;
-    }
-    return f(p);
-  }
-  fail(kvevict::errc::invalid_argument, "policy", "unknown policy kind '" + c.kind + "'");
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,7 +267,6 @@ outputs run(const config& cfg, const Cache& cache, const signal_args& sa, bool d
   if (do_plan) {
     const kvevict::signals<T> sig = make_signals<T>(sa, cache);
     with_policy(cfg, [&](const auto& policy) {
-      raise_if_error(policy.selector.validate());
       capacity = kvevict::plan_capacity(policy, cache, sig);
       positions.assign(static_cast<std::size_t>(rows) * static_cast<std::size_t>(capacity), 0);
       counts.assign(static_cast<std::size_t>(rows), 0);

@@ -14,66 +14,19 @@ T get(const nb::dict& d, const char* key, T fallback) {
 
 //! The C++ defaults of `kind`, as a dict of the Python keyword names.
 nb::dict defaults(const std::string& kind) {
-  config c;
-  c.kind = kind;
   nb::dict d;
-  with_policy(
-      c,
-      [&](auto p) {  // a default-constructed preset: its members are the defaults
-        using P = decltype(p);
-        d["budget"] = p.selector.budget.entries;
-        d["sinks"] = p.selector.sinks;
-        d["window"] = p.selector.window;
-        if constexpr (std::is_same_v<typename P::scorer_type, wa_scorer>) {
-          // chunkkv / sentencekv / sablock default to no pooling in C++ (no_pool); the package
-          // expresses that as kernel_size 1, which gives the same scores bit for bit.
-          const bool pooled_preset = kind == "snapkv" || kind == "pyramidkv" || kind == "ada_snapkv";
-          d["kernel_size"] = pooled_preset ? p.scorer.pool_kernel : 1;
-        }
-        if constexpr (std::is_same_v<typename P::selector_type::budget_type, kvevict::pyramid_budget>)
-          d["beta"] = p.selector.budget.beta;
-        if constexpr (std::is_same_v<typename P::selector_type::budget_type, kvevict::adaptive_budget>)
-          d["floor_fraction"] = p.selector.budget.floor_fraction;
-        if constexpr (std::is_same_v<P, chunkkv_policy>) d["chunk"] = p.granularity.chunk;
-        if constexpr (std::is_same_v<P, sentencekv_policy> || std::is_same_v<P, sablock_policy>) {
-          d["min_len"] = p.granularity.segmenter.min_len;
-          d["max_len"] = p.granularity.segmenter.max_len;
-        }
-        if constexpr (std::is_same_v<P, sablock_policy>) {
-          d["alpha"] = p.granularity.alpha;
-          d["g"] = p.granularity.g;
-          d["steps"] = p.granularity.steps;
-          d["block_size"] = p.granularity.block_size;
-        }
-      },
-      false);
+  with_preset(kind, [&](auto p) { visit_params(p, [&](const char* name, auto& field) { d[name] = field; }); });
   return d;
 }
 
 config to_config(const std::string& kind, const nb::dict& d) {
-  config c;
-  c.kind = kind;
   const nb::dict def = defaults(kind);
   for (auto [key, value] : d) {
     const std::string name = nb::cast<std::string>(key);
     if (name != "delimiter_ids" && !def.contains(key))
       fail(kvevict::errc::invalid_argument, name, "not a parameter of " + kind);
   }
-  c.budget = get(d, "budget", get(def, "budget", 0));
-  c.sinks = get(d, "sinks", get(def, "sinks", 0));
-  c.window = get(d, "window", get(def, "window", 0));
-  c.kernel_size = get(d, "kernel_size", get(def, "kernel_size", 1));
-  c.beta = get(d, "beta", get(def, "beta", 0.0));
-  c.floor_fraction = get(d, "floor_fraction", get(def, "floor_fraction", 0.0));
-  c.chunk = get(d, "chunk", get(def, "chunk", 0));
-  c.alpha = get(d, "alpha", get(def, "alpha", 0.0));
-  c.g = get(d, "g", get(def, "g", 0.0));
-  c.steps = get(d, "steps", get(def, "steps", 0));
-  c.block_size = get(d, "block_size", get(def, "block_size", 0));
-  c.min_len = get(d, "min_len", get(def, "min_len", 0));
-  c.max_len = get(d, "max_len", get(def, "max_len", 0));
-  c.delimiter_ids = get(d, "delimiter_ids", std::vector<std::int32_t>{});
-  return c;
+  return config{kind, d, get(d, "delimiter_ids", std::vector<std::int32_t>{})};
 }
 
 signal_args to_signals(const nb::dict& d) {
