@@ -18,6 +18,13 @@ cmake --build build/release -j "$jobs"
 echo "== tests =="
 (cd build/release && ctest --output-on-failure -j "$jobs")
 
+echo "== the report's pipeline on a tiny grid: report, figures, index =="
+ensure "/usr/bin/python3 -c 'import matplotlib'" python3-matplotlib
+rm -rf build/report-smoke
+./build/release/bench/niah/kvevict_niah_report --contexts 600 --depths 0.5 --seeds 1 --out build/report-smoke >/dev/null
+/usr/bin/python3 bench/niah/figures.py build/report-smoke >/dev/null
+/usr/bin/python3 scripts/check_report.py build/report-smoke
+
 echo "== build (AddressSanitizer + UBSan) =="
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DKVEVICT_SANITIZE=ON -DKVEVICT_BUILD_BENCH=OFF >/dev/null
 cmake --build build/asan -j "$jobs"

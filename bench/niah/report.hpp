@@ -1,10 +1,11 @@
-// The NIAH-style report: every preset over a grid of synthetic sequences (synthetic/niah.hpp),
-// quality per case (synthetic/metrics.hpp), a policy x budget table and heatmaps.
+// The NIAH-style report: every preset over grids of synthetic sequences (synthetic/niah.hpp), one
+// grid per task ("section"), quality per case (synthetic/metrics.hpp).
 //
 // To add a policy, add one line to `policies()`. Every policy gets sinks 4 and window 32 (the
-// question), and the budget of the grid point; segment-based policies get the synthetic
-// vocabulary's delimiter ids; H2O gets the attention sums of the question's queries (what a
-// decode-time H2O has accumulated after reading the question).
+// question), and the budget of the grid point; segment-based policies with the delimiter
+// segmenter get the synthetic vocabulary's delimiter ids (the `_keysim` rows segment by key
+// similarity and read no token ids); H2O gets the attention sums of the question's queries (what
+// a decode-time H2O has accumulated after reading the question).
 #pragma once
 
 #include <kvevict/kvevict.hpp>
@@ -14,12 +15,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <vector>
 
 namespace niah_report {
@@ -41,31 +44,56 @@ inline auto policies() {
                          named{"h2o", kvevict::h2o<>{}}, named{"snapkv", kvevict::snapkv<>{}},
                          named{"pyramidkv", kvevict::pyramidkv<>{}}, named{"ada_snapkv", kvevict::ada_snapkv<>{}},
                          named{"chunkkv", kvevict::chunkkv<>{}}, named{"sentencekv", kvevict::sentencekv<>{}},
-                         named{"sablock", kvevict::sablock<>{}});
+                         named{"sablock", kvevict::sablock<>{}},
+                         named{"sentencekv_keysim", kvevict::sentencekv<kvevict::key_similarity_segmenter>{}},
+                         named{"sablock_keysim", kvevict::sablock<kvevict::key_similarity_segmenter>{}});
 }
 
+//! One section of the report: a task over a grid of (context, depth, seed).
 struct grid {
+  std::string name = "single";
+  kvevict::synthetic::niah_task task = kvevict::synthetic::niah_task::single;
   std::vector<int> contexts;
   std::vector<double> depths;
-  std::vector<int> budgets;
+  std::vector<int> budgets = {96, 128, 256, 512, 1024};
   std::vector<std::uint64_t> seeds;
   int distractors = 0;
-  int threads = 2;
 };
 
-//! Default grid: context 1,000..8,000 step 500, depth 0..100% step 10%, budgets 96..1024, 2 seeds.
-//! `full`: context step 100 (the KVCache-Factory grid) and 3 seeds.
-inline grid default_grid(bool full) {
-  grid g;
-  for (int c = 1000; c <= 8000; c += full ? 100 : 500) g.contexts.push_back(c);
-  for (int d = 0; d <= 10; ++d) g.depths.push_back(d / 10.0);
-  g.budgets = {96, 128, 256, 512, 1024};
-  g.seeds = full ? std::vector<std::uint64_t>{1, 2, 3} : std::vector<std::uint64_t>{1, 2};
-  return g;
+//! The default report (one section per task, budgets 96..1024):
+//! * `single`: context 1,000..8,000 step 500, depth 0..100% step 10%, 2 seeds; `full`: context
+//!   step 100 (the KVCache-Factory grid) and 3 seeds;
+//! * `single_long`: the single task at 16,384, 24,576 and 32,768 tokens, 5 depths, 1 seed;
+//! * every other task: context 1,000..8,000 step 1,000, depth 0..100% step 25%, 2 seeds (3 with `full`).
+inline std::vector<grid> default_report(bool full) {
+  using kvevict::synthetic::niah_task;
+  std::vector<grid> out;
+  grid single;
+  for (int c = 1000; c <= 8000; c += full ? 100 : 500) single.contexts.push_back(c);
+  for (int d = 0; d <= 10; ++d) single.depths.push_back(d / 10.0);
+  single.seeds = full ? std::vector<std::uint64_t>{1, 2, 3} : std::vector<std::uint64_t>{1, 2};
+  out.push_back(single);
+  grid lng = single;
+  lng.name = "single_long";
+  lng.contexts = {16384, 24576, 32768};
+  lng.depths = {0.0, 0.25, 0.5, 0.75, 1.0};
+  lng.seeds = {1};
+  out.push_back(lng);
+  for (niah_task t : kvevict::synthetic::all_tasks) {
+    if (t == niah_task::single) continue;
+    grid g;
+    g.name = kvevict::synthetic::task_name(t);
+    g.task = t;
+    for (int c = 1000; c <= 8000; c += 1000) g.contexts.push_back(c);
+    g.depths = {0.0, 0.25, 0.5, 0.75, 1.0};
+    g.seeds = full ? std::vector<std::uint64_t>{1, 2, 3} : std::vector<std::uint64_t>{1, 2};
+    out.push_back(g);
+  }
+  return out;
 }
 
 struct case_result {
-  std::string policy;
+  std::string section, policy;
   int budget = 0, context = 0;
   double depth = 0;
   std::uint64_t seed = 0;
@@ -103,11 +131,34 @@ inline double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+//! Scores of one sequence, kept per scorer: presets that share a scorer (type and settings) and the
+//! window get the same scores, so each is computed once per layer and its time is charged to every
+//! policy that uses it.
+struct score_memo {
+  struct entry {
+    std::vector<float> scores;  // [kv_heads, tokens]
+    double ms = 0;
+  };
+  std::map<std::string, entry> by_key;  // scorer type + bytes + window + layer
+
+  template <class Scorer>
+  static std::string key(const Scorer& sc, int window, int layer) {
+    std::string k = typeid(Scorer).name();
+    if constexpr (std::is_trivially_copyable_v<Scorer>) {
+      k.append(reinterpret_cast<const char*>(&sc), sizeof sc);
+    } else {  // not comparable by bytes: never shared
+      k.append(reinterpret_cast<const char*>(&sc), sizeof(void*));
+    }
+    k += '/' + std::to_string(window) + '/' + std::to_string(layer);
+    return k;
+  }
+};
+
 //! All budgets of one policy on one sequence.
 template <class P>
 void run_policy(const char* name, const P& base, kvevict::synthetic::niah_sequence& s,
                 const kvevict::synthetic::niah_evaluator& ev, const std::vector<std::vector<float>>& sums,
-                const grid& g, std::vector<case_result>& out) {
+                const grid& g, score_memo& memo, std::vector<case_result>& out) {
   const int L = s.cfg.num_layers, kvh = s.cfg.kv_heads, n = s.tokens;
   std::vector<std::vector<kvevict::keep_plan_buffer>> kept(g.budgets.size());
   std::vector<double> ms(g.budgets.size(), 0.0);
@@ -130,17 +181,23 @@ void run_policy(const char* name, const P& base, kvevict::synthetic::niah_sequen
         sig.attention_sums = sums[l].data();
         sig.sums_stride = n;
       }
-      std::vector<float> scores(static_cast<std::size_t>(kvh) * n);
       // One thread per case: the report runs cases in parallel, and its plan time is one thread's.
       const auto exec = kvevict::host.threads(1);
       std::vector<unsigned char> ws(kvevict::plan_workspace_bytes(exec, p, view, sig));
-      auto t0 = std::chrono::steady_clock::now();
-      const auto st = kvevict::score(exec, p, view, sig, scores.data(), n, ws.data(), ws.size());
-      const double score_ms = ms_since(t0);
-      if (!st) {
-        std::fprintf(stderr, "%s: %s\n", name, st.message().c_str());
-        std::exit(1);
+      auto& memo_entry = memo.by_key[score_memo::key(p.scorer, p.selector.window, l)];
+      if (memo_entry.scores.empty()) {
+        memo_entry.scores.resize(static_cast<std::size_t>(kvh) * n);
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto st = kvevict::score(exec, p, view, sig, memo_entry.scores.data(), n, ws.data(), ws.size());
+        memo_entry.ms = ms_since(t0);
+        if (!st) {
+          std::fprintf(stderr, "%s: %s\n", name, st.message().c_str());
+          std::exit(1);
+        }
       }
+      const std::vector<float>& scores = memo_entry.scores;
+      const double score_ms = memo_entry.ms;
+      auto t0 = std::chrono::steady_clock::now();
       for (std::size_t b = 0; b < g.budgets.size(); ++b) {
         kvevict::eviction_policy<kvevict::precomputed, typename P::granularity_type, typename P::selector_type> q{
             {scores.data(), n}, p.granularity, p.selector};
@@ -162,8 +219,8 @@ void run_policy(const char* name, const P& base, kvevict::synthetic::niah_sequen
     std::vector<kvevict::const_keep_plan> views;
     for (auto& k : kept[b]) views.push_back(k.const_view());
     const auto q = ev.evaluate(views);
-    out.push_back(
-        {name, g.budgets[b], s.c.context, s.c.depth, s.c.seed, q.success, q.recall, q.fidelity, ms[b] / L, bytes[b]});
+    out.push_back({g.name, name, g.budgets[b], s.c.context, s.c.depth, s.c.seed, q.success, q.recall, q.fidelity,
+                   ms[b] / L, bytes[b]});
   }
 }
 
@@ -181,39 +238,59 @@ inline std::vector<std::vector<float>> question_attention_sums(kvevict::syntheti
 
 }  // namespace detail
 
-//! Runs every policy over the grid on `g.threads` threads; `progress(done, total)` after each
-//! sequence. Results are ordered by case, then policy, then budget (deterministic).
+//! Where a run stands, for the progress line.
+struct progress_info {
+  std::size_t done = 0, total = 0;              //!< sequences
+  double tokens_done = 0, tokens_total = 0;     //!< their tokens (the cost is about linear in them)
+};
+
+//! Runs every policy over every section's grid on `threads` threads; `progress(info)` after each
+//! sequence. Results are ordered by section, case, policy, then budget (deterministic); the
+//! longest sequences run first.
 template <class Progress>
-std::vector<case_result> run(const grid& g, Progress progress) {
+std::vector<case_result> run(const std::vector<grid>& sections, int threads, Progress progress) {
   struct point {
+    const grid* g;
     int context;
     double depth;
     std::uint64_t seed;
   };
   std::vector<point> points;
-  for (int c : g.contexts)
-    for (double d : g.depths)
-      for (auto s : g.seeds) points.push_back({c, d, s});
+  progress_info info;
+  for (const auto& g : sections)
+    for (int c : g.contexts)
+      for (double d : g.depths)
+        for (auto s : g.seeds) points.push_back({&g, c, d, s}), info.tokens_total += c;
+  info.total = points.size();
+  std::vector<std::size_t> schedule(points.size());
+  for (std::size_t i = 0; i < schedule.size(); ++i) schedule[i] = i;
+  std::stable_sort(schedule.begin(), schedule.end(),
+                   [&](std::size_t a, std::size_t b) { return points[a].context > points[b].context; });
   const kvevict::synthetic::niah_generator gen;
   std::vector<std::vector<case_result>> per_point(points.size());
-  std::atomic<std::size_t> next{0}, done{0};
+  std::atomic<std::size_t> next{0};
   std::mutex mu;
   auto worker = [&] {
-    for (std::size_t i; (i = next++) < points.size();) {
-      auto s = gen.generate({points[i].context, points[i].depth, points[i].seed, g.distractors});
+    for (std::size_t k; (k = next++) < schedule.size();) {
+      const std::size_t i = schedule[k];
+      const grid& g = *points[i].g;
+      auto s = gen.generate({points[i].context, points[i].depth, points[i].seed, g.distractors, g.task});
       const kvevict::synthetic::niah_evaluator ev(s);
       const auto sums = detail::question_attention_sums(s);
+      detail::score_memo memo;
       std::apply(
           [&](const auto&... entry) {
-            (detail::run_policy(entry.name, entry.policy, s, ev, sums, g, per_point[i]), ...);
+            (detail::run_policy(entry.name, entry.policy, s, ev, sums, g, memo, per_point[i]), ...);
           },
           policies());
       std::lock_guard<std::mutex> lock(mu);
-      progress(++done, points.size());
+      ++info.done;
+      info.tokens_done += points[i].context;
+      progress(static_cast<const progress_info&>(info));
     }
   };
   std::vector<std::thread> pool;
-  for (int t = 1; t < std::max(1, g.threads); ++t) pool.emplace_back(worker);
+  for (int t = 1; t < std::max(1, threads); ++t) pool.emplace_back(worker);
   worker();
   for (auto& t : pool) t.join();
   std::vector<case_result> all;

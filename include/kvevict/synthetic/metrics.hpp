@@ -14,8 +14,8 @@ namespace kvevict::synthetic {
 
 //! Quality of the kept sets of every layer of one sequence.
 struct niah_quality {
-  bool success = false;  //!< every answer token kept in every retrieval head of every layer (NIAH "accuracy")
-  double recall = 0;     //!< answer tokens kept / answer tokens, over the retrieval heads of every layer
+  bool success = false;  //!< every required answer token kept in every retrieval head of every layer (NIAH "accuracy")
+  double recall = 0;     //!< required answer tokens kept / required, over the retrieval heads of every layer
   //! Mean over the decode queries of the retrieval heads (the queries that generate the answer) of
   //! `1 - |o_kept - o_full| / |o_full|`, o = softmax(q k / sqrt(d)) v over the kept / full cache.
   double fidelity = 0;
@@ -27,18 +27,18 @@ class niah_evaluator {
  public:
   explicit niah_evaluator(const niah_sequence& s) : s_(&s) {
     const auto& cfg = s.cfg;
-    const int d = cfg.head_dim, group = cfg.q_heads / cfg.kv_heads, n = s.tokens;
+    const int d = cfg.head_dim, group = cfg.q_heads / cfg.kv_heads, n = s.tokens, m = s.decode_count();
     for (int l = 0; l < cfg.num_layers; ++l)
       for (int h = 0; h < cfg.kv_heads; ++h) {
         if (cfg.kind(l, h) != head_kind::retrieval) continue;
         for (int g = 0; g < group; ++g)
-          for (int j = 0; j < cfg.answer_len; ++j) {
+          for (int j = 0; j < m; ++j) {
             query_attention qa;
             qa.layer = l;
             qa.head = h;
             qa.weight.resize(static_cast<std::size_t>(n));
             const bfloat16* q =
-                &s.decode_queries[l][((static_cast<std::size_t>(h) * group + g) * cfg.answer_len + j) * d];
+                &s.decode_queries[l][((static_cast<std::size_t>(h) * group + g) * m + j) * d];
             double m = -1e300;
             for (int t = 0; t < n; ++t) {
               double dot = 0;
@@ -79,7 +79,7 @@ class niah_evaluator {
       for (int h = 0; h < cfg.kv_heads; ++h) {
         if (cfg.kind(l, h) != head_kind::retrieval) continue;
         const std::int32_t *b = row(l, h), *e = b + kept[l].counts[h];
-        for (int t = s.answer_begin; t < s.answer_end; ++t) {
+        for (const int t : s.answers) {
           const bool in = std::binary_search(b, e, t);
           ++answers;
           answers_kept += in;
