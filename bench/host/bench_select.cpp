@@ -1,4 +1,5 @@
-// Selection benchmarks (Google Benchmark; --benchmark_format=json): the plan of SABlock, ChunkKV,
+// Selection benchmarks (Google Benchmark; --benchmark_format=json): the plan of SABlock (version
+// 2 with one level, version 1, version 2 with sentences), ChunkKV,
 // SentenceKV and SnapKV's token top-k on the same precomputed scores (8 KV heads), at 8K, 32K and
 // 128K tokens, in one run, so the ratios compare the granularities alone (the window-attention
 // scorer they share is benchmarked in bench_host.cpp).
@@ -62,6 +63,21 @@ void BM_plan_sablock(benchmark::State& s) {
   g.segmenter = {delimiters, 3};
   BM_plan(s, g);
 }
+// SABlock version 1 (one level, alpha 0.5, no sentence terms) and version 2 with sentences (id 1
+// ends a sentence; the defaults): the bound is version 2 within 1.5x of version 1.
+void BM_plan_sablock_v1(benchmark::State& s) {
+  kvevict::adaptive_block<> g;
+  g.segmenter = {delimiters, 3};
+  g.alpha = 0.5, g.beta = 0.0, g.sentence_blocks = false;
+  BM_plan(s, g);
+}
+void BM_plan_sablock_sentences(benchmark::State& s) {
+  kvevict::adaptive_block<> g;
+  g.segmenter = {delimiters, 3};
+  g.segmenter.sentence_ids = delimiters;
+  g.segmenter.num_sentence_ids = 1;
+  BM_plan(s, g);
+}
 void BM_plan_chunkkv(benchmark::State& s) { BM_plan(s, kvevict::fixed_block<>{}); }
 void BM_plan_sentencekv(benchmark::State& s) {
   kvevict::segment_level<> g;
@@ -73,6 +89,8 @@ void BM_plan_sentencekv(benchmark::State& s) {
 
 BENCHMARK(BM_plan_snapkv_topk)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_plan_sablock)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_plan_sablock_v1)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_plan_sablock_sentences)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_plan_chunkkv)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_plan_sentencekv)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();

@@ -34,6 +34,7 @@ LABELS = {
     "chunkkv": "ChunkKV",
     "sentencekv": "SentenceKV (delimiters)",
     "sablock": "SABlock (delimiters)",
+    "sablock_v1": "SABlock v1 (clauses only)",
     "sentencekv_keysim": "SentenceKV (key similarity)",
     "sablock_keysim": "SABlock (key similarity)",
 }
@@ -58,6 +59,7 @@ STYLE = {  # colour, marker, line style: segment policies solid, key-similarity 
     "chunkkv": ("#bcbd22", "s", "-"),
     "sentencekv": ("#ff7f0e", "X", "-"),
     "sablock": ("#d62728", "*", "-"),
+    "sablock_v1": ("#9467bd", "*", ":"),
     "sentencekv_keysim": ("#ff7f0e", "X", "--"),
     "sablock_keysim": ("#d62728", "*", "--"),
 }

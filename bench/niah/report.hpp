@@ -38,13 +38,22 @@ struct named {
 template <class P>
 named(const char*, P) -> named<P>;
 
+//! SABlock as first specified (one level of segments, clause guidance 0.5, no sentence blocks).
+inline kvevict::sablock<> sablock_v1() {
+  kvevict::sablock<> p;
+  p.granularity.alpha = 0.5;
+  p.granularity.beta = 0.0;
+  p.granularity.sentence_blocks = false;
+  return p;
+}
+
 //! The policies of the report: the one list to extend.
 inline auto policies() {
   return std::make_tuple(named{"full_cache", full_cache{}}, named{"streaming_llm", kvevict::streaming_llm{}},
                          named{"h2o", kvevict::h2o<>{}}, named{"snapkv", kvevict::snapkv<>{}},
                          named{"pyramidkv", kvevict::pyramidkv<>{}}, named{"ada_snapkv", kvevict::ada_snapkv<>{}},
                          named{"chunkkv", kvevict::chunkkv<>{}}, named{"sentencekv", kvevict::sentencekv<>{}},
-                         named{"sablock", kvevict::sablock<>{}},
+                         named{"sablock", kvevict::sablock<>{}}, named{"sablock_v1", sablock_v1()},
                          named{"sentencekv_keysim", kvevict::sentencekv<kvevict::key_similarity_segmenter>{}},
                          named{"sablock_keysim", kvevict::sablock<kvevict::key_similarity_segmenter>{}});
 }
@@ -110,6 +119,11 @@ struct has_segmenter : std::false_type {};
 template <class T>
 struct has_segmenter<T, std::void_t<decltype(std::declval<T&>().segmenter)>> : std::true_type {};
 
+template <class G>
+struct is_sablock : std::false_type {};
+template <class Seg, class Sharing>
+struct is_sablock<kvevict::adaptive_block<Seg, Sharing>> : std::true_type {};
+
 template <class S>
 struct is_accumulated : std::false_type {};
 template <class R>
@@ -121,8 +135,18 @@ P configured(P p) {
   p.selector.sinks = 4;
   p.selector.window = 32;
   if constexpr (has_segmenter<decltype(p.granularity)>::value) {
-    if constexpr (std::is_same_v<decltype(p.granularity.segmenter), kvevict::delimiter_segmenter>)
-      p.granularity.segmenter = {kvevict::synthetic::delimiter_ids, 4};
+    if constexpr (std::is_same_v<decltype(p.granularity.segmenter), kvevict::delimiter_segmenter>) {
+      p.granularity.segmenter.delimiter_ids = kvevict::synthetic::delimiter_ids;
+      p.granularity.segmenter.num_delimiters = 4;
+      if constexpr (is_sablock<decltype(p.granularity)>::value) {
+        // SABlock's sentence level, unless the policy is version 1 (no sentence guidance or blocks:
+        // one level of segments, as first specified).
+        if (p.granularity.beta > 0.0 || p.granularity.sentence_blocks) {
+          p.granularity.segmenter.sentence_ids = kvevict::synthetic::sentence_end_ids;
+          p.granularity.segmenter.num_sentence_ids = 3;
+        }
+      }
+    }
   }
   return p;
 }
@@ -248,7 +272,12 @@ struct progress_info {
 //! sequence. Results are ordered by section, case, policy, then budget (deterministic); the
 //! longest sequences run first.
 template <class Progress>
-std::vector<case_result> run(const std::vector<grid>& sections, int threads, Progress progress) {
+std::vector<case_result> run(const std::vector<grid>& sections, int threads, Progress progress);
+
+//! `run` with another list of (name, policy) entries than `policies()`.
+template <class Policies, class Progress>
+std::vector<case_result> run_with(const Policies& list, const std::vector<grid>& sections, int threads,
+                                  Progress progress) {
   struct point {
     const grid* g;
     int context;
@@ -282,7 +311,7 @@ std::vector<case_result> run(const std::vector<grid>& sections, int threads, Pro
           [&](const auto&... entry) {
             (detail::run_policy(entry.name, entry.policy, s, ev, sums, g, memo, per_point[i]), ...);
           },
-          policies());
+          list);
       std::lock_guard<std::mutex> lock(mu);
       ++info.done;
       info.tokens_done += points[i].context;
@@ -296,6 +325,11 @@ std::vector<case_result> run(const std::vector<grid>& sections, int threads, Pro
   std::vector<case_result> all;
   for (auto& v : per_point) all.insert(all.end(), v.begin(), v.end());
   return all;
+}
+
+template <class Progress>
+std::vector<case_result> run(const std::vector<grid>& sections, int threads, Progress progress) {
+  return run_with(policies(), sections, threads, progress);
 }
 
 }  // namespace niah_report

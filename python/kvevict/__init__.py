@@ -52,7 +52,7 @@ class Policy:
     def __init__(self, **kwargs: Any):
         defaults = _ext.defaults(self.kind)
         pool = kwargs.pop("pool", None)
-        allowed = set(defaults) | ({"delimiter_ids"} if "min_len" in defaults else set())
+        allowed = set(defaults) | ({"delimiter_ids", "sentence_ids"} if "min_len" in defaults else set())
         for key in kwargs:
             if key not in allowed:
                 raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument '{key}' "
@@ -70,8 +70,9 @@ class Policy:
             elif pool != "avg":
                 raise KvevictError(f"kvevict: invalid argument in 'pool': '{pool}' is not 'avg' or 'none'",
                                    "invalid argument", "pool")
-        if "delimiter_ids" in params:
-            params["delimiter_ids"] = [int(i) for i in params["delimiter_ids"]]
+        for ids in ("delimiter_ids", "sentence_ids"):
+            if ids in params:
+                params[ids] = [int(i) for i in params[ids]]
         self.params = params
 
     @staticmethod
@@ -136,7 +137,11 @@ class SentenceKV(Policy):
 
 
 class SABlock(Policy):
-    """Semantic-aware eviction with adaptive block sizes (``delimiter_ids``; pass ``token_ids``)."""
+    """Semantic-aware eviction with adaptive block sizes (``delimiter_ids``; pass ``token_ids``).
+
+    With ``sentence_ids`` (the delimiters that end a sentence, e.g. from
+    ``kvevict.kvpress.sentence_ids(tokenizer)``) clauses nest in sentences: ``beta`` guides tokens by
+    their sentence's score and ``sentence_blocks`` lets a whole sentence be kept as one block."""
     kind = "sablock"
     needs = ("queries", "token_ids")
 

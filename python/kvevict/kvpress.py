@@ -36,7 +36,7 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 import kvevict
 
-__all__ = ["KvevictPress", "window_queries", "delimiter_ids"]
+__all__ = ["KvevictPress", "window_queries", "delimiter_ids", "sentence_ids"]
 
 
 def window_queries(module, hidden_states: torch.Tensor, window: int, position_embeddings) -> torch.Tensor:
@@ -160,3 +160,9 @@ def delimiter_ids(tokenizer, marks: str = ".,;:?!\n") -> list:
         if text and all(c in marks for c in text) and len(text) <= 2:
             ids.append(int(i))
     return sorted(ids)
+
+
+def sentence_ids(tokenizer, marks: str = ".?!\n") -> list:
+    """Token ids of a tokenizer's tokens that end a sentence (``delimiter_ids`` with sentence marks):
+    pass them as ``sentence_ids`` to SABlock, beside ``delimiter_ids``, for its sentence level."""
+    return delimiter_ids(tokenizer, marks)

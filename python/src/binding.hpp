@@ -40,11 +40,13 @@ inline void raise_if_error(const kvevict::status& st) {
 // Policies
 
 //! A policy as Python describes it: its kind, its keyword arguments (already checked against the
-//! kind's parameters) and the delimiter ids, which the C++ segmenter borrows for the call.
+//! kind's parameters) and the delimiter and sentence-end ids, which the C++ segmenter borrows for
+//! the call.
 struct config {
   std::string kind;
   nb::dict params;
   std::vector<std::int32_t> delimiter_ids;
+  std::vector<std::int32_t> sentence_ids;
 };
 
 using wa_scorer = kvevict::window_attention<kvevict::gqa_mean, kvevict::avg_pool<kvevict::pad_zeros>>;
@@ -70,9 +72,13 @@ void visit_params(P& p, Fn&& fn) {
   if constexpr (std::is_same_v<P, sentencekv_policy> || std::is_same_v<P, sablock_policy>) {
     fn("min_len", p.granularity.segmenter.min_len);
     fn("max_len", p.granularity.segmenter.max_len);
+    fn("sentence_min_len", p.granularity.segmenter.sentence_min_len);
+    fn("sentence_max_len", p.granularity.segmenter.sentence_max_len);
   }
   if constexpr (std::is_same_v<P, sablock_policy>) {
     fn("alpha", p.granularity.alpha);
+    fn("beta", p.granularity.beta);
+    fn("sentence_blocks", p.granularity.sentence_blocks);
     fn("g", p.granularity.g);
     fn("steps", p.granularity.steps);
     fn("block_size", p.granularity.block_size);
@@ -100,7 +106,7 @@ decltype(auto) with_preset(const std::string& kind, F&& f) {
 }
 
 //! Calls `f(policy)` with the C++ policy `c` describes: the preset, its knobs set from the keyword
-//! arguments (the segmenter borrows `c.delimiter_ids`).
+//! arguments (the segmenter borrows `c.delimiter_ids` and `c.sentence_ids`).
 template <class F>
 decltype(auto) with_policy(const config& c, F&& f) {
   return with_preset(c.kind, [&](auto p) {
@@ -111,6 +117,8 @@ decltype(auto) with_policy(const config& c, F&& f) {
     if constexpr (std::is_same_v<decltype(p), sentencekv_policy> || std::is_same_v<decltype(p), sablock_policy>) {
       p.granularity.segmenter.delimiter_ids = c.delimiter_ids.empty() ? nullptr : c.delimiter_ids.data();
       p.granularity.segmenter.num_delimiters = static_cast<int>(c.delimiter_ids.size());
+      p.granularity.segmenter.sentence_ids = c.sentence_ids.empty() ? nullptr : c.sentence_ids.data();
+      p.granularity.segmenter.num_sentence_ids = static_cast<int>(c.sentence_ids.size());
     }
     return f(p);
   });

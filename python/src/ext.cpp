@@ -23,10 +23,11 @@ config to_config(const std::string& kind, const nb::dict& d) {
   const nb::dict def = defaults(kind);
   for (auto [key, value] : d) {
     const std::string name = nb::cast<std::string>(key);
-    if (name != "delimiter_ids" && !def.contains(key))
+    if (name != "delimiter_ids" && name != "sentence_ids" && !def.contains(key))
       fail(kvevict::errc::invalid_argument, name, "not a parameter of " + kind);
   }
-  return config{kind, d, get(d, "delimiter_ids", std::vector<std::int32_t>{})};
+  return config{kind, d, get(d, "delimiter_ids", std::vector<std::int32_t>{}),
+                get(d, "sentence_ids", std::vector<std::int32_t>{})};
 }
 
 signal_args to_signals(const nb::dict& d) {

@@ -58,7 +58,9 @@ def paged(k, v, page_size=16, shuffle=True):
 def test_defaults_are_the_cpp_presets():
     p = kvevict.SnapKV()
     assert (p.budget, p.sinks, p.window, p.kernel_size) == (128, 4, 32, 5)
-    assert kvevict.SABlock().params["alpha"] == 0.5 and kvevict.SABlock().g == 2.0
+    assert kvevict.SABlock().params["alpha"] == 0.25 and kvevict.SABlock().g == 2.0
+    assert kvevict.SABlock().beta == 0.25 and kvevict.SABlock().sentence_blocks is True
+    assert kvevict.SABlock().sentence_max_len == 256
     assert kvevict.ChunkKV().chunk == 10 and kvevict.ChunkKV().kernel_size == 1
     assert kvevict.SnapKV(pool="none").kernel_size == 1
     with pytest.raises(TypeError, match="bugdet"):
@@ -200,6 +202,11 @@ def test_errors_name_the_argument_and_write_nothing():
                  "signals.token_ids", cache)
     expect_error(lambda: kvevict.evict(kvevict.SABlock(budget=40, window=W, alpha=2.0, delimiter_ids=[1]), cache,
                                        queries=q, token_ids=ids), "granularity.alpha", cache)
+    expect_error(lambda: kvevict.evict(kvevict.SABlock(budget=40, window=W, alpha=0.7, beta=0.5, delimiter_ids=[1]),
+                                       cache, queries=q, token_ids=ids), "granularity.alpha + beta", cache)
+    expect_error(lambda: kvevict.evict(kvevict.SABlock(budget=40, window=W, sentence_max_len=0, delimiter_ids=[1],
+                                                       sentence_ids=[1]), cache, queries=q, token_ids=ids),
+                 "segmenter.sentence_min_len / sentence_max_len", cache)
     expect_error(lambda: kvevict.evict("snapkv", cache, queries=q), "policy", cache)
     expect_error(lambda: kvevict.evict(snap, (k, v), queries=q), "cache", cache)
     # a plan that is not increasing
@@ -254,3 +261,21 @@ def test_threads_do_not_change_the_plan():
         np.testing.assert_array_equal(one.positions, other.positions)
     with pytest.raises(kvevict.KvevictError, match="threads"):
         kvevict.plan(policy, kvevict.DenseCache(k, v), queries=q, threads=-1)
+
+
+def test_sablock_sentence_level():
+    """One level (no sentence ids): the defaults plan as version 1 (alpha 0.5, no sentence terms);
+    with sentence ids the sentence level changes the plan."""
+    k, v, q = dense(400)
+    ids = RNG.integers(4, 40, size=(1, 400)).astype(np.int32)
+    ids[0, RNG.random(400) < 0.08] = 1  # sentence ends
+    ids[0, RNG.random(400) < 0.08] = 2  # clause ends
+    cache = kvevict.DenseCache(k, v)
+    one = kvevict.plan(kvevict.SABlock(budget=80, window=W, delimiter_ids=[1, 2]), cache, queries=q, token_ids=ids)
+    v1 = kvevict.plan(kvevict.SABlock(budget=80, window=W, delimiter_ids=[1, 2], alpha=0.5, beta=0.0,
+                                      sentence_blocks=False), cache, queries=q, token_ids=ids)
+    assert all(one.kept(h).tolist() == v1.kept(h).tolist() for h in range(KVH))
+    two = kvevict.plan(kvevict.SABlock(budget=80, window=W, delimiter_ids=[1, 2], sentence_ids=[1]), cache,
+                       queries=q, token_ids=ids)
+    assert all(len(two.kept(h)) == 80 for h in range(KVH))
+    assert any(two.kept(h).tolist() != one.kept(h).tolist() for h in range(KVH))

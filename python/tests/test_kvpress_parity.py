@@ -356,8 +356,9 @@ def test_press_in_the_kvpress_pipeline(model):
 
 
 def test_delimiter_ids_from_a_tokenizer():
-    from kvevict.kvpress import delimiter_ids
+    from kvevict.kvpress import delimiter_ids, sentence_ids
 
     tok = word_tokenizer()
     vocab = tok.get_vocab()
     assert delimiter_ids(tok) == sorted(vocab[w] for w in [",", ".", "?", "!"])
+    assert sentence_ids(tok) == sorted(vocab[w] for w in [".", "?", "!"])

@@ -593,6 +593,8 @@ void test_block_granularities(layout_kind kind, std::uint32_t seed) {
   dbuf<std::int32_t> dids(ids);
   const std::vector<std::int32_t> delims = {1, 2, 3};
   dbuf<std::int32_t> ddelims(delims);
+  const std::vector<std::int32_t> ends = {1};  // SABlock's sentence level: id 1 ends sentences
+  dbuf<std::int32_t> dends(ends);
   kvevict::signals<T> sig{};
   sig.token_ids = ids.data();
   sig.token_ids_stride = stride;
@@ -635,15 +637,25 @@ void test_block_granularities(layout_kind kind, std::uint32_t seed) {
     skf.granularity.segmenter.length = 5;
     compare_block_policy(dc, skf, skf, sig, dsig, dscores.p, seqs, kvh, "sentencekv fixed length");
 
-    for (int variant = 0; variant < 4; ++variant) {
+    for (int variant = 0; variant < 8; ++variant) {
+      // 0-3 one level (version 2's defaults, no guidance and no fee, fixed blocks, a large fee);
+      // 4-7 with sentences: defaults, no sentence blocks, version 1's numbers, a large fee.
       kvevict::sablock<kvevict::delimiter_segmenter, precomputed> sb;
       setup(sb, budget, 4, window);
-      if (variant == 1) sb.granularity.alpha = 0, sb.granularity.g = 0;
+      if (variant % 4 == 1 && variant < 4) sb.granularity.alpha = 0, sb.granularity.beta = 0, sb.granularity.g = 0;
       if (variant == 2) sb.granularity.block_size = 4;
-      if (variant == 3) sb.granularity.g = 50;
+      if (variant % 4 == 3) sb.granularity.g = 50;
+      if (variant == 5) sb.granularity.sentence_blocks = false, sb.granularity.beta = 0.4;
+      if (variant == 6) sb.granularity.alpha = 0.5, sb.granularity.beta = 0, sb.granularity.sentence_blocks = false;
       auto dsb = sb;
       with_delims(sb, false);
       with_delims(dsb, true);
+      if (variant >= 4) {
+        sb.granularity.segmenter.sentence_ids = ends.data();
+        dsb.granularity.segmenter.sentence_ids = dends.p;
+        sb.granularity.segmenter.num_sentence_ids = dsb.granularity.segmenter.num_sentence_ids = 1;
+        sb.granularity.segmenter.sentence_max_len = dsb.granularity.segmenter.sentence_max_len = 40;
+      }
       const std::string what = "sablock variant " + std::to_string(variant);
       compare_block_policy(dc, sb, dsb, sig, dsig, dscores.p, seqs, kvh, what.c_str());
     }
@@ -686,7 +698,9 @@ void test_sablock_goldens() {
     p.selector.budget.entries = static_cast<int>(c["budget"].num);
     p.selector.sinks = static_cast<int>(c["sinks"].num);
     p.selector.window = static_cast<int>(c["window"].num);
-    p.granularity.alpha = c["alpha"].num;
+    p.granularity.alpha = c["alpha"].num;  // version 1: one level, no sentence guidance or blocks
+    p.granularity.beta = 0.0;
+    p.granularity.sentence_blocks = false;
     p.granularity.g = c["g"].num;
     p.granularity.steps = static_cast<int>(c["steps"].num);
     p.granularity.segmenter = {delims32.data(), static_cast<int>(delims32.size()), static_cast<int>(c["min_len"].num),

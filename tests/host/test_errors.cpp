@@ -185,3 +185,40 @@ TEST_CASE("status messages name the category and the argument", "[errors]") {
   CHECK(st.message() == "kvevict: budget too small in 'selector.budget.entries': below the protected tokens");
   CHECK(kvevict::ok_status().message() == "kvevict: ok");
 }
+
+TEST_CASE("SABlock's sentence-level parameters are validated before anything is written", "[errors][sablock]") {
+  fixture f;
+  std::vector<std::int32_t> ids(2 * 40, 5);
+  f.sig.token_ids = ids.data();
+  f.sig.token_ids_stride = 40;
+  const std::int32_t delims[] = {1, 2}, ends[] = {1};
+  auto expect = [&](auto mutate, kvevict::errc code, const std::string& arg) {
+    kvevict::sablock<> p;
+    p.selector = {2, 8, kvevict::uniform_budget{16}};
+    p.granularity.segmenter = {delims, 2};
+    p.granularity.segmenter.sentence_ids = ends;
+    p.granularity.segmenter.num_sentence_ids = 1;
+    mutate(p);
+    const auto before = f.c.checksum();
+    const auto st = kvevict::evict(kvevict::host, p, f.c.block_view(), f.sig, f.kept.view(), f.res);
+    INFO(st.message());
+    CHECK(st.code == code);
+    CHECK(std::string(st.argument) == arg);
+    CHECK(f.c.checksum() == before);
+  };
+  using P = kvevict::sablock<>;
+  expect([](P& p) { p.granularity.alpha = 0.6, p.granularity.beta = 0.5; }, kvevict::errc::invalid_argument,
+         "granularity.alpha + beta");
+  expect([](P& p) { p.granularity.beta = -0.1; }, kvevict::errc::invalid_argument, "granularity.beta");
+  expect([](P& p) { p.granularity.segmenter.sentence_ids = nullptr; }, kvevict::errc::invalid_argument,
+         "segmenter.sentence_ids");
+  expect([](P& p) { p.granularity.segmenter.sentence_max_len = 0; }, kvevict::errc::invalid_argument,
+         "segmenter.sentence_min_len / sentence_max_len");
+  // And the valid configuration runs.
+  kvevict::sablock<> ok;
+  ok.selector = {2, 8, kvevict::uniform_budget{16}};
+  ok.granularity.segmenter = {delims, 2};
+  ok.granularity.segmenter.sentence_ids = ends;
+  ok.granularity.segmenter.num_sentence_ids = 1;
+  CHECK(kvevict::evict(kvevict::host, ok, f.c.block_view(), f.sig, f.kept.view(), f.res).ok());
+}

@@ -33,8 +33,11 @@ TEST_CASE("SABlock golden cases: segments and kept positions", "[sablock][golden
       std::vector<unsigned char> keep(hi - lo, 0);
       std::vector<double> r(hi - lo + 1), prefix(hi - lo + 1);
       std::vector<std::int32_t> idx(hi - lo);
-      kvevict::host_backend::sablock_params prm{c["alpha"].num, c["g"].num, static_cast<int>(c["steps"].num), 0};
-      kvevict::host_backend::sablock_select(scores.data(), lo, hi, off.data(), count, bc, prm, keep.data(), r.data(),
+      // Version 1 settings: the golden cases' alpha, no sentence guidance, no sentence blocks.
+      kvevict::host_backend::sablock_params prm{c["alpha"].num, c["g"].num, static_cast<int>(c["steps"].num), 0, 0.0,
+                                                false};
+      kvevict::host_backend::sablock_select(scores.data(), lo, hi, off.data(), count, nullptr, 0, bc, prm, keep.data(),
+                                            r.data(),
                                             prefix.data(), idx.data());
       for (int t = 0; t < sinks; ++t) kept.push_back(t);
       for (int t = lo; t < hi; ++t)
@@ -102,11 +105,11 @@ using given_policy = kvevict::eviction_policy<given_scores, Granularity, kvevict
 
 }  // namespace
 
-TEST_CASE("SABlock with alpha = 0 and g = 0 is token-level top-k", "[sablock]") {
+TEST_CASE("SABlock with alpha = beta = 0 and g = 0 is token-level top-k", "[sablock]") {
   for (std::uint32_t seed = 1; seed <= 10; ++seed) {
     setup s(3, 300 + static_cast<int>(seed) * 7, seed, 0.15, seed % 2 == 0);
     given_policy<kvevict::adaptive_block<>> sb;
-    sb.granularity = {{delims.data(), 3}, 0.0, 0.0, 32, 0};
+    sb.granularity = {{delims.data(), 3}, 0.0, 0.0, 32, 0, 0.0};  // no guidance at either level, no fee
     sb.selector = {4, 16, kvevict::uniform_budget{64}};
     given_policy<kvevict::token_level> tk;
     tk.selector = sb.selector;
@@ -122,7 +125,7 @@ TEST_CASE("SABlock with one candidate size is fixed-block selection", "[sablock]
     const int n = 4 + 24 * 10 + 16;
     setup s(2, n, seed);
     given_policy<kvevict::adaptive_block<kvevict::fixed_length_segmenter>> sb;
-    sb.granularity = {{24}, 0.0, 0.0, 60, 8};
+    sb.granularity = {{24}, 0.0, 0.0, 60, 8, 0.0};
     sb.selector = {4, 16, kvevict::uniform_budget{20 + 8 * static_cast<int>(seed) + static_cast<int>(seed % 3)}};
     given_policy<kvevict::fixed_block<kvevict::independent_heads>> ck;
     ck.granularity.chunk = 8;
@@ -140,7 +143,13 @@ TEST_CASE("SABlock keeps exactly min(budget, n), covers the protected tokens, re
     const int budget = sinks + window + static_cast<int>(rng() % 120);
     setup s(2, n, 1000 + trial, 0.02 + (trial % 5) * 0.2, trial % 3 != 0);
     given_policy<kvevict::adaptive_block<>> p;
-    p.granularity = {{delims.data(), 3, 1 + trial % 4, 4 + trial % 60}, (trial % 5) * 0.25, (trial % 4) * 1.5, 32, 0};
+    p.granularity = {{delims.data(), 3, 1 + trial % 4, 4 + trial % 60}, (trial % 5) * 0.2, (trial % 4) * 1.5, 32, 0,
+                     (trial % 3) * 0.1, trial % 3 != 1};
+    if (trial % 2) {  // two levels: the first delimiter ends sentences
+      p.granularity.segmenter.sentence_ids = delims.data();
+      p.granularity.segmenter.num_sentence_ids = 1;
+      p.granularity.segmenter.sentence_max_len = 8 + trial * 5;
+    }
     p.selector = {sinks, window, kvevict::uniform_budget{budget}};
     const auto a = s.plan(p), b = s.plan(p);
     for (int h = 0; h < 2; ++h) {
@@ -186,7 +195,7 @@ TEST_CASE("SABlock with a large fee keeps whole segments", "[sablock]") {
     REQUIRE(want.size() > 20u);
     REQUIRE(want.size() < static_cast<size_t>(n));
     given_policy<kvevict::adaptive_block<>> p;
-    p.granularity = {{delims.data(), 3, 3, 64}, alpha, g, 32, 0};
+    p.granularity = {{delims.data(), 3, 3, 64}, alpha, g, 32, 0, 0.0, false};  // version 1
     p.selector = {4, 16, kvevict::uniform_budget{static_cast<int>(want.size())}};
     CHECK(s.plan(p).kept(0) == want);
     given_policy<kvevict::token_level> tk;
@@ -322,9 +331,199 @@ TEST_CASE("regression (fuzz_segment): prefix-sum rounding at the top price keeps
       unsigned char keep[2] = {9, 9};
       double r[3], prefix[3];
       std::int32_t idx[2];
-      kvevict::host_backend::sablock_select(a, 0, 2, off, 2, bc, {0.0, 0.0, steps, 0}, keep, r, prefix, idx);
+      kvevict::host_backend::sablock_select(a, 0, 2, off, 2, nullptr, 0, bc, {0.0, 0.0, steps, 0, 0.0, false},
+                                            keep, r, prefix, idx);
       CHECK(keep[0] + keep[1] == bc);
       if (bc == 1) CHECK(keep[1] == 1);
     }
   }
+}
+
+namespace {
+
+// SABlock version 2 written from docs/sablock.md with plain loops over (begin, end) pairs: two
+// levels of segments, refined scores, per-sentence candidates, bisection, fill. Arithmetic in the
+// order the specification fixes (sums in token order inside a clause, clause sums in order).
+std::vector<int> ref_sablock_v2(const std::vector<double>& a, const std::vector<int>& ids, const std::vector<int>& all,
+                                const std::vector<int>& ends, int lo, int hi, int bc, double alpha, double beta, double g,
+                                int steps, bool sentence_blocks, int smax) {
+  std::vector<std::vector<std::pair<int, int>>> sents;  // clauses per sentence
+  if (ends.empty()) {
+    for (auto c : ref::segments(ids, all, lo, hi, 3, 64)) sents.push_back({c});
+  } else {
+    for (auto [sa, sb] : ref::segments(ids, ends, lo, hi, 3, smax)) sents.push_back(ref::segments(ids, all, sa, sb, 3, 64));
+  }
+  auto mean = [&](const std::vector<double>& v, int x, int y) {
+    double s = 0;
+    for (int t = x; t < y; ++t) s += v[t];
+    return s / (y - x);
+  };
+  std::vector<double> r(a), pre(a.size());
+  for (const auto& cl : sents) {
+    if (cl.size() == 1) {
+      const double w = alpha + beta, m = mean(a, cl[0].first, cl[0].second);
+      for (int t = cl[0].first; t < cl[0].second; ++t) r[t] = (1.0 - w) * a[t] + w * m;
+    } else {
+      const double ms = beta * mean(a, cl.front().first, cl.back().second);
+      for (auto [x, y] : cl) {
+        const double mc = alpha * mean(a, x, y);
+        for (int t = x; t < y; ++t) r[t] = ((1.0 - alpha) - beta) * a[t] + mc + ms;
+      }
+    }
+    for (auto [x, y] : cl) {
+      double run = 0;
+      for (int t = x; t < y; ++t) pre[t] = run += r[t];
+    }
+  }
+  double rsum = 0, rmax = -1e300;
+  for (const auto& cl : sents)
+    for (auto [x, y] : cl) rsum += pre[y - 1];
+  for (int t = lo; t < hi; ++t) rmax = std::max(rmax, r[t]);
+  const double gamma = g * (rsum / (hi - lo));
+  auto value = [&](int x, int st, int e) { return st > x ? pre[e - 1] - pre[st - 1] : pre[e - 1]; };
+  // A clause's best block size: (total positive net, size).
+  auto clause_best = [&](int x, int y, double lam) {
+    const int len = y - x;
+    double best = -1;
+    int best_b = 0;
+    for (int b = 1;; b *= 2) {
+      const int size = std::min(b, len);
+      double tot = 0;
+      for (int st = x; st < y; st += size) {
+        const double net = (value(x, st, std::min(y, st + size)) - lam * (std::min(y, st + size) - st)) - gamma;
+        if (net > 0) tot += net;
+      }
+      if (tot >= best) best = tot, best_b = size;
+      if (b >= len) break;
+    }
+    return std::make_pair(best, best_b);
+  };
+  auto kept_at = [&](double lam) {
+    std::vector<int> kept;
+    for (const auto& cl : sents) {
+      double split = 0, v = 0;
+      for (auto [x, y] : cl) split += clause_best(x, y, lam).first, v += pre[y - 1];
+      const int len = cl.back().second - cl.front().first;
+      const double whole = (v - lam * len) - gamma;
+      if (sentence_blocks && cl.size() > 1 && whole > 0 && whole >= split) {
+        for (int t = cl.front().first; t < cl.back().second; ++t) kept.push_back(t);
+        continue;
+      }
+      for (auto [x, y] : cl) {
+        const int b = clause_best(x, y, lam).second;
+        for (int st = x; st < y; st += b) {
+          const int e = std::min(y, st + b);
+          if ((value(x, st, e) - lam * (e - st)) - gamma > 0)
+            for (int t = st; t < e; ++t) kept.push_back(t);
+        }
+      }
+    }
+    return kept;
+  };
+  double lam_lo = 0, lam_hi = rmax + gamma;
+  while (static_cast<int>(kept_at(lam_hi).size()) > bc) lam_hi = 2 * lam_hi + 1e-300;
+  for (int i = 0; i < steps; ++i) {
+    const double mid = 0.5 * (lam_lo + lam_hi);
+    (static_cast<int>(kept_at(mid).size()) > bc ? lam_lo : lam_hi) = mid;
+  }
+  std::vector<int> kept = kept_at(lam_hi);
+  std::vector<char> in(a.size(), 0);
+  for (int t : kept) in[t] = 1;
+  std::vector<int> rest;
+  for (int t = lo; t < hi; ++t)
+    if (!in[t]) rest.push_back(t);
+  std::sort(rest.begin(), rest.end(), [&](int x, int y) { return r[x] > r[y] || (r[x] == r[y] && x < y); });
+  const int need = bc - static_cast<int>(kept.size());
+  for (int i = 0; i < need && i < static_cast<int>(rest.size()); ++i) kept.push_back(rest[i]);
+  std::sort(kept.begin(), kept.end());
+  return kept;
+}
+
+}  // namespace
+
+TEST_CASE("SABlock version 2 equals a naive implementation of its specification", "[sablock]") {
+  const std::vector<int> ends = {1};  // id 1 ends sentences; 1, 2, 3 end clauses
+  int sentence_wins = 0;
+  for (std::uint32_t seed = 1; seed <= 24; ++seed) {
+    const int n = 200 + static_cast<int>(seed) * 13, sinks = 4, window = 16, budget = 40 + 5 * static_cast<int>(seed);
+    setup s(2, n, 300 + seed, 0.1 + 0.02 * (seed % 5));
+    const double alpha = (seed % 4) * 0.2, beta = (seed % 3) * 0.2, g = (seed % 5) * 1.0;
+    const bool two = seed % 4 != 0, blocks = seed % 3 != 2;
+    const int smax = 20 + static_cast<int>(seed) * 9;
+    given_policy<kvevict::adaptive_block<>> p;
+    p.granularity = {{delims.data(), 3}, alpha, g, 32, 0, beta, blocks};
+    if (two) {
+      p.granularity.segmenter.sentence_ids = ends.data();
+      p.granularity.segmenter.num_sentence_ids = 1;
+      p.granularity.segmenter.sentence_max_len = smax;
+    }
+    p.selector = {sinks, window, kvevict::uniform_budget{budget}};
+    const auto got = s.plan(p);
+    for (int h = 0; h < 2; ++h) {
+      std::vector<double> a(s.scores.begin() + h * n, s.scores.begin() + (h + 1) * n);
+      auto want = ref_sablock_v2(a, s.ids, delims, two ? ends : std::vector<int>{}, sinks, n - window,
+                                 budget - sinks - window, alpha, beta, g, 32, blocks, smax);
+      std::vector<int> full;
+      for (int t = 0; t < sinks; ++t) full.push_back(t);
+      full.insert(full.end(), want.begin(), want.end());
+      for (int t = n - window; t < n; ++t) full.push_back(t);
+      INFO("seed " << seed << " head " << h << " alpha " << alpha << " beta " << beta << " g " << g << " two " << two
+                   << " blocks " << blocks);
+      CHECK(got.kept(h) == full);
+      // The sentence candidate matters: without it the plan differs somewhere.
+      if (two && blocks && beta > 0) {
+        auto p2 = p;
+        p2.granularity.sentence_blocks = false;
+        sentence_wins += s.plan(p2).kept(h) != got.kept(h);
+      }
+    }
+  }
+  CHECK(sentence_wins > 0);
+}
+
+TEST_CASE("SABlock version 2: one level with the defaults is version 1; beta = 0 and no sentence blocks is version 1",
+          "[sablock]") {
+  const std::vector<int> ends = {1};
+  for (std::uint32_t seed = 1; seed <= 10; ++seed) {
+    setup s(3, 300 + static_cast<int>(seed) * 11, 700 + seed);
+    given_policy<kvevict::adaptive_block<>> v1, v2;
+    v1.granularity = {{delims.data(), 3}, 0.5, 2.0, 32, 0, 0.0, false};
+    v2.granularity.segmenter = {delims.data(), 3};  // defaults: alpha 0.25, beta 0.25, sentence blocks
+    v1.selector = v2.selector = {4, 16, kvevict::uniform_budget{60 + static_cast<int>(seed) * 3}};
+    const auto a = s.plan(v1), b = s.plan(v2);
+    for (int h = 0; h < 3; ++h) CHECK(a.kept(h) == b.kept(h));
+    // With sentences configured, v2's defaults differ from v1 somewhere (the sentence level acts).
+    v2.granularity.segmenter.sentence_ids = ends.data();
+    v2.granularity.segmenter.num_sentence_ids = 1;
+    int differ = 0;
+    const auto c = s.plan(v2);
+    for (int h = 0; h < 3; ++h) differ += c.kept(h) != a.kept(h);
+    if (seed == 10) CHECK(differ > 0);
+  }
+}
+
+TEST_CASE("Two-level segmentation: sentences of clauses, each level with its own min / max", "[sablock][segment]") {
+  // ids: 1 ends a sentence, 2 a clause. Positions:   0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+  const std::vector<int> ids = {5, 5, 2, 5, 5, 5, 1, 5, 1, 5, 5, 5, 2, 5, 5, 5};
+  const std::int32_t all[] = {1, 2}, ends[] = {1};
+  kvevict::delimiter_segmenter seg{all, 2, 2, 64, ends, 1, 3, 256};
+  std::vector<std::int32_t> off(17), sent(17), raw(17);
+  int ns = 0;
+  const int c = seg.segment_levels_ids(ids.data(), 0, 16, off.data(), sent.data(), &ns, raw.data());
+  // Sentences: [0,7) and [7,9) (2 tokens, shorter than 3: merges into the next) + [9,16) -> [0,7), [7,16).
+  REQUIRE(ns == 2);
+  // Clauses of [0,7): [0,3), [3,7); of [7,16): [7,9), [9,13), [13,16).
+  REQUIRE(c == 5);
+  CHECK(std::vector<int>(off.begin(), off.begin() + c + 1) == std::vector<int>{0, 3, 7, 9, 13, 16});
+  CHECK(std::vector<int>(sent.begin(), sent.begin() + ns + 1) == std::vector<int>{0, 2, 5});
+  // A sentence longer than sentence_max_len splits evenly, and its clauses are cut inside the pieces.
+  seg.sentence_max_len = 4;
+  const int c2 = seg.segment_levels_ids(ids.data(), 0, 16, off.data(), sent.data(), &ns, raw.data());
+  for (int k = 0; k < ns; ++k) CHECK(off[sent[k + 1]] - off[sent[k]] <= 4);
+  CHECK(off[c2] == 16);
+  // The one-level call is unchanged by sentence ids that are also clause delimiters.
+  kvevict::delimiter_segmenter one{all, 2, 2, 64};
+  std::vector<std::int32_t> o1(33), o2(33);
+  const int n1 = one.segment_ids(ids.data(), 0, 16, o1.data()), n2 = seg.segment_ids(ids.data(), 0, 16, o2.data());
+  CHECK(std::vector<int>(o1.begin(), o1.begin() + n1 + 1) == std::vector<int>(o2.begin(), o2.begin() + n2 + 1));
 }

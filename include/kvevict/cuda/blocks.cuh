@@ -99,6 +99,38 @@ __device__ int delimiter_units(const delimiter_segmenter& seg, const std::int32_
   return *s_count;
 }
 
+//! Two-level delimiter segmentation of ids[lo, hi) (SABlock with sentence ids): the raw cuts
+//! (parallel, in order) into `raw`, then the host's `two_level_segments` on one thread. Clause
+//! offsets relative to lo in `off`, sentences as clause ranges in `sent`. Returns the clause
+//! count; the sentence count in `*s_sent`.
+template <class Scan>
+__device__ int delimiter_levels(const delimiter_segmenter& seg, const std::int32_t* ids, int lo, int hi,
+                                std::int32_t* off, std::int32_t* raw, std::int32_t* sent,
+                                typename Scan::TempStorage& tmp, int* s_count, int* s_sent) {
+  const int m = hi - lo;
+  if (threadIdx.x == 0) *s_count = 0;
+  __syncthreads();
+  for (int t0 = 0; t0 < m - 1; t0 += blockDim.x) {
+    const int t = t0 + threadIdx.x;
+    const int cut = t < m - 1 && seg.is_delimiter(ids[lo + t]) ? 1 : 0;
+    int at, total;
+    Scan(tmp).ExclusiveSum(cut, at, total);
+    if (cut) raw[*s_count + at] = t + 1;
+    __syncthreads();
+    if (threadIdx.x == 0) *s_count += total;
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    int ns = 0;
+    *s_count = host_backend::two_level_segments(raw, *s_count, 0, m, delimiter_segmenter::sentence_cut{&seg, ids, lo},
+                                                seg.min_len, seg.max_len, seg.sentence_min_len, seg.sentence_max_len,
+                                                off, sent, &ns);
+    *s_sent = ns;
+  }
+  __syncthreads();
+  return *s_count;
+}
+
 // ---- exact fill: the k best unmarked entries of v[0, m) by value, ties to the lower index ----
 
 template <class Scan>
@@ -243,7 +275,7 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
   } tmp;
   __shared__ unsigned hist[256];
   __shared__ std::uint64_t s_prefix;
-  __shared__ int s_count, s_krem, s_eq_base, s_left, s_base;
+  __shared__ int s_count, s_krem, s_eq_base, s_left, s_base, s_sent;
   __shared__ double s_lo, s_hi, s_gamma;
   __shared__ long long s_cost;
 
@@ -303,23 +335,35 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
     __syncthreads();
     if (bc > 0 && m > 0) {
       int count;
+      const std::int32_t* sent = nullptr;  // SABlock's sentences as clause ranges (null: one level)
+      int num_units = 0;                   // sentences (SABlock), else segments
       if constexpr (std::is_same_v<Granularity, fixed_block<typename Granularity::sharing_type>>) {
         count = fixed_units(lo, hi, a.gran.chunk, w.off);
       } else if constexpr (std::is_same_v<std::decay_t<decltype(a.gran.segmenter)>, fixed_length_segmenter>) {
         count = fixed_units(lo, hi, a.gran.segmenter.length, w.off);
       } else {
-        count = delimiter_units<scan>(a.gran.segmenter,
-                                      a.sig.token_ids + static_cast<std::size_t>(s) * a.sig.token_ids_stride, lo, hi,
-                                      w.off, tmp.scan, &s_count);
+        const std::int32_t* ids = a.sig.token_ids + static_cast<std::size_t>(s) * a.sig.token_ids_stride;
+        if (traits::sablock && a.gran.segmenter.two_level()) {
+          std::int32_t* raw = w.idx;  // m - 1 raw cuts at most, then m + 1 sentence entries
+          std::int32_t* sv = w.idx + (m > 1 ? m - 1 : 0);
+          count = delimiter_levels<scan>(a.gran.segmenter, ids, lo, hi, w.off, raw, sv, tmp.scan, &s_count, &s_sent);
+          sent = sv;
+          num_units = s_sent;
+        } else {
+          count = delimiter_units<scan>(a.gran.segmenter, ids, lo, hi, w.off, tmp.scan, &s_count);
+        }
       }
+      if (!sent) num_units = count;
       __syncthreads();
       if constexpr (traits::sablock) {
-        // Refined scores and local prefix sums, a thread per segment.
+        auto first = [&](int k) { return sent ? sent[k] : k; };
+        const double alpha = a.gran.alpha, beta = a.gran.beta;
+        const bool blocks = a.gran.sentence_blocks;
+        // Refined scores and local prefix sums, a thread per sentence.
         double my_max = -DBL_MAX;
-        for (int u = threadIdx.x; u < count; u += blockDim.x) {
-          const int s0 = w.off[u], len = w.off[u + 1] - s0;
-          detail::refine_segment(w.a, w.prefix, s0, len, a.gran.alpha);
-          for (int t = s0; t < s0 + len; ++t) my_max = w.a[t] > my_max ? w.a[t] : my_max;
+        for (int k = threadIdx.x; k < num_units; k += blockDim.x) {
+          detail::refine_sentence(w.a, w.prefix, w.off, 0, first(k), first(k + 1), alpha, beta);
+          for (int t = w.off[first(k)]; t < w.off[first(k + 1)]; ++t) my_max = w.a[t] > my_max ? w.a[t] : my_max;
         }
         __syncthreads();
         const double rmax = reduce_d(tmp.d).Reduce(my_max, [](double x, double y) { return x > y ? x : y; });
@@ -336,8 +380,8 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
         const int maxc = a.gran.block_size;
         auto cost_at = [&](double lam) {
           long long mine = 0;
-          for (int u = threadIdx.x; u < count; u += blockDim.x)
-            mine += detail::segment_cost(w.prefix, w.off[u], w.off[u + 1] - w.off[u], lam, gamma, maxc, nullptr);
+          for (int k = threadIdx.x; k < num_units; k += blockDim.x)
+            mine += detail::sentence_cost(w.prefix, w.off, 0, first(k), first(k + 1), lam, gamma, maxc, blocks, nullptr);
           const long long total = reduce_ll(tmp.ll).Sum(mine);
           if (threadIdx.x == 0) s_cost = total;
           __syncthreads();
@@ -364,8 +408,8 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
           __syncthreads();
         }
         long long mine = 0;
-        for (int u = threadIdx.x; u < count; u += blockDim.x)
-          mine += detail::segment_cost(w.prefix, w.off[u], w.off[u + 1] - w.off[u], s_hi, gamma, maxc, w.keep);
+        for (int k = threadIdx.x; k < num_units; k += blockDim.x)
+          mine += detail::sentence_cost(w.prefix, w.off, 0, first(k), first(k + 1), s_hi, gamma, maxc, blocks, w.keep);
         const long long kept = reduce_ll(tmp.ll).Sum(mine);
         if (threadIdx.x == 0) s_left = bc - static_cast<int>(kept < bc ? kept : bc);
         __syncthreads();
@@ -454,10 +498,11 @@ struct device_block_granularity {
   static detail::workspace_layout<7> layout(const Cache& c) {
     const std::size_t tok = slab_tokens(c), rows = static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads();
     const bool units = !traits::sablock;
+    // idx: the units' sort indices, or SABlock's raw cuts and sentences (two levels).
     return detail::workspace_layout<7>{{sizeof(double) * tok, traits::sablock ? sizeof(double) * tok : 0, tok,
                                         sizeof(std::int32_t) * (tok + rows + 1),
                                         units ? sizeof(std::uint64_t) * 2 * tok : 0,
-                                        units ? sizeof(std::int32_t) * 2 * tok : 0, units ? tok : 0}};
+                                        sizeof(std::int32_t) * 2 * tok, units ? tok : 0}};
   }
   template <class Cache, class T>
   static status host_check(const Granularity& g, const Cache& c, const signals<T>& sig) {
@@ -483,7 +528,7 @@ struct device_block_granularity {
                                                            static_cast<unsigned char*>(p[2]),
                                                            static_cast<std::int32_t*>(p[3]),
                                                            traits::sablock ? nullptr : static_cast<std::uint64_t*>(p[4]),
-                                                           traits::sablock ? nullptr : static_cast<std::int32_t*>(p[5]),
+                                                           static_cast<std::int32_t*>(p[5]),
                                                            traits::sablock ? nullptr : static_cast<unsigned char*>(p[6])},
                                         out, word};
     const int units = traits::shared ? c.num_seqs() : c.num_seqs() * c.num_kv_heads();

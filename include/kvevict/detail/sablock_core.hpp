@@ -64,14 +64,16 @@ KVEVICT_HOST_DEVICE double blocks_total(const double* prefix, int s0, int len, i
 
 //! The segment's block size at price `lam`: among 1, 2, 4, ... below `len` and `len` (or the single
 //! size `min(max_candidates, len)`), the largest total positive net, ties to the larger size. Marks
-//! its kept blocks in `keep` when not null; returns the kept length.
+//! its kept blocks in `keep` when not null; returns the kept length, and the chosen size's total
+//! positive net in `*total` when not null.
 KVEVICT_HOST_DEVICE std::int64_t segment_cost(const double* prefix, int s0, int len, double lam, double gamma,
-                                              int max_candidates, unsigned char* keep) {
+                                              int max_candidates, unsigned char* keep, double* total = nullptr) {
   int best_b = 0;
+  double best = -1.0;
   if (max_candidates > 0) {
     best_b = max_candidates < len ? max_candidates : len;
+    if (total) best = blocks_total(prefix, s0, len, best_b, lam, gamma);
   } else {
-    double best = -1.0;
     for (int b = 1;; b *= 2) {
       const int size = b < len ? b : len;
       const double tot = blocks_total(prefix, s0, len, size, lam, gamma);
@@ -82,6 +84,7 @@ KVEVICT_HOST_DEVICE std::int64_t segment_cost(const double* prefix, int s0, int 
       if (b >= len) break;
     }
   }
+  if (total) *total = best;
   std::int64_t cost = 0;
   for (int st = 0; st < len; st += best_b) {
     const int e = len < st + best_b ? len : st + best_b;
@@ -91,6 +94,66 @@ KVEVICT_HOST_DEVICE std::int64_t segment_cost(const double* prefix, int s0, int 
         for (int t = s0 + st; t < s0 + e; ++t) keep[t] = 1;
     }
   }
+  return cost;
+}
+
+// ---- SABlock's sentence level: sentence k is clauses [c0, c1) of the clause offsets `off`
+// (token positions; `base` is subtracted to index r / prefix / keep). With one clause per
+// sentence everything below is the one-level arithmetic, bit for bit. ----
+
+//! Refines the sentence in place, `r = (1 - alpha - beta) a + alpha mean(clause) + beta mean(sentence)`,
+//! and writes the clauses' local prefix sums. A one-clause sentence refines as one segment with
+//! guidance `alpha + beta` (its clause is its sentence).
+KVEVICT_HOST_DEVICE void refine_sentence(double* r, double* prefix, const std::int32_t* off, int base, int c0, int c1,
+                                         double alpha, double beta) {
+  if (c1 - c0 == 1) {
+    refine_segment(r, prefix, off[c0] - base, off[c1] - off[c0], alpha + beta);
+    return;
+  }
+  const double sent_share = mul_rn(beta, segment_mean(r, off[c0] - base, off[c1] - off[c0]));
+  const double keep_share = (1.0 - alpha) - beta;
+  for (int u = c0; u < c1; ++u) {
+    const int s0 = off[u] - base, len = off[u + 1] - off[u];
+    const double clause_share = mul_rn(alpha, segment_mean(r, s0, len));
+    double run = 0;
+    for (int t = s0; t < s0 + len; ++t) {
+      r[t] = add_rn(add_rn(mul_rn(keep_share, r[t]), clause_share), sent_share);
+      run = add_rn(run, r[t]);
+      prefix[t] = run;
+    }
+  }
+}
+
+//! The sentence's kept length at price `lam`. Candidates: every clause on its own (its block sizes
+//! as `segment_cost`, which include the whole clause), or, with `sentence_blocks` and more than one
+//! clause, the whole sentence as one block (one fee). The larger total positive net wins, ties to
+//! the whole sentence (the larger block). Marks the kept tokens in `keep` when not null.
+KVEVICT_HOST_DEVICE std::int64_t sentence_cost(const double* prefix, const std::int32_t* off, int base, int c0, int c1,
+                                               double lam, double gamma, int max_candidates, bool sentence_blocks,
+                                               unsigned char* keep) {
+  std::int64_t cost = 0;
+  if (c1 - c0 == 1 || !sentence_blocks || max_candidates > 0) {
+    for (int u = c0; u < c1; ++u)
+      cost += segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, keep);
+    return cost;
+  }
+  double value = 0, split = 0;
+  for (int u = c0; u < c1; ++u) value = add_rn(value, prefix[off[u + 1] - base - 1]);
+  const int len = off[c1] - off[c0];
+  const double whole = (value - mul_rn(lam, len)) - gamma;
+  for (int u = c0; u < c1; ++u) {
+    double tot = 0;
+    cost += segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, nullptr, &tot);
+    split = add_rn(split, tot);
+  }
+  if (whole > 0 && whole >= split) {
+    if (keep)
+      for (int t = off[c0] - base; t < off[c1] - base; ++t) keep[t] = 1;
+    return len;
+  }
+  if (keep)
+    for (int u = c0; u < c1; ++u)
+      segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, keep);
   return cost;
 }
 

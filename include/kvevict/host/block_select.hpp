@@ -46,38 +46,41 @@ inline void select_units_then_fill(const double* score, int lo, int hi, const st
   fill_best_unmarked(score + lo, hi - lo, left, keep, idx);
 }
 
-//! SABlock parameters (see granularity/adaptive_block.hpp and the design specification).
+//! SABlock parameters (see granularity/block_granularities.hpp and docs/sablock.md).
 struct sablock_params {
-  double alpha = 0.5;      //!< segment guidance in [0, 1]
-  double g = 2.0;          //!< fragmentation fee, in units of the mean refined score (>= 0)
-  int steps = 32;          //!< bisection steps on the price
-  int max_candidates = 0;  //!< 0: sizes 1, 2, 4, ... below |S| and |S|; c > 0: the single size c
+  double alpha = 0.25;         //!< clause guidance in [0, 1]
+  double g = 2.0;              //!< fragmentation fee, in units of the mean refined score (>= 0)
+  int steps = 32;              //!< bisection steps on the price
+  int max_candidates = 0;      //!< 0: sizes 1, 2, 4, ... below |S| and |S|; c > 0: the single size c
+  double beta = 0.25;          //!< sentence guidance in [0, 1 - alpha]
+  bool sentence_blocks = true;  //!< the whole sentence is a candidate block
 };
 
-//! SABlock on one (sequence, head) compressible range `[lo, hi)` with segments `offsets[0..count]`
-//! and compressible budget `bc < hi - lo`: refined scores, budget-driven block-size search by
-//! bisection on the price, then the fill, in double precision. Marks exactly `bc` tokens in
-//! `keep[0, hi - lo)`. Scratch: `r` and `prefix` of `hi - lo + 1` doubles, `idx` of `hi - lo`.
-//! O(steps x |P|). Every sum runs inside one segment, in order (the per-segment pieces of
-//! detail/sablock_core.hpp), so a device running segments in parallel gets the same plan.
+//! SABlock on one (sequence, head) compressible range `[lo, hi)` with clauses `offsets[0..count]`
+//! (token positions) grouped in sentences `sent[0..num_sentences]` (clause ranges; null: every
+//! clause its own sentence) and compressible budget `bc < hi - lo`: refined scores, budget-driven
+//! block-size search by bisection on the price, then the fill, in double precision. Marks exactly
+//! `bc` tokens in `keep[0, hi - lo)`. Scratch: `r` and `prefix` of `hi - lo + 1` doubles, `idx` of
+//! `hi - lo`. O(steps x |P|). Every sum runs inside one sentence, in order (the pieces of
+//! detail/sablock_core.hpp), so a device running sentences in parallel gets the same plan.
 template <class Score>
-void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets, int count, int bc,
-                    const sablock_params& prm, unsigned char* keep, double* r, double* prefix, std::int32_t* idx) {
+void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets, int count, const std::int32_t* sent,
+                    int num_sentences, int bc, const sablock_params& prm, unsigned char* keep, double* r,
+                    double* prefix, std::int32_t* idx) {
   const int n = hi - lo;
+  const int S = sent ? num_sentences : count;
+  auto first = [&](int k) { return sent ? sent[k] : k; };
   for (int t = 0; t < n; ++t) r[t] = static_cast<double>(a[lo + t]);
+  for (int k = 0; k < S; ++k) detail::refine_sentence(r, prefix, offsets, lo, first(k), first(k + 1), prm.alpha, prm.beta);
   double rsum = 0;
-  for (int u = 0; u < count; ++u) {
-    const int s0 = offsets[u] - lo, len = offsets[u + 1] - offsets[u];
-    detail::refine_segment(r, prefix, s0, len, prm.alpha);
-    rsum += prefix[s0 + len - 1];  // segment sums, in segment order
-  }
+  for (int u = 0; u < count; ++u) rsum += prefix[offsets[u + 1] - lo - 1];  // clause sums, in clause order
   const double rmax = *std::max_element(r, r + n);
   const double gamma = prm.g * (rsum / n);
   auto run = [&](double lam, bool apply) {
     std::int64_t cost = 0;
-    for (int u = 0; u < count; ++u)
-      cost += detail::segment_cost(prefix, offsets[u] - lo, offsets[u + 1] - offsets[u], lam, gamma,
-                                   prm.max_candidates, apply ? keep : nullptr);
+    for (int k = 0; k < S; ++k)
+      cost += detail::sentence_cost(prefix, offsets, lo, first(k), first(k + 1), lam, gamma, prm.max_candidates,
+                                    prm.sentence_blocks, apply ? keep : nullptr);
     return cost;
   };
   double lam_lo = 0.0, lam_hi = rmax + gamma;

@@ -61,6 +61,44 @@ KVEVICT_HOST_DEVICE int merge_and_split(std::int32_t* offsets, int count, int mi
   return total;
 }
 
+//! Two-level segmentation (sentences made of clauses) from raw cuts. `raw[0..nraw)`: ascending cut
+//! positions in (lo, hi), a cut at p ending a segment before token p (after a delimiter);
+//! `sentence_cut(p)`: whether the cut at p ends a sentence. Sentences are cut at the sentence cuts
+//! and get `merge_and_split` with (`smin`, `smax`); inside each sentence, clauses are cut at every
+//! raw cut and get `merge_and_split` with (`min_len`, `max_len`), so clauses nest in sentences.
+//! Writes clause offsets `off[0..c]` (lo .. hi) and `sent[0..s]`, sentence k being clauses
+//! `[sent[k], sent[k+1])`; returns c and sets `*num_sentences = s`. `off` and `sent` each hold
+//! `hi - lo + 1` entries (at least 1); `raw` is not written.
+template <class SentenceCut>
+KVEVICT_HOST_DEVICE int two_level_segments(const std::int32_t* raw, int nraw, int lo, int hi, SentenceCut sentence_cut,
+                                           int min_len, int max_len, int smin, int smax, std::int32_t* off,
+                                           std::int32_t* sent, int* num_sentences) {
+  *num_sentences = 0;
+  if (hi <= lo) return 0;
+  int ns = 0;
+  sent[0] = lo;
+  for (int i = 0; i < nraw; ++i)
+    if (sentence_cut(raw[i])) sent[++ns] = raw[i];
+  sent[++ns] = hi;
+  const int S = merge_and_split(sent, ns, smin, smax);
+  int cur = 0, j = 0;
+  std::int32_t start = sent[0];
+  for (int k = 0; k < S; ++k) {
+    const std::int32_t end = sent[k + 1];
+    int c = 0;
+    off[cur] = start;
+    while (j < nraw && raw[j] <= start) ++j;
+    while (j < nraw && raw[j] < end) off[cur + ++c] = raw[j++];
+    off[cur + ++c] = end;
+    sent[k] = cur;  // token offset k (== start) is read; it becomes sentence k's first clause
+    cur += merge_and_split(off + cur, c, min_len, max_len);
+    start = end;
+  }
+  sent[S] = cur;
+  *num_sentences = S;
+  return cur;
+}
+
 }  // namespace host_backend
 
 //! Cuts after every delimiter token (the delimiter closes its segment), then merges segments
@@ -70,11 +108,21 @@ KVEVICT_HOST_DEVICE int merge_and_split(std::int32_t* offsets, int count, int mi
 //! would be one segment cut only by `max_len`, so `validate` rejects it (`segmenter.delimiter_ids`;
 //! use `fixed_length_segmenter` for length-only segments). With no token ids the call is rejected
 //! naming `signals.token_ids`: use `key_similarity_segmenter` then.
+//!
+//! Two levels (SABlock reads both; SentenceKV the clauses): with `sentence_ids` set (the ids that
+//! end a sentence: period, question and exclamation marks, newline), clauses nest in sentences.
+//! Every sentence id also ends a clause. Sentences get their own `sentence_min_len` /
+//! `sentence_max_len`; clauses are cut inside each sentence. Without sentence ids, every clause
+//! is its own sentence (one level).
 struct delimiter_segmenter {
   const std::int32_t* delimiter_ids = nullptr;  // [num_delimiters]
   int num_delimiters = 0;
   int min_len = 3;   //!< shorter segments merge into the next (>= 1)
   int max_len = 64;  //!< longer segments split evenly (>= 1); `kvevict::no_max_len` never splits
+  const std::int32_t* sentence_ids = nullptr;  //!< [num_sentence_ids] ids ending a sentence (optional)
+  int num_sentence_ids = 0;
+  int sentence_min_len = 3;    //!< shorter sentences merge into the next (>= 1)
+  int sentence_max_len = 256;  //!< longer sentences split evenly (>= 1)
 
   template <class Cache, class T>
   status validate(const Cache& cache, const signals<T>& sig) const {
@@ -102,16 +150,27 @@ struct delimiter_segmenter {
                         "(or use fixed_length_segmenter)");
     if (min_len < 1 || max_len < 1)
       return make_error(errc::invalid_argument, "segmenter.min_len / max_len", "must be >= 1");
+    if (num_sentence_ids < 0 || (num_sentence_ids > 0 && sentence_ids == nullptr))
+      return make_error(errc::invalid_argument, "segmenter.sentence_ids", "null or negative count");
+    if (sentence_min_len < 1 || sentence_max_len < 1)
+      return make_error(errc::invalid_argument, "segmenter.sentence_min_len / sentence_max_len", "must be >= 1");
     return ok_status();
   }
+  //! Whether sentences are configured (two levels).
+  KVEVICT_HOST_DEVICE bool two_level() const { return num_sentence_ids > 0; }
   template <class Cache>
-  std::size_t scratch_bytes(const Cache&, int) const {
-    return 0;
+  std::size_t scratch_bytes(const Cache&, int max_len_tokens) const {
+    return two_level() ? sizeof(std::int32_t) * (static_cast<std::size_t>(max_len_tokens) + 1) : 0;  // raw cuts
+  }
+  KVEVICT_HOST_DEVICE bool is_sentence_end(std::int32_t id) const {
+    for (int i = 0; i < num_sentence_ids; ++i)
+      if (sentence_ids[i] == id) return true;
+    return false;
   }
   KVEVICT_HOST_DEVICE bool is_delimiter(std::int32_t id) const {
     for (int i = 0; i < num_delimiters; ++i)
       if (delimiter_ids[i] == id) return true;
-    return false;
+    return is_sentence_end(id);
   }
   //! Segments token ids `ids[lo, hi)`.
   int segment_ids(const std::int32_t* ids, int lo, int hi, std::int32_t* offsets) const {
@@ -126,6 +185,34 @@ struct delimiter_segmenter {
   template <class Cache, class T>
   int segment(const Cache&, const signals<T>& sig, int seq, int, int lo, int hi, std::int32_t* offsets, void*) const {
     return segment_ids(sig.token_ids + static_cast<std::size_t>(seq) * sig.token_ids_stride, lo, hi, offsets);
+  }
+  //! Whether the cut at p (relative to `base`: token ids[base + p - 1] precedes it) ends a sentence.
+  struct sentence_cut {
+    const delimiter_segmenter* seg;
+    const std::int32_t* ids;
+    int base;
+    KVEVICT_HOST_DEVICE bool operator()(std::int32_t p) const { return seg->is_sentence_end(ids[base + p - 1]); }
+  };
+  //! Both levels of ids[lo, hi) (see `host_backend::two_level_segments`); `raw` holds hi - lo entries.
+  int segment_levels_ids(const std::int32_t* ids, int lo, int hi, std::int32_t* offsets, std::int32_t* sent,
+                         int* num_sentences, std::int32_t* raw) const {
+    int nraw = 0;
+    for (int t = lo; t < hi - 1; ++t)
+      if (is_delimiter(ids[t])) raw[nraw++] = t + 1;
+    return host_backend::two_level_segments(raw, nraw, lo, hi, sentence_cut{this, ids, 0}, min_len, max_len,
+                                            sentence_min_len, sentence_max_len, offsets, sent, num_sentences);
+  }
+  //! Two-level interface (optional for segmenters): clause offsets, and sentences as clause ranges
+  //! `[sent[k], sent[k+1])`; `*num_sentences = -1` when this segmenter has one level here.
+  template <class Cache, class T>
+  int segment_levels(const Cache& cache, const signals<T>& sig, int seq, int head, int lo, int hi,
+                     std::int32_t* offsets, std::int32_t* sent, int* num_sentences, void* scratch) const {
+    if (!two_level()) {
+      *num_sentences = -1;
+      return segment(cache, sig, seq, head, lo, hi, offsets, scratch);
+    }
+    return segment_levels_ids(sig.token_ids + static_cast<std::size_t>(seq) * sig.token_ids_stride, lo, hi, offsets,
+                              sent, num_sentences, static_cast<std::int32_t*>(scratch));
   }
 };
 

@@ -71,6 +71,8 @@ enum token_id : std::int32_t {
 
 //! Delimiter ids a segmenter should use for this vocabulary.
 inline const std::int32_t delimiter_ids[] = {period, comma, newline, question_mark};
+//! The delimiter ids that end a sentence (the others end a clause).
+inline const std::int32_t sentence_end_ids[] = {period, newline, question_mark};
 
 enum class head_kind { retrieval, local, diffuse };
 
