@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure "command -v cmake" cmake
 ensure "command -v g++ && command -v make" g++ make
+ensure "test -f /usr/include/CLI/CLI.hpp" libcli11-dev
 # Debian's interpreter and matplotlib (the python3 on PATH may be another one).
 ensure "/usr/bin/python3 -c 'import matplotlib'" python3-matplotlib
 out=out/niah

@@ -9,6 +9,7 @@ ensure "command -v cmake" cmake
 ensure "command -v g++ && command -v make" g++ make
 ensure "test -f /usr/include/catch2/catch.hpp" catch2
 ensure "test -f /usr/include/benchmark/benchmark.h" libbenchmark-dev
+ensure "test -f /usr/include/CLI/CLI.hpp" libcli11-dev
 
 jobs=$(nproc 2>/dev/null || echo 2)
 
@@ -21,6 +22,10 @@ echo "== tests =="
 echo "== the report's pipeline on a tiny grid: report, figures, index =="
 ensure "/usr/bin/python3 -c 'import matplotlib'" python3-matplotlib
 rm -rf build/report-smoke
+./build/release/bench/niah/kvevict_niah_report --help >/dev/null
+if ./build/release/bench/niah/kvevict_niah_report --tasks no_such_task >/dev/null 2>&1; then
+  echo "the report accepted an unknown task"; exit 1
+fi
 ./build/release/bench/niah/kvevict_niah_report --contexts 600 --depths 0.5 --seeds 1 --out build/report-smoke >/dev/null
 /usr/bin/python3 bench/niah/figures.py build/report-smoke >/dev/null
 /usr/bin/python3 scripts/check_report.py build/report-smoke

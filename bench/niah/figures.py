@@ -24,20 +24,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {
-    "full_cache": "full cache",
-    "streaming_llm": "StreamingLLM",
-    "h2o": "H2O",
-    "snapkv": "SnapKV",
-    "pyramidkv": "PyramidKV",
-    "ada_snapkv": "Ada-SnapKV",
-    "chunkkv": "ChunkKV",
-    "sentencekv": "SentenceKV (delimiters)",
-    "sablock": "SABlock (delimiters)",
-    "sablock_v1": "SABlock v1 (clauses only)",
-    "sentencekv_keysim": "SentenceKV (key similarity)",
-    "sablock_keysim": "SABlock (key similarity)",
+# Per policy: label, colour, marker, line style (key-similarity variants dashed, version 1 dotted).
+POLICIES = {
+    "full_cache": ("full cache", "#000000", "", ":"),
+    "streaming_llm": ("StreamingLLM", "#8c564b", "v", "-"),
+    "h2o": ("H2O", "#e377c2", "^", "-"),
+    "snapkv": ("SnapKV", "#1f77b4", "o", "-"),
+    "pyramidkv": ("PyramidKV", "#17becf", "D", "-"),
+    "ada_snapkv": ("Ada-SnapKV", "#7f7f7f", "P", "-"),
+    "chunkkv": ("ChunkKV", "#bcbd22", "s", "-"),
+    "sentencekv": ("SentenceKV (delimiters)", "#ff7f0e", "X", "-"),
+    "sablock": ("SABlock (delimiters)", "#d62728", "*", "-"),
+    "sablock_v1": ("SABlock v1 (clauses only)", "#9467bd", "*", ":"),
+    "sentencekv_keysim": ("SentenceKV (key similarity)", "#ff7f0e", "X", "--"),
+    "sablock_keysim": ("SABlock (key similarity)", "#d62728", "*", "--"),
 }
+STYLE = {p: v[1:] for p, v in POLICIES.items()}
 
 SECTIONS = {
     "single": "single needle: one key phrase, a 5-digit answer",
@@ -49,24 +51,9 @@ SECTIONS = {
     "long_value": "long value: 20-40 answer tokens spanning several clauses",
 }
 
-STYLE = {  # colour, marker, line style: segment policies solid, key-similarity variants dashed
-    "full_cache": ("#000000", "", ":"),
-    "streaming_llm": ("#8c564b", "v", "-"),
-    "h2o": ("#e377c2", "^", "-"),
-    "snapkv": ("#1f77b4", "o", "-"),
-    "pyramidkv": ("#17becf", "D", "-"),
-    "ada_snapkv": ("#7f7f7f", "P", "-"),
-    "chunkkv": ("#bcbd22", "s", "-"),
-    "sentencekv": ("#ff7f0e", "X", "-"),
-    "sablock": ("#d62728", "*", "-"),
-    "sablock_v1": ("#9467bd", "*", ":"),
-    "sentencekv_keysim": ("#ff7f0e", "X", "--"),
-    "sablock_keysim": ("#d62728", "*", "--"),
-}
-
 
 def label(p):
-    return LABELS.get(p, p)
+    return POLICIES[p][0] if p in POLICIES else p
 
 
 def load(path):

@@ -5,15 +5,14 @@
 //   summary.md   per section, the policy x budget table (also printed)
 // scripts/report.sh then draws the figures and the index from cases.csv (bench/niah/figures.py).
 //
-// Usage: niah_report [--full] [--tasks a,b,..] [--seeds N] [--threads N] [--out DIR]
-//                    [--contexts a,b,..] [--depths a,b,..] [--distractors N]
-// --tasks picks sections by name (single, single_long, multi_key, multi_value, multi_query,
-// long_sentence, long_value); --contexts, --depths, --seeds and --distractors apply to every
-// picked section.
+// Usage: niah_report --help (CLI11). --tasks picks sections by name (single, single_long, multi_key,
+// multi_value, multi_query, long_sentence, long_value); --contexts, --depths, --seeds and
+// --distractors apply to every picked section.
 #include "report.hpp"
 
+#include <CLI/CLI.hpp>
+
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -21,93 +20,57 @@
 
 namespace {
 
-std::vector<std::string> split(const char* s) {
-  std::vector<std::string> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) v.push_back(item);
-  return v;
-}
-
-std::vector<double> parse_list(const char* s) {
-  std::vector<double> v;
-  for (const auto& x : split(s)) v.push_back(std::atof(x.c_str()));
-  return v;
-}
-
 struct cell {
   double success = 0, recall = 0, fidelity = 0, ms_big = 0;
   std::size_t bytes_big = 0;
   int n = 0, n_big = 0;
 };
 
-const char* usage =
-    "usage: niah_report [--full] [--tasks a,b,..] [--seeds N] [--threads N] [--out DIR] [--contexts a,b,..] "
-    "[--depths a,b,..] [--distractors N]\n";
-
 }  // namespace
 
 int main(int argc, char** argv) {
+  CLI::App app{"kvevict's NIAH-style report: every preset over synthetic needle-in-a-haystack caches, one section "
+               "per task. Writes cases.csv and summary.md; scripts/report.sh then draws the figures."};
   bool full = false;
   std::string out = "out/niah";
-  const char *tasks = nullptr, *contexts = nullptr, *depths = nullptr;
+  std::vector<std::string> tasks;
+  std::vector<int> contexts;
+  std::vector<double> depths;
   int seeds = 0, distractors = -1, threads = 2;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const char* next = i + 1 < argc ? argv[i + 1] : "";
-    const bool has = *next != '\0';
-    if (a == "--full")
-      full = true;
-    else if (a == "--tasks" && has)
-      tasks = next, ++i;
-    else if (a == "--seeds" && has)
-      seeds = std::atoi(next), ++i;
-    else if (a == "--threads" && has)
-      threads = std::atoi(next), ++i;
-    else if (a == "--out" && has)
-      out = next, ++i;
-    else if (a == "--contexts" && has)
-      contexts = next, ++i;
-    else if (a == "--depths" && has)
-      depths = next, ++i;
-    else if (a == "--distractors" && has)
-      distractors = std::atoi(next), ++i;
-    else {
-      std::fprintf(stderr, "unknown argument '%s'\n%s", a.c_str(), usage);
-      return 2;
-    }
-  }
+  std::vector<std::string> names;
+  for (const auto& g : niah_report::default_report(false)) names.push_back(g.name);
+  app.add_flag("--full", full, "context steps of 100 and 3 seeds (the KVCache-Factory grid)");
+  app.add_option("--tasks", tasks, "sections to run, comma-separated (default: all)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(names));
+  app.add_option("--seeds", seeds, "seeds 1..N for every section")->check(CLI::PositiveNumber);
+  app.add_option("--threads", threads, "threads across sequences")->check(CLI::PositiveNumber);
+  app.add_option("--out", out, "output folder")->capture_default_str();
+  app.add_option("--contexts", contexts, "context lengths for every section, comma-separated")
+      ->delimiter(',')
+      ->check(CLI::Range(200, 1 << 20));
+  app.add_option("--depths", depths, "needle depths in [0, 1] for every section, comma-separated")
+      ->delimiter(',')
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--distractors", distractors, "decoy needles per sequence")->check(CLI::NonNegativeNumber);
+  CLI11_PARSE(app, argc, argv);
+
   std::vector<niah_report::grid> sections = niah_report::default_report(full);
-  if (tasks) {
+  if (!tasks.empty()) {
     std::vector<niah_report::grid> picked;
-    for (const auto& name : split(tasks)) {
-      auto it = std::find_if(sections.begin(), sections.end(), [&](const auto& g) { return g.name == name; });
-      if (it == sections.end()) {
-        std::fprintf(stderr, "--tasks: unknown section '%s'; sections:", name.c_str());
-        for (const auto& g : sections) std::fprintf(stderr, " %s", g.name.c_str());
-        std::fprintf(stderr, "\n");
-        return 2;
-      }
-      picked.push_back(*it);
-    }
+    for (const auto& name : tasks)
+      for (const auto& g : sections)
+        if (g.name == name) picked.push_back(g);
     sections = picked;
   }
   for (auto& g : sections) {
-    if (contexts) {
-      g.contexts.clear();
-      for (double c : parse_list(contexts)) g.contexts.push_back(int(c));
-    }
-    if (depths) g.depths = parse_list(depths);
+    if (!contexts.empty()) g.contexts = contexts;
+    if (!depths.empty()) g.depths = depths;
     if (seeds > 0) {
       g.seeds.clear();
       for (int s = 1; s <= seeds; ++s) g.seeds.push_back(static_cast<std::uint64_t>(s));
     }
     if (distractors >= 0) g.distractors = distractors;
-    for (int c : g.contexts)
-      if (c < 200) {
-        std::fprintf(stderr, "--contexts: %d is too short (at least 200 tokens)\n%s", c, usage);
-        return 2;
-      }
   }
   std::filesystem::create_directories(out);
   std::size_t total = 0;

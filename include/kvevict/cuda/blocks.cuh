@@ -72,11 +72,11 @@ __device__ inline int fixed_units(int lo, int hi, int len, std::int32_t* off) {
   return count;
 }
 
-//! Delimiter segmentation of ids[lo, hi): boundaries after delimiters (parallel, in order), then
-//! the host's merge / split rules on one thread. Offsets relative to lo. Returns the count.
+//! The cuts of ids[lo, hi) after delimiters (parallel, in order), relative to lo, into
+//! `cuts[0..k)`; returns k (also left in `*s_count`).
 template <class Scan>
-__device__ int delimiter_units(const delimiter_segmenter& seg, const std::int32_t* ids, int lo, int hi,
-                               std::int32_t* off, typename Scan::TempStorage& tmp, int* s_count) {
+__device__ int delimiter_cuts(const delimiter_segmenter& seg, const std::int32_t* ids, int lo, int hi,
+                              std::int32_t* cuts, typename Scan::TempStorage& tmp, int* s_count) {
   const int m = hi - lo;
   if (threadIdx.x == 0) *s_count = 0;
   __syncthreads();
@@ -85,44 +85,41 @@ __device__ int delimiter_units(const delimiter_segmenter& seg, const std::int32_
     const int cut = t < m - 1 && seg.is_delimiter(ids[lo + t]) ? 1 : 0;
     int at, total;
     Scan(tmp).ExclusiveSum(cut, at, total);
-    if (cut) off[*s_count + at + 1] = t + 1;
+    if (cut) cuts[*s_count + at] = t + 1;
     __syncthreads();
     if (threadIdx.x == 0) *s_count += total;
     __syncthreads();
   }
+  return *s_count;
+}
+
+//! Delimiter segmentation of ids[lo, hi): the cuts, then the host's merge / split rules on one
+//! thread. Offsets relative to lo. Returns the count.
+template <class Scan>
+__device__ int delimiter_units(const delimiter_segmenter& seg, const std::int32_t* ids, int lo, int hi,
+                               std::int32_t* off, typename Scan::TempStorage& tmp, int* s_count) {
+  const int k = delimiter_cuts<Scan>(seg, ids, lo, hi, off + 1, tmp, s_count);
   if (threadIdx.x == 0) {
     off[0] = 0;
-    off[*s_count + 1] = m;
-    *s_count = host_backend::merge_and_split(off, *s_count + 1, seg.min_len, seg.max_len);
+    off[k + 1] = hi - lo;
+    *s_count = host_backend::merge_and_split(off, k + 1, seg.min_len, seg.max_len);
   }
   __syncthreads();
   return *s_count;
 }
 
-//! Two-level delimiter segmentation of ids[lo, hi) (SABlock with sentence ids): the raw cuts
-//! (parallel, in order) into `raw`, then the host's `two_level_segments` on one thread. Clause
-//! offsets relative to lo in `off`, sentences as clause ranges in `sent`. Returns the clause
-//! count; the sentence count in `*s_sent`.
+//! Two-level delimiter segmentation of ids[lo, hi) (SABlock with sentence ids): the cuts into
+//! `raw`, then the host's `two_level_segments` on one thread. Clause offsets relative to lo in
+//! `off`, sentences as clause ranges in `sent`. Returns the clause count; the sentence count in
+//! `*s_sent`.
 template <class Scan>
 __device__ int delimiter_levels(const delimiter_segmenter& seg, const std::int32_t* ids, int lo, int hi,
                                 std::int32_t* off, std::int32_t* raw, std::int32_t* sent,
                                 typename Scan::TempStorage& tmp, int* s_count, int* s_sent) {
-  const int m = hi - lo;
-  if (threadIdx.x == 0) *s_count = 0;
-  __syncthreads();
-  for (int t0 = 0; t0 < m - 1; t0 += blockDim.x) {
-    const int t = t0 + threadIdx.x;
-    const int cut = t < m - 1 && seg.is_delimiter(ids[lo + t]) ? 1 : 0;
-    int at, total;
-    Scan(tmp).ExclusiveSum(cut, at, total);
-    if (cut) raw[*s_count + at] = t + 1;
-    __syncthreads();
-    if (threadIdx.x == 0) *s_count += total;
-    __syncthreads();
-  }
+  const int k = delimiter_cuts<Scan>(seg, ids, lo, hi, raw, tmp, s_count);
   if (threadIdx.x == 0) {
     int ns = 0;
-    *s_count = host_backend::two_level_segments(raw, *s_count, 0, m, delimiter_segmenter::sentence_cut{&seg, ids, lo},
+    *s_count = host_backend::two_level_segments(raw, k, 0, hi - lo, delimiter_segmenter::sentence_cut{&seg, ids, lo},
                                                 seg.min_len, seg.max_len, seg.sentence_min_len, seg.sentence_max_len,
                                                 off, sent, &ns);
     *s_sent = ns;
