@@ -3,7 +3,7 @@
 // 8 KV heads, head_dim 128, bf16, window 64, pooling 5, block table with 16-token pages) at 8K,
 // 32K and 128K tokens, the plan alone, compaction alone at 50% kept, and a device-to-device copy
 // of the same bytes (the bandwidth ceiling). Counters: workspace bytes (our extra memory), bytes
-// moved, and the floor of performance.md.
+// moved, and the floor of docs/performance.md.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
@@ -87,7 +87,7 @@ struct timer {
   }
 };
 
-// performance.md's floor: two passes of window scoring (tensor cores at 790 TFLOP/s or K reads
+// docs/performance.md's floor: two passes of window scoring (tensor cores at 790 TFLOP/s or K reads
 // at the measured copy bandwidth, whichever is slower) plus moving the kept K and V.
 double floor_ms(int n, int kept, double copy_tbs) {
   const double flops = 2.0 * 2.0 * HQ * W * static_cast<double>(n) * D;

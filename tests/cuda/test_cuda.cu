@@ -942,7 +942,7 @@ void test_host_side() {
          "plan.rows");
 
   // Extra device memory of one SnapKV layer (32 query heads, 8 KV heads x 128, window 64) against
-  // performance.md's target: under 1% of the PyTorch path's peak (224 / 896 / 3,584 MiB).
+  // docs/performance.md's target: under 1% of the PyTorch path's peak (224 / 896 / 3,584 MiB).
   const double torch_mib[] = {224, 896, 3584};
   int i = 0;
   for (int n : {8192, 32768, 131072}) {

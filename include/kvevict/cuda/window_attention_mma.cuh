@@ -20,7 +20,7 @@
 //! Roofline (H100 SXM, one layer, 131,072 tokens, 8 KV heads, 32 query heads, d = 128, window 64):
 //! each pass reads K once (256 MiB, 91 us at 2.95 TB/s) and does 68.7 GFLOP of mma (about 0.1 ms
 //! at the ~660 TFLOP/s mma.sync reaches) and 268 M exponentials (72 us at 16 per clock per SM);
-//! these overlap, so about 0.1 ms per pass, 0.2 ms for both (performance.md's floor).
+//! these overlap, so about 0.1 ms per pass, 0.2 ms for both (docs/performance.md's floor).
 #pragma once
 
 #include <cuda_bf16.h>

@@ -3,7 +3,7 @@
 //! depths, retrieval / local / diffuse heads, observation-window and decode queries; six tasks in
 //! the spirit of RULER (`niah_task`).
 //!
-//! The mechanism (design: niah.md). Text is sentences of 1-4 clauses; a clause has `3 + Geom`
+//! The mechanism (design: docs/niah.md). Text is sentences of 1-4 clauses; a clause has `3 + Geom`
 //! words (mean 8, at most 30) and ends with a comma, the last clause of a sentence with a period
 //! (a newline follows 10% of sentences). Word ids follow a Zipf law (s = 1.1 over 4,000 words).
 //! A key is `0.8 word + 0.4 sentence topic + 0.4 noise` (per layer and KV head: repeated words
