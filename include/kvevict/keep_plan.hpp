@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "detail/row_rules.hpp"
 #include "signals.hpp"
 #include "status.hpp"
 
@@ -31,8 +32,7 @@ namespace detail {
 template <class Cache>
 int max_row_len(const Cache& c) {
   int m = 0;
-  for (int s = 0; s < c.num_seqs(); ++s)
-    for (int h = 0; h < c.num_kv_heads(); ++h) m = std::max(m, c.seq_len(s, h));
+  for (int s = 0; s < c.num_seqs(); ++s) m = std::max(m, longest_head(c, s));
   return m;
 }
 }  // namespace detail

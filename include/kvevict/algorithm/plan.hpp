@@ -62,8 +62,7 @@ seq_params params_of(const Policy& p, const signals<T>& sig, int seq) {
 //! compare with the layer's budget.
 template <class Policy, class Cache, class T>
 bool kept_whole(const Policy& p, const Cache& cache, const signals<T>& sig, int seq, const seq_params& sp) {
-  int n = 0;
-  for (int h = 0; h < cache.num_kv_heads(); ++h) n = std::max(n, cache.seq_len(seq, h));
+  const int n = longest_head(cache, seq);
   if constexpr (std::is_same_v<typename Policy::selector_type::budget_type, pyramid_budget>)
     return n <= p.selector.budget.layer_budget(sp.entries, sig.layer, sig.num_layers, sp.sinks, sp.window);
   else

@@ -313,7 +313,8 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
     for (int t = threadIdx.x; t < n; t += blockDim.x) out[t] = t;
     if (threadIdx.x == 0) a.out.counts[r] = n;
   } else {
-    const int lo = si.sinks < n ? si.sinks : n, hi = n - si.window > lo ? n - si.window : lo;
+    const detail::token_range range = detail::compressible_range(n, si.sinks, si.window);
+    const int lo = range.lo, hi = range.hi;
     const int m = hi - lo, bc = b - lo - (n - hi);
     const block_scratch_ptrs w = row_scratch(a.ws, c, s, h);
     // Row scores over [lo, hi): the head's, or the sum over heads in head order (as the host).

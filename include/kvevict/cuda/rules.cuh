@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../detail/row_rules.hpp"
 #include "../select/budget.hpp"
 #include "../select/selector.hpp"
 #include "../signals.hpp"
@@ -37,9 +38,7 @@ struct seq_rules {
     si.sinks = seq_sinks ? seq_sinks[s] : sinks;
     si.window = seq_windows ? seq_windows[s] : window;
     si.budget = pyramid ? pyr.layer_budget(si.entries, layer, num_layers, si.sinks, si.window) : si.entries;
-    int n = 0;
-    for (int h = 0; h < c.num_kv_heads(); ++h) n = c.seq_len(s, h) > n ? c.seq_len(s, h) : n;
-    si.kept_whole = n <= si.budget;
+    si.kept_whole = detail::longest_head(c, s) <= si.budget;
     return si;
   }
 };

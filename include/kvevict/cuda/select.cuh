@@ -94,8 +94,9 @@ __device__ topk_row topk_row_of(const topk_args<Cache>& a, int r) {
   const seq_info si = a.rules.info(a.cache, w.s);
   w.n = a.cache.seq_len(w.s, w.h);
   w.whole = si.kept_whole || w.n <= si.budget;
-  w.lo = si.sinks < w.n ? si.sinks : w.n;
-  w.hi = w.n - si.window > w.lo ? w.n - si.window : w.lo;
+  const detail::token_range range = detail::compressible_range(w.n, si.sinks, si.window);
+  w.lo = range.lo;
+  w.hi = range.hi;
   w.k = w.whole ? 0 : si.budget - w.lo - (w.n - w.hi);
   w.count = w.whole ? w.n : si.budget;
   return w;

@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "../detail/row_rules.hpp"
 #include "../detail/workspace.hpp"
 #include "../host/block_select.hpp"
 #include "../keep_plan.hpp"
@@ -51,18 +52,12 @@ struct block_scratch {
   template <class Cache, class Segmenter,
             class = decltype(std::declval<const Segmenter&>().scratch_bytes(std::declval<const Cache&>(), 0))>
   static block_scratch carve_for(const Cache& cache, int seq, void* base, const Segmenter& seg) {
-    const int n = longest(cache, seq);
+    const int n = longest_head(cache, seq);
     return carve(base, n, seg.scratch_bytes(cache, n));
   }
   template <class Cache>
   static block_scratch carve_for(const Cache& cache, int seq, void* base, std::size_t seg_bytes) {
-    return carve(base, longest(cache, seq), seg_bytes);
-  }
-  template <class Cache>
-  static int longest(const Cache& cache, int seq) {
-    int n = 0;
-    for (int h = 0; h < cache.num_kv_heads(); ++h) n = n > cache.seq_len(seq, h) ? n : cache.seq_len(seq, h);
-    return n;
+    return carve(base, longest_head(cache, seq), seg_bytes);
   }
   static block_scratch carve(void* base, int n, std::size_t seg_bytes) {
     void* p[8];
@@ -93,7 +88,7 @@ void select_blocks(const Cache& cache, int seq, const float* scores, std::size_t
       plan.counts[r] = n;
       continue;
     }
-    const int lo = sinks < n ? sinks : n, hi = n - window > lo ? n - window : lo;
+    const auto [lo, hi] = compressible_range(n, sinks, window);
     const int bc = b - lo - (n - hi);
     for (int t = 0; t < n; ++t) {
       double s = 0;

@@ -116,7 +116,8 @@ struct adaptive_budget {
     int* granted = reinterpret_cast<int*>(cand + nc);
     std::int64_t pool = static_cast<std::int64_t>(kv_heads) * bc;
     for (int h = 0; h < kv_heads; ++h) {
-      const int n = lens[h], lo = std::min(sinks, n), hi = std::max(lo, n - window);
+      const int n = lens[h];
+      const auto [lo, hi] = detail::compressible_range(n, sinks, window);
       granted[h] = std::min(guaranteed, hi - lo);
       budgets[h] = lo + (n - hi) + granted[h];
       pool -= granted[h];

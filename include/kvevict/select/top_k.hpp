@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "../detail/row_rules.hpp"
+
 namespace kvevict {
 
 //! The selection order every policy uses: higher score first, ties to the lower position.
@@ -39,7 +41,7 @@ inline int select_protected_top_k(const float* scores, int n, int budget, int si
     for (int t = 0; t < n; ++t) out[t] = t;
     return n;
   }
-  const int lo = std::min(sinks, n), hi = std::max(lo, n - window);
+  const auto [lo, hi] = detail::compressible_range(n, sinks, window);
   int c = 0;
   for (int t = 0; t < lo; ++t) out[c++] = t;
   const int k = budget - lo - (n - hi);
