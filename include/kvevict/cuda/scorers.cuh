@@ -73,17 +73,11 @@ struct positional_fn {
 template <>
 struct device_scorer<positional> : cache_only_device_scorer<positional, positional_fn> {};
 
-//! -||k||, summed in head_dim order without contraction (the host's arithmetic, bit for bit).
+//! -||k||: the host scorer's own formula (key_norm::of), bit for bit.
 struct key_norm_fn {
   template <class Cache>
   __device__ float operator()(const Cache& c, int s, int h, int t) const {
-    const auto* k = c.key(c.page(s, h, t / c.page_size()), t % c.page_size(), h);
-    float acc = 0.0f;
-    for (int x = 0; x < c.head_dim(); ++x) {
-      const float v = to_float(k[x]);
-      acc = __fadd_rn(acc, __fmul_rn(v, v));
-    }
-    return -sqrtf(acc);
+    return key_norm::of(c, s, h, t);
   }
 };
 template <>

@@ -16,15 +16,26 @@ namespace kvevict {
 //! Compression", arXiv 2406.11430: low-norm keys draw high attention). Reads no signal; costs
 //! one pass over the keys. Checked against a naive norm in tests/host.
 struct key_norm : reads_only_the_cache {
+  //! The score of token t of (sequence, head): -||k||, squares summed in head_dim order, each
+  //! product rounded before the add (the host and the CUDA scorer both call this: the same bits).
+  template <class Cache>
+  KVEVICT_HOST_DEVICE static float of(const Cache& c, int seq, int h, int t) {
+    const auto* k = c.key(c.page(seq, h, t / c.page_size()), t % c.page_size(), h);
+    float s = 0.0f;
+    for (int x = 0; x < c.head_dim(); ++x) {
+      const float v = to_float(k[x]);
+#if defined(__CUDA_ARCH__)
+      s = __fadd_rn(s, __fmul_rn(v, v));
+#else
+      s += v * v;
+#endif
+    }
+    return -std::sqrt(s);
+  }
   template <class Cache, class T>
   void score(const Cache& c, const signals<T>&, int seq, int, float* out, std::size_t stride, void*) const {
     for (int h = 0; h < c.num_kv_heads(); ++h)
-      for (int t = 0, n = c.seq_len(seq, h); t < n; ++t) {
-        const auto* k = c.key(c.page(seq, h, t / c.page_size()), t % c.page_size(), h);
-        float s = 0.0f;
-        for (int x = 0; x < c.head_dim(); ++x) s += to_float(k[x]) * to_float(k[x]);
-        out[static_cast<std::size_t>(h) * stride + t] = -std::sqrt(s);
-      }
+      for (int t = 0, n = c.seq_len(seq, h); t < n; ++t) out[static_cast<std::size_t>(h) * stride + t] = of(c, seq, h, t);
   }
 };
 
