@@ -39,7 +39,12 @@ POLICIES = {
     "sentencekv_keysim": ("SentenceKV (key similarity)", "#ff7f0e", "X", "--"),
     "sablock_keysim": ("SABlock (key similarity)", "#d62728", "*", "--"),
 }
-STYLE = {p: v[1:] for p, v in POLICIES.items()}
+
+
+def style(p):
+    """Colour, marker and line style of a policy."""
+    return POLICIES[p][1:] if p in POLICIES else (None, "o", "-")
+
 
 SECTIONS = {
     "single": "single needle: one key phrase, a 5-digit answer",
@@ -124,7 +129,7 @@ def budget_plot(out, section, rows, policies, budgets, key, ylabel, fname, perce
         ys = [mean([r[key] for r in rows if r["policy"] == p and r["budget"] == b]) for b in budgets]
         if percent:
             ys = [100 * y for y in ys]
-        colour, marker, ls = STYLE.get(p, (None, "o", "-"))
+        colour, marker, ls = style(p)
         ax.plot(budgets, ys, label=label(p), color=colour, marker=marker or None, linestyle=ls, linewidth=1.6)
     ax.set_xscale("log", base=2)
     ax.set_xticks(budgets)
@@ -157,7 +162,7 @@ def plan_time_plot(out, rows, policies):
             if r["policy"] == p and r["budget"] == b0:
                 by_ctx[r["context"]].append(r["ms"])
         xs = sorted(by_ctx)
-        colour, marker, ls = STYLE.get(p, (None, "o", "-"))
+        colour, marker, ls = style(p)
         ax.plot(xs, [mean(by_ctx[x]) for x in xs], label=label(p), color=colour, marker=marker or None, linestyle=ls,
                 markersize=4)
     ax.set_xscale("log", base=2)

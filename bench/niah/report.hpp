@@ -165,14 +165,12 @@ struct score_memo {
   };
   std::map<std::string, entry> by_key;  // scorer type + bytes + window + layer
 
+  //! Scorers compare by type and bytes, so a preset's scorer must be trivially copyable.
   template <class Scorer>
   static std::string key(const Scorer& sc, int window, int layer) {
+    static_assert(std::is_trivially_copyable_v<Scorer>, "the report shares scores by the scorer's bytes");
     std::string k = typeid(Scorer).name();
-    if constexpr (std::is_trivially_copyable_v<Scorer>) {
-      k.append(reinterpret_cast<const char*>(&sc), sizeof sc);
-    } else {  // not comparable by bytes: never shared
-      k.append(reinterpret_cast<const char*>(&sc), sizeof(void*));
-    }
+    k.append(reinterpret_cast<const char*>(&sc), sizeof sc);
     k += '/' + std::to_string(window) + '/' + std::to_string(layer);
     return k;
   }
@@ -271,9 +269,6 @@ struct progress_info {
 //! Runs every policy over every section's grid on `threads` threads; `progress(info)` after each
 //! sequence. Results are ordered by section, case, policy, then budget (deterministic); the
 //! longest sequences run first.
-template <class Progress>
-std::vector<case_result> run(const std::vector<grid>& sections, int threads, Progress progress);
-
 //! `run` with another list of (name, policy) entries than `policies()`.
 template <class Policies, class Progress>
 std::vector<case_result> run_with(const Policies& list, const std::vector<grid>& sections, int threads,

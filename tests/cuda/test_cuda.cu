@@ -642,7 +642,7 @@ void test_block_granularities(layout_kind kind, std::uint32_t seed) {
       // 4-7 with sentences: defaults, no sentence blocks, version 1's numbers, a large fee.
       kvevict::sablock<kvevict::delimiter_segmenter, precomputed> sb;
       setup(sb, budget, 4, window);
-      if (variant % 4 == 1 && variant < 4) sb.granularity.alpha = 0, sb.granularity.beta = 0, sb.granularity.g = 0;
+      if (variant == 1) sb.granularity.alpha = 0, sb.granularity.beta = 0, sb.granularity.g = 0;
       if (variant == 2) sb.granularity.block_size = 4;
       if (variant % 4 == 3) sb.granularity.g = 50;
       if (variant == 5) sb.granularity.sentence_blocks = false, sb.granularity.beta = 0.4;

@@ -430,7 +430,7 @@ class niah_generator {
       if (tk.needle < 0) continue;
       auto& p = by_index[tk.needle];
       if (first[tk.needle] < 0) first[tk.needle] = t;
-      if (tk.what == role::phrase && (p.phrase_begin == 0 || t < p.phrase_begin)) p.phrase_begin = t, p.key = tk.key;
+      if (tk.what == role::phrase && p.phrase_begin == 0) p.phrase_begin = t, p.key = tk.key;  // 0: the sink, unset
       if (tk.what == role::answer) {
         if (p.answer_end == 0) p.answer_begin = t;
         p.answer_end = t + 1;
