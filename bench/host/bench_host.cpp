@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace {
@@ -124,30 +125,28 @@ void BM_compact(benchmark::State& state) {
 
 }  // namespace
 
-template <bool Dispatched>
+//! The scorer alone on one instruction set (state.range(1): a `scorer_isa`; one the CPU lacks
+//! runs the baseline, and the label says which ran).
 void BM_window_group(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0));
+  const auto isa = static_cast<kvevict::host_backend::scorer_isa>(state.range(1));
   one_head_cache c(n);
   auto key = [&](int t) { return c.k.data() + static_cast<std::size_t>(t) * head_dim; };
   std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(head_dim, window, group, n));
   std::vector<float> out(n);
   auto emit = [&](int t, const float* col) { out[t] = col[0] + col[1] + col[2] + col[3]; };
   for (auto _ : state) {
-    if constexpr (Dispatched)
-      kvevict::host_backend::window_attention_group(key, n, head_dim, c.q.data(), std::size_t(window) * head_dim, group,
-                                                    window, scratch.data(), emit);
-    else
-      kvevict::host_backend::wa_detail::window_attention_group_w<kvevict::detail::simd_floats>(
-          key, n, head_dim, c.q.data(), std::size_t(window) * head_dim, group, window, scratch.data(), emit);
+    kvevict::host_backend::window_attention_group_isa(isa, key, n, head_dim, c.q.data(), std::size_t(window) * head_dim,
+                                                      group, window, scratch.data(), emit);
     benchmark::DoNotOptimize(out.data());
   }
+  static const char* names[] = {"automatic", "baseline", "avx2", "avx512"};
+  state.SetLabel(std::string("ran ") + names[static_cast<int>(kvevict::host_backend::resolve_scorer_isa(isa))]);
   state.counters["FLOPs"] = benchmark::Counter(window_flops(n), benchmark::Counter::kIsIterationInvariantRate);
   state.SetItemsProcessed(state.iterations() * int64_t(n));
 }
-void BM_window_group_baseline(benchmark::State& s) { BM_window_group<false>(s); }
-void BM_window_group_dispatched(benchmark::State& s) { BM_window_group<true>(s); }
-BENCHMARK(BM_window_group_baseline)->Arg(8192)->Arg(32768)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_window_group_dispatched)->Arg(8192)->Arg(32768)->Unit(benchmark::kMillisecond);
+// Second argument: 1 baseline, 2 AVX2, 3 AVX-512 (kvevict::host_backend::scorer_isa).
+BENCHMARK(BM_window_group)->ArgsProduct({{8192, 32768}, {1, 2, 3}})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_window_scorer)->Arg(8192)->Arg(32768)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_window_triple_loop)->Arg(8192)->Arg(32768)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_compact)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);

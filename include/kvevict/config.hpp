@@ -40,6 +40,15 @@
 #define KVEVICT_ALWAYS_INLINE_LAMBDA
 #endif
 
+#if defined(__clang__) && !defined(__CUDACC__)
+//! Opens a function body whose products must be rounded before they are added (no FMA
+//! contraction) under clang (its form of detail::round_here); clang's -ffp-contract=fast ignores
+//! it, as it ignores every such pragma (use fast-honor-pragmas).
+#define KVEVICT_FP_CONTRACT_OFF _Pragma("clang fp contract(off)")
+#else
+#define KVEVICT_FP_CONTRACT_OFF
+#endif
+
 #if defined(__cpp_concepts) && __cpp_concepts >= 201907L
 #define KVEVICT_HAS_CONCEPTS 1
 #else

@@ -243,37 +243,43 @@ TEST_CASE("regression (fuzz_evict): the softmax exponential is defined for NaN a
   CHECK(worst < 2e-7);
 }
 
-TEST_CASE("window attention: the dispatched variant (AVX2 where the CPU has it) equals the baseline bit for bit",
+TEST_CASE("window attention: every instruction set (baseline, AVX2, AVX-512 where the CPU has them) gives the same bits",
           "[scorer][simd]") {
-  // Shapes that exercise full and partial row blocks, partial key tiles and the causal window.
+  using kvevict::host_backend::scorer_isa;
+  // Shapes that exercise full and partial row blocks (8-row micro-kernel of AVX-512 included),
+  // partial key tiles and the causal window.
   for (int n : {1, 17, 100, 1000}) {
     for (int group : {1, 3, 4}) {
-      const int d = 40, window = std::min(n, 7);
-      std::mt19937 rng(n * 10 + group);
-      std::normal_distribution<float> nd;
-      std::vector<kvevict::bfloat16> k(static_cast<std::size_t>(n) * d),
-          q(static_cast<std::size_t>(group) * window * d);
-      for (auto& x : k) x = kvevict::from_float<kvevict::bfloat16>(nd(rng));
-      for (auto& x : q) x = kvevict::from_float<kvevict::bfloat16>(2.0f * nd(rng));
-      auto key = [&](int t) { return k.data() + static_cast<std::size_t>(t) * d; };
-      std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(d, window, group, n));
-      std::vector<float> base(static_cast<std::size_t>(n) * group), disp(base.size());
-      auto into = [&](std::vector<float>& out) {
-        return [&out, group](int t, const float* col) {
-          for (int j = 0; j < group; ++j) out[static_cast<std::size_t>(t) * group + j] = col[j];
+      for (int window : {7, 13}) {
+        const int d = 40, w = std::min(n, window);
+        std::mt19937 rng(n * 10 + group + window);
+        std::normal_distribution<float> nd;
+        std::vector<kvevict::bfloat16> k(static_cast<std::size_t>(n) * d), q(static_cast<std::size_t>(group) * w * d);
+        for (auto& x : k) x = kvevict::from_float<kvevict::bfloat16>(nd(rng));
+        for (auto& x : q) x = kvevict::from_float<kvevict::bfloat16>(2.0f * nd(rng));
+        auto key = [&](int t) { return k.data() + static_cast<std::size_t>(t) * d; };
+        std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(d, w, group, n));
+        auto run = [&](scorer_isa isa) {
+          std::vector<float> out(static_cast<std::size_t>(n) * group);
+          kvevict::host_backend::window_attention_group_isa(
+              isa, key, n, d, q.data(), static_cast<std::size_t>(w) * d, group, w, scratch.data(),
+              [&out, group](int t, const float* col) {
+                for (int j = 0; j < group; ++j) out[static_cast<std::size_t>(t) * group + j] = col[j];
+              });
+          return out;
         };
-      };
-      auto emit_base = into(base);
-      kvevict::host_backend::wa_detail::window_attention_group_w<kvevict::detail::simd_floats>(
-          key, n, d, q.data(), static_cast<std::size_t>(window) * d, group, window, scratch.data(), emit_base);
-      kvevict::host_backend::window_attention_group(key, n, d, q.data(), static_cast<std::size_t>(window) * d, group,
-                                                    window, scratch.data(), into(disp));
-      INFO("n " << n << " group " << group);
-      REQUIRE(std::memcmp(base.data(), disp.data(), base.size() * sizeof(float)) == 0);
+        const std::vector<float> base = run(scorer_isa::baseline);
+        for (scorer_isa isa : {scorer_isa::automatic, scorer_isa::avx2, scorer_isa::avx512}) {
+          const std::vector<float> other = run(isa);
+          INFO("n " << n << " group " << group << " window " << w << " isa " << static_cast<int>(isa));
+          REQUIRE(std::memcmp(base.data(), other.data(), base.size() * sizeof(float)) == 0);
+        }
+      }
     }
   }
-#if defined(KVEVICT_X86_DISPATCH)
-  WARN("this CPU " << (kvevict::detail::cpu_has_avx2() ? "has" : "lacks") << " AVX2: the dispatched variant "
-                   << (kvevict::detail::cpu_has_avx2() ? "is AVX2" : "is the baseline"));
-#endif
+  WARN("scorer instruction set on this CPU: "
+       << static_cast<int>(kvevict::host_backend::resolve_scorer_isa(scorer_isa::automatic))
+       << " (1 baseline, 2 AVX2, 3 AVX-512); avx2 resolves to "
+       << static_cast<int>(kvevict::host_backend::resolve_scorer_isa(scorer_isa::avx2)) << ", avx512 to "
+       << static_cast<int>(kvevict::host_backend::resolve_scorer_isa(scorer_isa::avx512)));
 }

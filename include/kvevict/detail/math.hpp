@@ -9,6 +9,26 @@
 
 namespace kvevict::detail {
 
+//! Makes `v` opaque to the optimiser so that a product stored in it is rounded before any add:
+//! the host scorer's dispatched AVX-512 variant may use FMA (AVX-512 F includes it) while the
+//! baseline cannot, and contracting `a * b + c` into one rounding would change the bits between
+//! them. An empty asm statement on the register costs no instruction. Where the host scorer has
+//! no dispatched variants (device code, nvcc's host pass, other architectures) it does nothing.
+#if defined(__clang__)
+// clang checks an asm operand's size in the template's own (baseline) target, so it cannot take
+// the asm below: there the functions that need it open with KVEVICT_FP_CONTRACT_OFF instead.
+template <class V>
+KVEVICT_HOST_DEVICE void round_here(V&) {}
+#elif defined(__GNUC__) && defined(__x86_64__) && !defined(__CUDACC__)
+template <class V>
+inline __attribute__((always_inline)) void round_here(V& v) {
+  __asm__("" : "+v"(v));
+}
+#else
+template <class V>
+KVEVICT_HOST_DEVICE void round_here(V&) {}
+#endif
+
 template <class V>
 KVEVICT_HOST_DEVICE void exp_nonpositive_parts(const V& arg, V& t, V& p);
 
@@ -18,6 +38,7 @@ KVEVICT_HOST_DEVICE void exp_nonpositive_parts(const V& arg, V& t, V& p);
 //! NaN included), so loops over it vectorise and host and device agree bit for bit when compiled
 //! without FMA contraction differences. Needs IEEE semantics (no -ffast-math).
 KVEVICT_HOST_DEVICE float exp_nonpositive(float x) {
+  KVEVICT_FP_CONTRACT_OFF
   float t, p;
   exp_nonpositive_parts(x, t, p);
   // k sits in the low mantissa bits of t (two's complement offset from magic's bits).
@@ -37,21 +58,27 @@ KVEVICT_HOST_DEVICE float exp_nonpositive(float x) {
 //! `r`. Arguments by reference: vectors by value would change the ABI between instruction sets.
 template <class V>
 KVEVICT_HOST_DEVICE void exp_nonpositive_parts(const V& arg, V& t, V& p) {
+  KVEVICT_FP_CONTRACT_OFF
   const V x = arg < -87.0f ? V{} - 87.0f : arg;  // NaN compares false and passes through
   // exp(x) = 2^k * exp(r), k = round(x / ln2) by the 1.5 * 2^23 rounding trick, r = x - k ln2
   // (Cody-Waite, two-part ln2).
   constexpr float magic = 12582912.0f;
-  t = x * 1.44269504f + magic;
+  V xs = x * 1.44269504f;
+  round_here(xs);
+  t = xs + magic;
   const V kf = t - magic;
-  const V r = (x - kf * 0.693145752f) - kf * 1.42860677e-6f;
+  V hi = kf * 0.693145752f, lo = kf * 1.42860677e-6f;
+  round_here(hi);
+  round_here(lo);
+  const V r = (x - hi) - lo;
   p = V{} + 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  // Horner steps, each product rounded before its add (see round_here).
+  const float c[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f};
+  for (float ci : c) {
+    V pr = p * r;
+    round_here(pr);
+    p = pr + ci;
+  }
 }
 
 }  // namespace kvevict::detail

@@ -20,7 +20,9 @@ namespace detail {
 // scalar code below computes the same bits).
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #define KVEVICT_VECTOR_EXT 1
-#if defined(__AVX__)
+#if defined(__AVX512F__)
+inline constexpr int simd_floats = 16;  //!< one AVX-512 register
+#elif defined(__AVX__)
 inline constexpr int simd_floats = 8;  //!< one AVX register
 #else
 inline constexpr int simd_floats = 4;  //!< one SSE / NEON register
@@ -36,9 +38,10 @@ inline constexpr int simd_floats = 1;
 #endif
 
 //! Query rows a micro-kernel handles at once with vectors of W floats: R x 16 / W accumulators
-//! plus 16 / W key vectors stay in registers (16 of them on x86-64).
+//! plus 16 / W key vectors stay in registers (16 of them on x86-64 with AVX2, 32 with AVX-512,
+//! where 8 rows keep 8 independent accumulators in flight).
 template <int W>
-inline constexpr int micro_rows = W >= 8 ? 4 : 2;
+inline constexpr int micro_rows = W >= 16 ? 8 : W >= 8 ? 4 : 2;
 
 //! acc[i * 16 + c] = sum_d q[i * q_stride + d] * kt[d * 16 + c] for R query rows i and a tile of
 //! 16 keys stored transposed: the register tile of the window-attention scorer. Every (row, key)
@@ -48,6 +51,7 @@ inline constexpr int micro_rows = W >= 8 ? 4 : 2;
 template <int W, int R>
 KVEVICT_ALWAYS_INLINE void dot_rows_tile16(const float* q, std::size_t q_stride, const float* kt, int head_dim,
                                            float* acc) {
+  KVEVICT_FP_CONTRACT_OFF
 #if defined(KVEVICT_VECTOR_EXT)
   using V = typename float_vec<W>::type;
   constexpr int NV = 16 / W;
@@ -62,7 +66,11 @@ KVEVICT_ALWAYS_INLINE void dot_rows_tile16(const float* q, std::size_t q_stride,
     for (int i = 0; i < R; ++i) {
       const float qd = q[static_cast<std::size_t>(i) * q_stride + d];
       KVEVICT_UNROLL
-      for (int v = 0; v < NV; ++v) a[i][v] += qd * k[v];
+      for (int v = 0; v < NV; ++v) {
+        V prod = qd * k[v];
+        round_here(prod);  // no FMA: the same bits on every instruction set
+        a[i][v] += prod;
+      }
     }
   }
   std::memcpy(acc, a, sizeof a);
@@ -81,6 +89,7 @@ KVEVICT_ALWAYS_INLINE void dot_rows_tile16(const float* q, std::size_t q_stride,
 //! `exp_nonpositive`'s operations in the same order, so the results are its bits.
 template <int W, bool Scale>
 KVEVICT_ALWAYS_INLINE void exp_tile16(const float* acc, float m, float s, int vis, float* out) {
+  KVEVICT_FP_CONTRACT_OFF
 #if defined(KVEVICT_VECTOR_EXT)
   using V = typename float_vec<W>::type;
   typedef std::uint32_t U __attribute__((vector_size(W * sizeof(float))));
@@ -99,6 +108,7 @@ KVEVICT_ALWAYS_INLINE void exp_tile16(const float* acc, float m, float s, int vi
     const U bits = ((U)t - mb + 127u) << 23;
     V e = p * (V)bits;
     if (Scale) e = e * s;
+    round_here(e);  // callers add it
     const I keep = lane < static_cast<float>(vis);
     e = keep ? e : V{};
     std::memcpy(out + v * W, &e, sizeof e);
@@ -119,7 +129,7 @@ KVEVICT_ALWAYS_INLINE void tree_step(float* v, Op op) {
 }
 
 //! Run-time instruction-set dispatch on x86-64 with GCC or clang: a build with default flags still
-//! runs the scorer with AVX2 where the CPU has it. Off under nvcc's host pass and where the build
+//! runs the scorer with AVX-512 or AVX2 where the CPU has them. Off under nvcc's host pass and where the build
 //! already targets AVX2 (then the baseline path is the AVX2 one).
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(__CUDACC__) && !defined(__AVX2__) && \
     !defined(KVEVICT_NO_DISPATCH)
@@ -128,6 +138,14 @@ inline bool cpu_has_avx2() {
   static const bool has = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return has;
+}
+//! AVX-512 F (the 512-bit float instructions; the scorer needs nothing beyond them).
+inline bool cpu_has_avx512f() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
   }();
   return has;
 }
@@ -184,6 +202,7 @@ template <int W, class KeyFn, class Q, class Emit>
 KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* queries,
                                                     std::size_t query_head_stride, int group, int window,
                                                     float* scratch, Emit& emit) {
+  KVEVICT_FP_CONTRACT_OFF
   constexpr int KT = host_backend::window_attention_key_tile;
   constexpr int R = kvevict::detail::micro_rows<W>;
   const int rows = group * window;
@@ -278,7 +297,9 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
           const float tile_max = tree_max(tmp);
           const float m = tile_max > row_max[r] ? tile_max : row_max[r];
           kvevict::detail::exp_tile16<W, false>(acc, m, 1.0f, vis, tmp);
-          row_inv[r] = row_inv[r] * kvevict::detail::exp_nonpositive(row_max[r] - m) + tree_sum(tmp);
+          float rescaled = row_inv[r] * kvevict::detail::exp_nonpositive(row_max[r] - m);
+          kvevict::detail::round_here(rescaled);
+          row_inv[r] = rescaled + tree_sum(tmp);
           row_max[r] = m;
         }
       }
@@ -309,30 +330,76 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
 
 #if defined(KVEVICT_X86_DISPATCH)
 namespace wa_detail {
-//! The scorer compiled for AVX2 (without FMA, so the arithmetic is the baseline's, bit for bit);
-//! The scorer body, its micro-kernel and its exponential are always inlined into it (so they are
-//! compiled for AVX2); what they call (key reader, conversions, `emit`) is inlined as usual.
+//! The scorer compiled for AVX2 and for AVX-512 F, both without FMA, so the arithmetic is the
+//! baseline's bit for bit: every (row, key) logit is the same chain of multiplies and adds in the
+//! same order whatever the vector width (lanes are keys). The scorer body, its micro-kernel and
+//! its exponential are always inlined into them (so they are compiled for the target); what they
+//! call (key reader, conversions, `emit`) is inlined as usual.
 template <class KeyFn, class Q, class Emit>
 __attribute__((target("avx2"))) void window_attention_group_avx2(KeyFn& key, int n, int head_dim, const Q* queries,
                                                                  std::size_t query_head_stride, int group, int window,
                                                                  float* scratch, Emit& emit) {
   window_attention_group_w<8>(key, n, head_dim, queries, query_head_stride, group, window, scratch, emit);
 }
+template <class KeyFn, class Q, class Emit>
+__attribute__((target("avx2,avx512f"))) void window_attention_group_avx512(KeyFn& key, int n, int head_dim,
+                                                                           const Q* queries,
+                                                                           std::size_t query_head_stride, int group,
+                                                                           int window, float* scratch, Emit& emit) {
+  window_attention_group_w<16>(key, n, head_dim, queries, query_head_stride, group, window, scratch, emit);
+}
 }  // namespace wa_detail
 #endif
 
-//! Dispatches to the widest vectors the CPU runs (AVX2 on x86-64 with GCC or clang, else the
-//! build's baseline); every variant computes the same bits.
+//! Instruction sets the scorer can run with (`window_attention_group_isa` forces one; tests and
+//! benchmarks use it to compare them). `automatic` takes AVX2 where the CPU has it, also on CPUs
+//! with AVX-512: on the AMD EPYC (Zen 4) this was measured on, the AVX-512 variant ran no faster
+//! at 8,192 tokens and slower at 32,768 (bench/RESULTS.md), and no CPU with full-width 512-bit
+//! units has measured it yet; ask for `avx512` explicitly to use it.
+enum class scorer_isa { automatic, baseline, avx2, avx512 };
+
+//! The instruction set `isa` resolves to on this CPU and build (`automatic`: AVX2 where the CPU
+//! has it; a set the CPU or build lacks: `baseline`).
+inline scorer_isa resolve_scorer_isa(scorer_isa isa) {
+#if defined(KVEVICT_X86_DISPATCH)
+  const bool a512 = kvevict::detail::cpu_has_avx512f() && kvevict::detail::cpu_has_avx2();
+  const bool a2 = kvevict::detail::cpu_has_avx2();
+  if (isa == scorer_isa::automatic) return a2 ? scorer_isa::avx2 : scorer_isa::baseline;
+  if (isa == scorer_isa::avx512) return a512 ? isa : scorer_isa::baseline;
+  if (isa == scorer_isa::avx2) return a2 ? isa : scorer_isa::baseline;
+#else
+  (void)isa;
+#endif
+  return scorer_isa::baseline;
+}
+
+//! `window_attention_group` on the instruction set `isa` (resolved as above). Every set computes
+//! the same bits.
+template <class KeyFn, class Q, class Emit>
+void window_attention_group_isa(scorer_isa isa, KeyFn key, int n, int head_dim, const Q* queries,
+                                std::size_t query_head_stride, int group, int window, float* scratch, Emit emit) {
+  switch (resolve_scorer_isa(isa)) {
+#if defined(KVEVICT_X86_DISPATCH)
+    case scorer_isa::avx512:
+      return wa_detail::window_attention_group_avx512(key, n, head_dim, queries, query_head_stride, group, window,
+                                                      scratch, emit);
+    case scorer_isa::avx2:
+      return wa_detail::window_attention_group_avx2(key, n, head_dim, queries, query_head_stride, group, window,
+                                                    scratch, emit);
+#endif
+    default:
+      return wa_detail::window_attention_group_w<kvevict::detail::simd_floats>(
+          key, n, head_dim, queries, query_head_stride, group, window, scratch, emit);
+  }
+}
+
+//! Dispatches to AVX2 where the CPU runs it (x86-64 with GCC or clang; see `scorer_isa`), else
+//! the build's baseline; every variant computes the same bits.
 template <class KeyFn, class Q, class Emit>
 void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, std::size_t query_head_stride, int group,
                             int window, float* scratch, Emit emit) {
-#if defined(KVEVICT_X86_DISPATCH)
-  if (kvevict::detail::cpu_has_avx2())
-    return wa_detail::window_attention_group_avx2(key, n, head_dim, queries, query_head_stride, group, window, scratch,
-                                                  emit);
-#endif
-  wa_detail::window_attention_group_w<kvevict::detail::simd_floats>(key, n, head_dim, queries, query_head_stride, group,
-                                                                    window, scratch, emit);
+  window_attention_group_isa(scorer_isa::automatic, key, n, head_dim, queries, query_head_stride, group, window,
+                             scratch, emit);
 }
 
 }  // namespace host_backend
