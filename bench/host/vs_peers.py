@@ -71,6 +71,18 @@ def child(kind, tokens, reps):
             k = rng.standard_normal((HK, n, D), dtype=np.float32)
             q = rng.standard_normal((HQ, W, D), dtype=np.float32)
             res[f"fp32/{n}"] = best_ms(lambda: plan(q, k, BUDGET), reps)
+            # The one-matmul floor: the logits alone, one BLAS sgemm per KV head of its query
+            # group's window rows against its keys (2 x 32 x 64 x n x 128 flops), into a reused
+            # output; the floor is this time, its rate the machine's measured sgemm rate.
+            qg = np.ascontiguousarray(q.reshape(HK, HQ // HK * W, D))
+            kt = np.ascontiguousarray(k.transpose(0, 2, 1))
+            out = np.empty((HQ // HK * W, n), dtype=np.float32)
+
+            def logits():
+                for h in range(HK):
+                    np.matmul(qg[h], kt[h], out=out)
+
+            res[f"sgemm/{n}"] = best_ms(logits, reps)
         try:
             from threadpoolctl import threadpool_info
             res["blas"] = [(i.get("internal_api"), i.get("num_threads"), i.get("architecture")) for i in threadpool_info()]
@@ -118,8 +130,10 @@ def main():
           f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; best (peers) / median (kvevict) of {a.repeats}")
     if peers[("numpy", "all")]:
         print(f"numpy BLAS: {peers[('numpy', 'all')].get('blas')}")
-    print("\n| keys | tokens | threads | kvevict ms | numpy fp32 ms | numpy / kvevict | torch ms | torch / kvevict |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("\nfloor: one sgemm of the logits (numpy's BLAS, same threads), the one-matmul floor of the issue")
+    print("\n| keys | tokens | threads | kvevict ms | numpy fp32 ms | numpy / kvevict | torch ms | torch / kvevict "
+          "| floor ms | sgemm GFLOP/s | kvevict / floor |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = []
     for dtype in ("fp32", "bf16"):
         for n in a.tokens:
@@ -127,11 +141,16 @@ def main():
                 o = ours.get((dtype, n, threads))
                 npy = (peers[("numpy", threads)] or {}).get(f"fp32/{n}")
                 tch = (peers[("torch", threads)] or {}).get(f"{dtype}/{n}")
+                floor = (peers[("numpy", threads)] or {}).get(f"sgemm/{n}")
+                gflops = 2.0 * HQ * W * n * D / (floor * 1e6) if floor else None
                 rows.append({"keys": dtype, "tokens": n, "threads": threads, "kvevict_ms": o, "numpy_fp32_ms": npy,
-                             "torch_ms": tch})
+                             "torch_ms": tch, "sgemm_floor_ms": floor, "sgemm_gflops": gflops})
                 f = lambda x: f"{x:.1f}" if x else "-"  # noqa: E731
                 r = lambda x: f"{x / o:.2f}x" if x and o else "-"  # noqa: E731
-                print(f"| {dtype} | {n} | {threads} | {f(o)} | {f(npy)} | {r(npy)} | {f(tch)} | {r(tch)} |")
+                over = f"{o / floor:.2f}x" if o and floor else "-"
+                g = f"{gflops:.1f}" if gflops else "-"
+                print(f"| {dtype} | {n} | {threads} | {f(o)} | {f(npy)} | {r(npy)} | {f(tch)} | {r(tch)} | {f(floor)} | {g} "
+                      f"| {over} |")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "rows": rows,
