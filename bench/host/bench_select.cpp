@@ -38,6 +38,7 @@ struct inputs {
 template <class Granularity>
 void BM_plan(benchmark::State& state, Granularity gran) {
   const int n = static_cast<int>(state.range(0));
+  const auto exec = kvevict::host.threads(static_cast<int>(state.range(1)));  // 0: every thread
   inputs in(n);
   auto view = in.view();
   kvevict::eviction_policy<kvevict::precomputed, Granularity, kvevict::selector<>> p;
@@ -48,9 +49,9 @@ void BM_plan(benchmark::State& state, Granularity gran) {
   sig.token_ids = in.ids.data();
   sig.token_ids_stride = n;
   kvevict::keep_plan_buffer kept(kv_heads, kvevict::plan_capacity(p, view));
-  std::vector<unsigned char> ws(kvevict::plan_workspace_bytes(kvevict::host, p, view, sig));
+  std::vector<unsigned char> ws(kvevict::plan_workspace_bytes(exec, p, view, sig));
   for (auto _ : state) {
-    auto st = kvevict::plan(kvevict::host, p, view, sig, kept.view(), ws.data(), ws.size());
+    auto st = kvevict::plan(exec, p, view, sig, kept.view(), ws.data(), ws.size());
     if (!st) state.SkipWithError(st.message().c_str());
     benchmark::DoNotOptimize(kept.positions.data());
   }
@@ -87,10 +88,12 @@ void BM_plan_sentencekv(benchmark::State& s) {
 
 }  // namespace
 
-BENCHMARK(BM_plan_snapkv_topk)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_plan_sablock)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_plan_sablock_v1)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_plan_sablock_sentences)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_plan_chunkkv)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_plan_sentencekv)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
+// Arguments: tokens, threads (1, or 0 for every thread; heads selected in parallel where they are
+// independent, ChunkKV's shared plan on one).
+BENCHMARK(BM_plan_snapkv_topk)->ArgsProduct({{8192, 32768, 131072}, {1, 0}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_plan_sablock)->ArgsProduct({{8192, 32768, 131072}, {1, 0}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_plan_sablock_v1)->ArgsProduct({{8192, 32768, 131072}, {1, 0}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_plan_sablock_sentences)->ArgsProduct({{8192, 32768, 131072}, {1, 0}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_plan_chunkkv)->ArgsProduct({{8192, 32768, 131072}, {1, 0}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_plan_sentencekv)->ArgsProduct({{8192, 32768, 131072}, {1, 0}})->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();

@@ -50,6 +50,29 @@ TEST_CASE("host threads: plans, scores and compaction do not depend on the threa
   sab.granularity.segmenter.num_delimiters = 1;
   kvevict::ada_snapkv<> ada;
   ada.selector = {2, window, kvevict::adaptive_budget{60}};
+  // Every granularity: per-head selection on threads (token, segment, adaptive, per-head chunks),
+  // a shared plan on one (ChunkKV), SABlock with sentences, a scorer without per-head scoring.
+  kvevict::sentencekv<> sk;
+  sk.selector = snap.selector;
+  sk.granularity.segmenter = sab.granularity.segmenter;
+  kvevict::chunkkv<> ck;
+  ck.selector = snap.selector;
+  kvevict::chunkkv_per_head<> ckh;
+  ckh.selector = snap.selector;
+  std::vector<std::int32_t> sent(ids.size());
+  for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = i % 27 == 0 ? 2 : static_cast<std::int32_t>(ids[i]);
+  const std::int32_t sent_ids[] = {2};
+  kvevict::sablock<> sab2 = sab;
+  sab2.granularity.segmenter.sentence_ids = sent_ids;
+  sab2.granularity.segmenter.num_sentence_ids = 1;
+  kvevict::streaming_llm stream;
+  stream.selector = snap.selector;
+  static_assert(kvevict::detail::selects_per_head<kvevict::sablock<>, kvevict::dense_cache<float>, float> &&
+                    kvevict::detail::selects_per_head<kvevict::sentencekv<>, kvevict::dense_cache<float>, float> &&
+                    kvevict::detail::selects_per_head<kvevict::snapkv<>, kvevict::dense_cache<float>, float> &&
+                    kvevict::detail::selects_per_head<kvevict::chunkkv_per_head<>, kvevict::dense_cache<float>, float> &&
+                    !kvevict::detail::selects_per_head<kvevict::chunkkv<>, kvevict::dense_cache<float>, float>,
+                "per-head selection where heads are independent, and only there");
 
   for (layout_kind kind : {layout_kind::block_nhd, layout_kind::csr_hnd, layout_kind::dense}) {
     test_cache<float> c = build<float>(L, kind, 16, 9);
@@ -60,6 +83,13 @@ TEST_CASE("host threads: plans, scores and compaction do not depend on the threa
         REQUIRE(plan_with(exec, snap, view, sig) == plan_with(kvevict::host.threads(1), snap, view, sig));
         REQUIRE(plan_with(exec, sab, view, sig) == plan_with(kvevict::host.threads(1), sab, view, sig));
         REQUIRE(plan_with(exec, ada, view, sig) == plan_with(kvevict::host.threads(1), ada, view, sig));
+        REQUIRE(plan_with(exec, sk, view, sig) == plan_with(kvevict::host.threads(1), sk, view, sig));
+        REQUIRE(plan_with(exec, ck, view, sig) == plan_with(kvevict::host.threads(1), ck, view, sig));
+        REQUIRE(plan_with(exec, ckh, view, sig) == plan_with(kvevict::host.threads(1), ckh, view, sig));
+        REQUIRE(plan_with(exec, stream, view, sig) == plan_with(kvevict::host.threads(1), stream, view, sig));
+        kvevict::signals<float> sig2 = sig;
+        sig2.token_ids = sent.data();
+        REQUIRE(plan_with(exec, sab2, view, sig2) == plan_with(kvevict::host.threads(1), sab2, view, sig2));
         // scores, bit for bit
         std::vector<float> s1(static_cast<std::size_t>(seqs) * kvh * 300), sn(s1.size());
         REQUIRE(kvevict::score(kvevict::host.threads(1), snap, view, sig, s1.data(), 300).ok());
@@ -78,6 +108,16 @@ TEST_CASE("host threads: plans, scores and compaction do not depend on the threa
       REQUIRE(got == plan_with(kvevict::host.threads(1), snap, view, sig));
       auto st = kvevict::plan(kvevict::host.threads(4), snap, view, sig, kept.view(), ws.data(), one - 1);
       REQUIRE(st.code == kvevict::errc::buffer_too_small);
+      // SABlock's workspace grows with the threads too (a selection scratch per thread), and a
+      // one-thread workspace still serves
+      const std::size_t sab_one = kvevict::plan_workspace_bytes(kvevict::host.threads(1), sab, view, sig);
+      REQUIRE(kvevict::plan_workspace_bytes(kvevict::host.threads(4), sab, view, sig) > sab_one);
+      std::vector<unsigned char> ws2(sab_one);
+      auto kept2 = kvevict::keep_plan_buffer::for_cache(sab, view, sig);
+      REQUIRE(kvevict::plan(kvevict::host.threads(4), sab, view, sig, kept2.view(), ws2.data(), ws2.size()).ok());
+      std::vector<std::int32_t> got2 = kept2.counts;
+      got2.insert(got2.end(), kept2.positions.begin(), kept2.positions.end());
+      REQUIRE(got2 == plan_with(kvevict::host.threads(1), sab, view, sig));
     });
   }
 }

@@ -118,21 +118,44 @@ std::size_t scorer_scratch_bytes(const Policy& p, const Cache& cache, const sign
   return p.scorer.scratch_bytes(cache, p.selector.window, sig.num_q_heads, max_row_len(cache));
 }
 
-//! The plan's workspace with `threads` scorer scratch slices (one per scoring thread).
+//! Whether granularity `G` selects one (sequence, head) row at a time (`select_head`), so that the
+//! plan runs the heads of a sequence on several threads.
+template <class G, class Cache, class T, class = void>
+struct granularity_has_select_head : std::false_type {};
+template <class G, class Cache, class T>
+struct granularity_has_select_head<
+    G, Cache, T,
+    std::void_t<decltype(std::declval<const G&>().select_head(
+        std::declval<const Cache&>(), std::declval<const signals<T>&>(), 0, 0, static_cast<const float*>(nullptr),
+        std::size_t{}, static_cast<const int*>(nullptr), 0, 0, std::declval<keep_plan>(),
+        static_cast<void*>(nullptr)))>> : std::true_type {};
+
+template <class Policy, class Cache, class T>
+inline constexpr bool scores_per_head = scorer_has_score_head<typename Policy::scorer_type, Cache, T>::value;
+template <class Policy, class Cache, class T>
+inline constexpr bool selects_per_head =
+    granularity_has_select_head<typename Policy::granularity_type, Cache, T>::value;
+
+//! The plan's workspace for `threads` threads: a scorer scratch slice per thread when the scorer
+//! scores one head at a time, a granularity scratch slice per thread when it selects one head at
+//! a time (one slice otherwise).
 template <class Policy, class Cache, class T>
 workspace_layout<4> plan_layout(const Policy& p, const Cache& cache, const signals<T>& sig, int threads = 1) {
   const int kvh = cache.num_kv_heads(), n = max_row_len(cache);
   const std::size_t stride = static_cast<std::size_t>(n);
-  const std::size_t scorer = align_up(scorer_scratch_bytes(p, cache, sig)) * static_cast<std::size_t>(threads);
+  const std::size_t scorer = align_up(scorer_scratch_bytes(p, cache, sig)) *
+                             static_cast<std::size_t>(scores_per_head<Policy, Cache, T> ? threads : 1);
+  const std::size_t gran = align_up(p.granularity.scratch_bytes(cache, n)) *
+                           static_cast<std::size_t>(selects_per_head<Policy, Cache, T> ? threads : 1);
   return workspace_layout<4>{{sizeof(float) * kvh * stride + 2 * sizeof(int) * kvh,  // scores, budgets, lengths
-                              scorer, p.granularity.scratch_bytes(cache, n), p.selector.budget.scratch_bytes(kvh, n)}};
+                              scorer, gran, p.selector.budget.scratch_bytes(kvh, n)}};
 }
 
-//! Threads that score one sequence's heads: the backend's count, at most one per KV head, one for
-//! scorers without `score_head`.
+//! Threads that plan one sequence's heads: the backend's count, at most one per KV head; one when
+//! neither the scorer nor the granularity works a head at a time.
 template <class Policy, class Cache, class T>
 int scoring_threads(host_t exec, const Cache& cache) {
-  if (!scorer_has_score_head<typename Policy::scorer_type, Cache, T>::value) return 1;
+  if (!scores_per_head<Policy, Cache, T> && !selects_per_head<Policy, Cache, T>) return 1;
   const int t = exec.thread_count();
   return t < cache.num_kv_heads() ? t : cache.num_kv_heads();
 }
@@ -169,7 +192,7 @@ inline status check_workspace(const void* ws, std::size_t bytes, std::size_t nee
 template <class Policy, class Cache, class T>
 status score_sequence(const Policy& p, const Cache& cache, const signals<T>& sig, int seq, int window, float* scores,
                       std::size_t stride, void* scratch, int threads = 1, std::size_t scratch_stride = 0) {
-  if constexpr (scorer_has_score_head<typename Policy::scorer_type, Cache, T>::value) {
+  if constexpr (scores_per_head<Policy, Cache, T>) {
     if (threads > 1) {
       parallel_for(threads, cache.num_kv_heads(), [&](int h, int w) {
         p.scorer.score_head(cache, sig, seq, h, window, scores + static_cast<std::size_t>(h) * stride,
@@ -208,7 +231,9 @@ template <class Policy, class Cache, class T>
 std::size_t score_workspace_bytes(host_t exec, const Policy& p, const Cache& cache, const signals<T>& sig) {
   if (!validate_cache(cache).ok()) return 0;
   return detail::align_up(detail::scorer_scratch_bytes(p, cache, sig)) *
-         static_cast<std::size_t>(detail::scoring_threads<Policy, Cache, T>(exec, cache));
+         static_cast<std::size_t>(detail::scores_per_head<Policy, Cache, T>
+                                      ? detail::scoring_threads<Policy, Cache, T>(exec, cache)
+                                      : 1);
 }
 
 //! Computes token scores only (the policy's scorer, with its window and pooling), for engines that
@@ -257,6 +282,7 @@ status plan_validated(const Policy& p, const Cache& cache, const signals<T>& sig
   void* buf[4];
   plan_layout(p, cache, sig, threads).carve(workspace, buf);
   const std::size_t slice = align_up(scorer_scratch_bytes(p, cache, sig));
+  const std::size_t gslice = align_up(p.granularity.scratch_bytes(cache, max_row_len(cache)));
   const int kvh = cache.num_kv_heads();
   const std::size_t stride = static_cast<std::size_t>(max_row_len(cache));
   float* scores = static_cast<float*>(buf[0]);
@@ -276,6 +302,15 @@ status plan_validated(const Policy& p, const Cache& cache, const signals<T>& sig
     for (int h = 0; h < kvh; ++h) lens[h] = cache.seq_len(s, h);
     p.selector.budget.allocate(scores, stride, lens, kvh, sp.entries, sp.sinks, sp.window, sig.layer, sig.num_layers,
                                budgets, buf[3]);
+    if constexpr (selects_per_head<Policy, Cache, T>) {
+      if (threads > 1) {  // each head's row on its own thread and scratch slice; rows do not interact
+        parallel_for(threads, kvh, [&](int h, int w) {
+          p.granularity.select_head(cache, sig, s, h, scores, stride, budgets, sp.sinks, sp.window, out,
+                                    static_cast<unsigned char*>(buf[2]) + static_cast<std::size_t>(w) * gslice);
+        });
+        continue;
+      }
+    }
     p.granularity.select(cache, sig, s, scores, stride, budgets, sp.sinks, sp.window, out, buf[2]);
   }
   return ok_status();

@@ -69,60 +69,75 @@ struct block_scratch {
   }
 };
 
-//! The flow every block granularity shares: protected tokens, the compressible range, scores per
-//! head or summed, `mark(row, lo, hi, bc, scratch, head)` marking exactly bc tokens, plan rows.
+//! One row of the flow every block granularity shares: protected tokens, the compressible range,
+//! the head's scores (or, shared, their sum over the heads), `mark(row, lo, hi, bc, scratch,
+//! head)` marking exactly bc tokens, the plan row of (seq, h).
+template <class Sharing, class Cache, class Mark>
+void select_block_row(const Cache& cache, int seq, int h, const float* scores, std::size_t stride, const int* budgets,
+                      int sinks, int window, keep_plan plan, const block_scratch& ws, Mark& mark) {
+  const int kvh = cache.num_kv_heads();
+  const int r = seq * kvh + h, n = cache.seq_len(seq, h), b = budgets[h];
+  std::int32_t* out = plan.row(r);
+  if (n <= b) {
+    for (int t = 0; t < n; ++t) out[t] = t;
+    plan.counts[r] = n;
+    return;
+  }
+  const auto [lo, hi] = compressible_range(n, sinks, window);
+  const int bc = b - lo - (n - hi);
+  for (int t = 0; t < n; ++t) {
+    double s = 0;
+    if (Sharing::shared) {  // over the heads that hold token t (a (sequence, head)-row view may differ)
+      for (int hh = 0; hh < kvh; ++hh)
+        if (t < cache.seq_len(seq, hh)) s += static_cast<double>(scores[static_cast<std::size_t>(hh) * stride + t]);
+    } else {
+      s = static_cast<double>(scores[static_cast<std::size_t>(h) * stride + t]);
+    }
+    ws.row[t] = s;
+  }
+  std::memset(ws.keep, 0, static_cast<std::size_t>(hi - lo));
+  if (bc > 0 && hi > lo) mark(ws.row, lo, hi, bc, ws, h);
+  int c = 0;
+  for (int t = 0; t < lo; ++t) out[c++] = t;
+  for (int t = lo; t < hi; ++t)
+    if (ws.keep[t - lo]) out[c++] = t;
+  for (int t = hi; t < n; ++t) out[c++] = t;
+  plan.counts[r] = c;
+}
+
+//! The rows of one sequence: each head on its own, or (shared) head 0's plan copied to the others.
 template <class Sharing, class Cache, class Mark>
 void select_blocks(const Cache& cache, int seq, const float* scores, std::size_t stride, const int* budgets, int sinks,
                    int window, keep_plan plan, const block_scratch& ws, Mark mark) {
   const int kvh = cache.num_kv_heads();
   for (int h = 0; h < kvh; ++h) {
-    const int r = seq * kvh + h, n = cache.seq_len(seq, h), b = budgets[h];
-    std::int32_t* out = plan.row(r);
+    const int r = seq * kvh + h;
     if (Sharing::shared && h > 0) {  // one plan for every head
       plan.counts[r] = plan.counts[seq * kvh];
-      std::memcpy(out, plan.row(seq * kvh), sizeof(std::int32_t) * static_cast<std::size_t>(plan.counts[r]));
+      std::memcpy(plan.row(r), plan.row(seq * kvh), sizeof(std::int32_t) * static_cast<std::size_t>(plan.counts[r]));
       continue;
     }
-    if (n <= b) {
-      for (int t = 0; t < n; ++t) out[t] = t;
-      plan.counts[r] = n;
-      continue;
-    }
-    const auto [lo, hi] = compressible_range(n, sinks, window);
-    const int bc = b - lo - (n - hi);
-    for (int t = 0; t < n; ++t) {
-      double s = 0;
-      if (Sharing::shared) {  // over the heads that hold token t (a (sequence, head)-row view may differ)
-        for (int hh = 0; hh < kvh; ++hh)
-          if (t < cache.seq_len(seq, hh)) s += static_cast<double>(scores[static_cast<std::size_t>(hh) * stride + t]);
-      } else {
-        s = static_cast<double>(scores[static_cast<std::size_t>(h) * stride + t]);
-      }
-      ws.row[t] = s;
-    }
-    std::memset(ws.keep, 0, static_cast<std::size_t>(hi - lo));
-    if (bc > 0 && hi > lo) mark(ws.row, lo, hi, bc, ws, h);
-    int c = 0;
-    for (int t = 0; t < lo; ++t) out[c++] = t;
-    for (int t = lo; t < hi; ++t)
-      if (ws.keep[t - lo]) out[c++] = t;
-    for (int t = hi; t < n; ++t) out[c++] = t;
-    plan.counts[r] = c;
+    select_block_row<Sharing>(cache, seq, h, scores, stride, budgets, sinks, window, plan, ws, mark);
   }
 }
 
-//! Segment-based flow (SentenceKV-style and SABlock): segment each head's compressible range
-//! with `seg`, then `pick(row, lo, hi, offsets, count, bc, scratch)` marks exactly bc tokens.
-template <class Sharing, class Segmenter, class Cache, class T, class Pick>
-void select_segmented(const Segmenter& seg, const Cache& cache, const signals<T>& sig, int seq, const float* scores,
-                      std::size_t stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch,
-                      Pick pick) {
-  const auto ws = block_scratch::carve_for(cache, seq, scratch, seg);
-  select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
-                         [&](const double* row, int lo, int hi, int bc, const block_scratch& s, int h) {
-                           const int c = seg.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
-                           pick(row, lo, hi, s.offsets, c, bc, s);
-                         });
+//! The two entries of a block granularity `g` from its `carve(cache, seq, scratch)` and
+//! `marker(cache, sig, seq)`: `select` (every head of a sequence) and `select_head` (one head, for
+//! independent heads, so that `plan` can run the heads on several threads, each with its own
+//! scratch). The granularities forward to them (no base class: they stay aggregates).
+template <class G, class Cache, class T>
+void select_with(const G& g, const Cache& cache, const signals<T>& sig, int seq, const float* scores,
+                 std::size_t stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch) {
+  select_blocks<typename G::sharing_type>(cache, seq, scores, stride, budgets, sinks, window, plan,
+                                          g.carve(cache, seq, scratch), g.marker(cache, sig, seq));
+}
+template <class G, class Cache, class T>
+void select_head_with(const G& g, const Cache& cache, const signals<T>& sig, int seq, int h, const float* scores,
+                      std::size_t stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch) {
+  static_assert(!G::sharing_type::shared, "a shared plan needs every head's scores at once");
+  auto mark = g.marker(cache, sig, seq);
+  select_block_row<typename G::sharing_type>(cache, seq, h, scores, stride, budgets, sinks, window, plan,
+                                             g.carve(cache, seq, scratch), mark);
 }
 
 template <class Segmenter, class Cache>
@@ -151,20 +166,32 @@ struct fixed_block {
     return detail::block_scratch::layout(max_len, 0).total();
   }
   template <class Cache, class T>
-  void select(const Cache& cache, const signals<T>&, int seq, const float* scores, std::size_t stride,
+  void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    const auto ws = detail::block_scratch::carve_for(cache, seq, scratch, 0);
-    detail::select_blocks<Sharing>(cache, seq, scores, stride, budgets, sinks, window, plan, ws,
-                                   [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int) {
-                                     int c = 0;
-                                     s.offsets[0] = lo;
-                                     for (int t = lo; t < hi;) {
-                                       t = t + chunk < hi ? t + chunk : hi;
-                                       s.offsets[++c] = t;
-                                     }
-                                     host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep,
-                                                                          s.order, s.idx, s.r);
-                                   });
+    detail::select_with(*this, cache, sig, seq, scores, stride, budgets, sinks, window, plan, scratch);
+  }
+  //! One head's row; only with independent heads (`plan` then runs the heads on several threads).
+  template <class Cache, class T, class S = Sharing, std::enable_if_t<!S::shared, int> = 0>
+  void select_head(const Cache& cache, const signals<T>& sig, int seq, int h, const float* scores, std::size_t stride,
+                   const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
+    detail::select_head_with(*this, cache, sig, seq, h, scores, stride, budgets, sinks, window, plan, scratch);
+  }
+  template <class Cache>
+  detail::block_scratch carve(const Cache& cache, int seq, void* scratch) const {
+    return detail::block_scratch::carve_for(cache, seq, scratch, 0);
+  }
+  //! Marks the best chunks, then the best remaining tokens.
+  template <class Cache, class T>
+  auto marker(const Cache&, const signals<T>&, int) const {
+    return [this](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int) {
+      int c = 0;
+      s.offsets[0] = lo;
+      for (int t = lo; t < hi;) {
+        t = t + chunk < hi ? t + chunk : hi;
+        s.offsets[++c] = t;
+      }
+      host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order, s.idx, s.r);
+    };
   }
 };
 
@@ -186,11 +213,25 @@ struct segment_level {
   template <class Cache, class T>
   void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    detail::select_segmented<Sharing>(
-        segmenter, cache, sig, seq, scores, stride, budgets, sinks, window, plan, scratch,
-        [](const double* row, int lo, int hi, const std::int32_t* off, int c, int bc, const detail::block_scratch& s) {
-          host_backend::select_units_then_fill(row, lo, hi, off, c, bc, s.keep, s.order, s.idx, s.r);
-        });
+    detail::select_with(*this, cache, sig, seq, scores, stride, budgets, sinks, window, plan, scratch);
+  }
+  //! One head's row; only with independent heads (`plan` then runs the heads on several threads).
+  template <class Cache, class T, class S = Sharing, std::enable_if_t<!S::shared, int> = 0>
+  void select_head(const Cache& cache, const signals<T>& sig, int seq, int h, const float* scores, std::size_t stride,
+                   const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
+    detail::select_head_with(*this, cache, sig, seq, h, scores, stride, budgets, sinks, window, plan, scratch);
+  }
+  template <class Cache>
+  detail::block_scratch carve(const Cache& cache, int seq, void* scratch) const {
+    return detail::block_scratch::carve_for(cache, seq, scratch, segmenter);
+  }
+  //! Segments the head's compressible range, marks the best whole segments, then the best tokens.
+  template <class Cache, class T>
+  auto marker(const Cache& cache, const signals<T>& sig, int seq) const {
+    return [this, &cache, &sig, seq](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
+      const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
+      host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order, s.idx, s.r);
+    };
   }
 };
 
@@ -256,20 +297,32 @@ struct adaptive_block {
   template <class Cache, class T>
   void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    const host_backend::sablock_params prm = params();
-    const auto ws = detail::block_scratch::carve_for(cache, seq, scratch, segmenter);
-    detail::select_blocks<Sharing>(
-        cache, seq, scores, stride, budgets, sinks, window, plan, ws,
-        [&](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
-          int num_sentences = -1, c;
-          if constexpr (has_segment_levels<Segmenter, Cache, T>::value) {
-            c = segmenter.segment_levels(cache, sig, seq, h, lo, hi, s.offsets, s.order, &num_sentences, s.segmenter);
-          } else {
-            c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
-          }
-          host_backend::sablock_select(row, lo, hi, s.offsets, c, num_sentences >= 0 ? s.order : nullptr,
-                                       num_sentences, bc, prm, s.keep, s.r, s.prefix, s.idx);
-        });
+    detail::select_with(*this, cache, sig, seq, scores, stride, budgets, sinks, window, plan, scratch);
+  }
+  //! One head's row; only with independent heads (`plan` then runs the heads on several threads).
+  template <class Cache, class T, class S = Sharing, std::enable_if_t<!S::shared, int> = 0>
+  void select_head(const Cache& cache, const signals<T>& sig, int seq, int h, const float* scores, std::size_t stride,
+                   const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
+    detail::select_head_with(*this, cache, sig, seq, h, scores, stride, budgets, sinks, window, plan, scratch);
+  }
+  template <class Cache>
+  detail::block_scratch carve(const Cache& cache, int seq, void* scratch) const {
+    return detail::block_scratch::carve_for(cache, seq, scratch, segmenter);
+  }
+  //! Segments the head's range into clauses (and sentences), then SABlock's selection.
+  template <class Cache, class T>
+  auto marker(const Cache& cache, const signals<T>& sig, int seq) const {
+    return [this, &cache, &sig, seq, prm = params()](const double* row, int lo, int hi, int bc,
+                                                      const detail::block_scratch& s, int h) {
+      int num_sentences = -1, c;
+      if constexpr (has_segment_levels<Segmenter, Cache, T>::value) {
+        c = segmenter.segment_levels(cache, sig, seq, h, lo, hi, s.offsets, s.order, &num_sentences, s.segmenter);
+      } else {
+        c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
+      }
+      host_backend::sablock_select(row, lo, hi, s.offsets, c, num_sentences >= 0 ? s.order : nullptr, num_sentences,
+                                   bc, prm, s.keep, s.r, s.prefix, s.idx);
+    };
   }
 };
 

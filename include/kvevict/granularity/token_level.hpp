@@ -15,7 +15,8 @@ namespace kvevict {
 //! Token-level selection: per KV head, the protected tokens plus the highest-scored others up to
 //! the head's budget (ties to the lower position). Exactly `min(budget, n)` tokens are kept.
 //! Granularity interface: `validate(cache, signals)`, `scratch_bytes(cache, max_len)` and
-//! `select(...)` filling one plan row per KV head of a sequence.
+//! `select(...)` filling one plan row per KV head of a sequence; optionally `select_head(...)`
+//! filling one (seq, head) row, which `plan` then runs on several threads.
 struct token_level {
   template <class Cache, class T>
   status validate(const Cache&, const signals<T>&) const {
@@ -27,15 +28,19 @@ struct token_level {
   }
   //! \param scores  [kv_heads, stride]  \param budgets [kv_heads]
   template <class Cache, class T>
-  void select(const Cache& cache, const signals<T>&, int seq, const float* scores, std::size_t stride,
+  void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
               const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    const int kvh = cache.num_kv_heads();
-    for (int h = 0; h < kvh; ++h) {
-      const int r = seq * kvh + h;
-      plan.counts[r] = host_backend::select_protected_top_k(scores + static_cast<std::size_t>(h) * stride,
-                                                            cache.seq_len(seq, h), budgets[h], sinks, window,
-                                                            plan.row(r), static_cast<std::int32_t*>(scratch));
-    }
+    for (int h = 0; h < cache.num_kv_heads(); ++h)
+      select_head(cache, sig, seq, h, scores, stride, budgets, sinks, window, plan, scratch);
+  }
+  //! One head's row (heads are independent: `plan` may run them on several threads).
+  template <class Cache, class T>
+  void select_head(const Cache& cache, const signals<T>&, int seq, int h, const float* scores, std::size_t stride,
+                   const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
+    const int r = seq * cache.num_kv_heads() + h;
+    plan.counts[r] = host_backend::select_protected_top_k(scores + static_cast<std::size_t>(h) * stride,
+                                                          cache.seq_len(seq, h), budgets[h], sinks, window, plan.row(r),
+                                                          static_cast<std::int32_t*>(scratch));
   }
 };
 
