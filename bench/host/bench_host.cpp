@@ -6,7 +6,8 @@
 //  * BM_window_group_baseline / BM_window_group_dispatched: the scorer's kernel on one query group
 //    built for the baseline vectors and as dispatched at run time (AVX2 where the CPU has it), same
 //    run, for the ratio;
-//  * BM_compact: in-place compaction of a vLLM-style cache at 50% kept, bytes moved counter.
+//  * BM_compact: in-place compaction of a vLLM-style cache at 50% kept, bytes moved counter, on one
+//    thread and on every thread.
 #include <benchmark/benchmark.h>
 
 #include <kvevict/kvevict.hpp>
@@ -112,10 +113,11 @@ void BM_compact(benchmark::State& state) {
   }
   std::vector<int> lens(kv_heads), freed(c.pages);
   kvevict::compact_result out{lens.data(), static_cast<int>(lens.size()), freed.data(), c.pages};
-  std::vector<unsigned char> ws(kvevict::compact_workspace_bytes(kvevict::host, view) + 1);
+  const auto exec = kvevict::host.threads(static_cast<int>(state.range(1)));  // 0: every thread
+  std::vector<unsigned char> ws(kvevict::compact_workspace_bytes(exec, view) + 1);
   for (auto _ : state) {
     // The view's lengths do not change, so every iteration performs the same moves.
-    auto st = kvevict::compact(kvevict::host, view, plan.const_view(), out, ws.data(), ws.size());
+    auto st = kvevict::compact(exec, view, plan.const_view(), out, ws.data(), ws.size());
     benchmark::DoNotOptimize(st);
   }
   // K and V, read and written, for every kept token of every head.
@@ -149,5 +151,6 @@ void BM_window_group(benchmark::State& state) {
 BENCHMARK(BM_window_group)->ArgsProduct({{8192, 32768}, {1, 2, 3}})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_window_scorer)->Arg(8192)->Arg(32768)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_window_triple_loop)->Arg(8192)->Arg(32768)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_compact)->Arg(8192)->Arg(32768)->Arg(131072)->Unit(benchmark::kMillisecond);
+// Arguments: tokens, threads (1, or 0 for every thread).
+BENCHMARK(BM_compact)->ArgsProduct({{8192, 32768, 131072}, {1, 0}})->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();

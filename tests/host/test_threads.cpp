@@ -147,3 +147,44 @@ TEST_CASE("host threads: evict on all threads compacts as on one", "[threads]") 
   REQUIRE(kvevict::host.threads(3).thread_count() == 3);
   REQUIRE(kvevict::host.thread_count() >= 1);
 }
+
+TEST_CASE("host threads: a compaction large enough for threads moves the same bytes as on one", "[threads][compact]") {
+  // 2 sequences x 8 heads x 128 dims fp32, 1,500 and 1,100 tokens, about 60% kept: the kept rows
+  // are several MiB, above compact_bytes_per_thread, so host.threads(4) runs the rows in parallel.
+  logical L = make_logical(2, 8, 128, {1500, 1100}, 31);
+  for (layout_kind kind : {layout_kind::block_nhd, layout_kind::csr_hnd, layout_kind::head_rows, layout_kind::dense}) {
+    INFO(name(kind));
+    test_cache<float> a = build<float>(L, kind, 16, 5), b = a;
+    std::int64_t moved = 0;
+    a.visit([&](auto va) {
+      b.visit([&](auto vb) {
+        // per-head plans for (sequence, head)-row views, one per sequence for shared tables
+        const bool per_head = decltype(va)::per_head_rows;
+        kvevict::keep_plan_buffer kept(2 * 8, 1500);
+        std::mt19937 rng(7);
+        for (int s = 0; s < 2; ++s)
+          for (int h = 0; h < 8; ++h) {
+            const int r = s * 8 + h, n = va.seq_len(s, h);
+            if (!per_head && h > 0) {
+              kept.counts[r] = kept.counts[s * 8];
+              std::copy_n(kept.view().row(s * 8), kept.counts[r], kept.view().row(r));
+              continue;
+            }
+            int c = 0;
+            for (int t = 0; t < n; ++t)
+              if (rng() % 5 < 3) kept.view().row(r)[c++] = t;
+            kept.counts[r] = c;
+          }
+        for (int r = 0; r < 16; ++r) moved += kept.counts[r];
+        auto ra = kvevict::compact_result_buffer::for_cache(va), rb = kvevict::compact_result_buffer::for_cache(vb);
+        REQUIRE(kvevict::compact(kvevict::host.threads(1), va, kept.const_view(), ra.result).ok());
+        REQUIRE(kvevict::compact(kvevict::host.threads(4), vb, kept.const_view(), rb.result).ok());
+        REQUIRE(ra.new_lens == rb.new_lens);
+        REQUIRE(ra.freed() == rb.freed());
+      });
+    });
+    REQUIRE(moved * 128 * static_cast<std::int64_t>(sizeof(float)) >= kvevict::detail::compact_bytes_per_thread);
+    REQUIRE(a.k == b.k);
+    REQUIRE(a.v == b.v);
+  }
+}

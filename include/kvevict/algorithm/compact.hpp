@@ -12,12 +12,16 @@
 #include "../backend.hpp"
 #include "../cache/validate.hpp"
 #include "../concepts.hpp"
+#include "../detail/parallel.hpp"
 #include "../keep_plan.hpp"
 #include "../status.hpp"
 
 namespace kvevict {
 
 namespace detail {
+
+//! Bytes of K/V rows a compaction moves per thread it starts (below, it runs on the caller's).
+inline constexpr std::int64_t compact_bytes_per_thread = std::int64_t{1} << 21;
 
 template <class Cache>
 int pages_for(const Cache& c, int len) {
@@ -149,27 +153,37 @@ std::size_t compact_workspace_bytes(host_t, const Cache& cache) {
 //!
 //! Validates everything first (plan sorted, in range; counts equal across heads for a shared
 //! page table; no page listed twice; `out` large enough): on error nothing is written.
-//! Cost: O(kept tokens x heads x head_dim) moves, O(pages) checks.
+//! Cost: O(kept tokens x heads x head_dim) moves, on `exec`'s threads (rows in parallel) when they
+//! move at least 2 MiB; O(pages) checks.
 template <class Cache>
-status compact(host_t, const Cache& cache, const_keep_plan plan, compact_result& out, void* workspace,
+status compact(host_t exec, const Cache& cache, const_keep_plan plan, compact_result& out, void* workspace,
                std::size_t workspace_bytes) {
   KVEVICT_TRY(detail::validate_compact_inputs(cache, plan, out, workspace, workspace_bytes));
   using T = typename Cache::value_type;
   const int kvh = cache.num_kv_heads(), ps = cache.page_size();
   const std::size_t row_bytes = sizeof(T) * static_cast<std::size_t>(cache.head_dim());
+  // Rows move independently: their pages are disjoint (validated), or, for a shared page table,
+  // the heads of a sequence write their own slots of the pages. Threads only where the moves are
+  // large enough to pay for starting them.
+  const int rows = cache.num_seqs() * kvh;
+  std::int64_t moved = 0;
+  for (int r = 0; r < rows; ++r) moved += plan.counts[r];
+  const int threads = moved * static_cast<std::int64_t>(row_bytes) >= detail::compact_bytes_per_thread
+                          ? exec.thread_count()
+                          : 1;
+  detail::parallel_for(threads, rows, [&](int r, int) {
+    const int s = r / kvh, h = r % kvh, c = plan.counts[r];
+    const std::int32_t* row = plan.row(r);
+    for (int j = 0; j < c; ++j) {
+      const int src = row[j];
+      if (src == j) continue;
+      const int sp = cache.page(s, h, src / ps), dp = cache.page(s, h, j / ps);
+      std::memcpy(cache.key(dp, j % ps, h), cache.key(sp, src % ps, h), row_bytes);
+      std::memcpy(cache.value(dp, j % ps, h), cache.value(sp, src % ps, h), row_bytes);
+    }
+  });
   out.num_freed = 0;
   for (int s = 0; s < cache.num_seqs(); ++s) {
-    for (int h = 0; h < kvh; ++h) {
-      const int r = s * kvh + h, c = plan.counts[r];
-      const std::int32_t* row = plan.row(r);
-      for (int j = 0; j < c; ++j) {
-        const int src = row[j];
-        if (src == j) continue;
-        const int sp = cache.page(s, h, src / ps), dp = cache.page(s, h, j / ps);
-        std::memcpy(cache.key(dp, j % ps, h), cache.key(sp, src % ps, h), row_bytes);
-        std::memcpy(cache.value(dp, j % ps, h), cache.value(sp, src % ps, h), row_bytes);
-      }
-    }
     for (int h = 0; h < kvh; ++h) {
       const int r = s * kvh + h;
       if (frees_pages<Cache>::value && (Cache::per_head_rows || h == 0))
@@ -183,9 +197,9 @@ status compact(host_t, const Cache& cache, const_keep_plan plan, compact_result&
 
 //! Convenience overload that allocates its workspace.
 template <class Cache>
-status compact(host_t, const Cache& cache, const_keep_plan plan, compact_result& out) {
-  std::vector<unsigned char> ws(compact_workspace_bytes(host, cache) + 1);
-  return compact(host, cache, plan, out, ws.data(), ws.size());
+status compact(host_t exec, const Cache& cache, const_keep_plan plan, compact_result& out) {
+  std::vector<unsigned char> ws(compact_workspace_bytes(exec, cache) + 1);
+  return compact(exec, cache, plan, out, ws.data(), ws.size());
 }
 
 // A call without the backend tag fails with a sentence saying so.

@@ -34,7 +34,7 @@ status evict(host_t exec, const Policy& p, const Cache& cache, const signals<T>&
       detail::check_workspace(workspace, workspace_bytes, evict_workspace_bytes(host.threads(1), p, cache, sig)));
   KVEVICT_TRY(detail::plan_validated(p, cache, sig, kept, workspace,
                                      detail::threads_that_fit(exec, p, cache, sig, workspace_bytes)));
-  return compact(host, cache, as_const(kept), out, workspace, workspace_bytes);
+  return compact(exec, cache, as_const(kept), out, workspace, workspace_bytes);
 }
 
 //! Convenience overload that allocates its workspace.
