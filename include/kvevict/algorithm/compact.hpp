@@ -34,6 +34,27 @@ int page_list_heads(const Cache& c) {
   return Cache::per_head_rows ? c.num_kv_heads() : 1;
 }
 
+//! Moving rows in place must not touch another row: every page may belong to one list only
+//! (checked with `workspace`, one byte per page).
+template <class Cache>
+status check_pages_unshared(const Cache& cache, void* workspace, std::size_t workspace_bytes) {
+  if (!frees_pages<Cache>::value) return ok_status();
+  if (workspace_bytes < static_cast<std::size_t>(cache.num_pages()) || workspace == nullptr)
+    return make_error(errc::buffer_too_small, "workspace", "smaller than compact_workspace_bytes()");
+  unsigned char* seen = static_cast<unsigned char*>(workspace);
+  std::memset(seen, 0, static_cast<std::size_t>(cache.num_pages()));
+  for (int s = 0; s < cache.num_seqs(); ++s)
+    for (int h = 0; h < page_list_heads(cache); ++h)
+      for (int lp = 0, np = cache.num_row_pages(s, h); lp < np; ++lp) {
+        const int pg = cache.page(s, h, lp);
+        if (seen[pg])
+          return make_error(errc::invalid_argument, "cache",
+                            "a page is listed twice (shared pages must be copied before moving rows in place)");
+        seen[pg] = 1;
+      }
+  return ok_status();
+}
+
 template <class Cache>
 status validate_compact_inputs(const Cache& cache, const_keep_plan plan, const compact_result& out, void* workspace,
                                std::size_t workspace_bytes) {
@@ -69,23 +90,48 @@ status validate_compact_inputs(const Cache& cache, const_keep_plan plan, const c
   }
   if (freed > 0 && (out.freed_pages == nullptr || out.freed_capacity < freed))
     return make_error(errc::buffer_too_small, "result.freed_pages", "too small for the pages this compaction frees");
-  // In-place compaction of one row must not touch another: every page may belong to one list only.
-  if (frees_pages<Cache>::value) {
-    if (workspace_bytes < static_cast<std::size_t>(cache.num_pages()) || workspace == nullptr)
-      return make_error(errc::buffer_too_small, "workspace", "smaller than compact_workspace_bytes()");
-    unsigned char* seen = static_cast<unsigned char*>(workspace);
-    std::memset(seen, 0, static_cast<std::size_t>(cache.num_pages()));
-    for (int s = 0; s < cache.num_seqs(); ++s)
-      for (int h = 0; h < page_list_heads(cache); ++h)
-        for (int lp = 0, np = cache.num_row_pages(s, h); lp < np; ++lp) {
-          const int pg = cache.page(s, h, lp);
-          if (seen[pg])
-            return make_error(errc::invalid_argument, "cache",
-                              "a page is listed twice (shared pages must be copied before compaction)");
-          seen[pg] = 1;
-        }
+  return check_pages_unshared(cache, workspace, workspace_bytes);
+}
+
+//! Moves row `r`'s kept K and V to its first slots, in order (hazard-free: `positions[j] >= j`).
+template <class Cache>
+void compact_row(const Cache& cache, const_keep_plan plan, int r) {
+  const int kvh = cache.num_kv_heads(), ps = cache.page_size();
+  const int s = r / kvh, h = r % kvh, c = plan.counts[r];
+  const std::size_t row_bytes = sizeof(typename Cache::value_type) * static_cast<std::size_t>(cache.head_dim());
+  const std::int32_t* row = plan.row(r);
+  for (int j = 0; j < c; ++j) {
+    const int src = row[j];
+    if (src == j) continue;
+    const int sp = cache.page(s, h, src / ps), dp = cache.page(s, h, j / ps);
+    std::memcpy(cache.key(dp, j % ps, h), cache.key(sp, src % ps, h), row_bytes);
+    std::memcpy(cache.value(dp, j % ps, h), cache.value(sp, src % ps, h), row_bytes);
   }
-  return ok_status();
+}
+
+//! Threads for moving `rows` rows of `tokens` token rows in all: `exec`'s where the moves reach
+//! compact_bytes_per_thread, else one.
+template <class Cache>
+int move_threads(host_t exec, const Cache& cache, std::int64_t tokens) {
+  const std::int64_t bytes = tokens * static_cast<std::int64_t>(cache.head_dim()) *
+                             static_cast<std::int64_t>(sizeof(typename Cache::value_type));
+  return bytes >= compact_bytes_per_thread ? exec.thread_count() : 1;
+}
+
+//! Writes the new lengths and the freed pages (sequence, head, logical-page order) of a
+//! compaction by `plan`.
+template <class Cache>
+void write_compact_result(const Cache& cache, const_keep_plan plan, compact_result& out) {
+  const int kvh = cache.num_kv_heads();
+  out.num_freed = 0;
+  for (int s = 0; s < cache.num_seqs(); ++s)
+    for (int h = 0; h < kvh; ++h) {
+      const int r = s * kvh + h;
+      if (frees_pages<Cache>::value && (Cache::per_head_rows || h == 0))
+        for (int lp = pages_for(cache, plan.counts[r]), np = cache.num_row_pages(s, h); lp < np; ++lp)
+          out.freed_pages[out.num_freed++] = cache.page(s, h, lp);
+      out.new_lens[r] = plan.counts[r];
+    }
 }
 
 }  // namespace detail
@@ -159,39 +205,14 @@ template <class Cache>
 status compact(host_t exec, const Cache& cache, const_keep_plan plan, compact_result& out, void* workspace,
                std::size_t workspace_bytes) {
   KVEVICT_TRY(detail::validate_compact_inputs(cache, plan, out, workspace, workspace_bytes));
-  using T = typename Cache::value_type;
-  const int kvh = cache.num_kv_heads(), ps = cache.page_size();
-  const std::size_t row_bytes = sizeof(T) * static_cast<std::size_t>(cache.head_dim());
   // Rows move independently: their pages are disjoint (validated), or, for a shared page table,
-  // the heads of a sequence write their own slots of the pages. Threads only where the moves are
-  // large enough to pay for starting them.
-  const int rows = cache.num_seqs() * kvh;
-  std::int64_t moved = 0;
-  for (int r = 0; r < rows; ++r) moved += plan.counts[r];
-  const int threads = moved * static_cast<std::int64_t>(row_bytes) >= detail::compact_bytes_per_thread
-                          ? exec.thread_count()
-                          : 1;
-  detail::parallel_for(threads, rows, [&](int r, int) {
-    const int s = r / kvh, h = r % kvh, c = plan.counts[r];
-    const std::int32_t* row = plan.row(r);
-    for (int j = 0; j < c; ++j) {
-      const int src = row[j];
-      if (src == j) continue;
-      const int sp = cache.page(s, h, src / ps), dp = cache.page(s, h, j / ps);
-      std::memcpy(cache.key(dp, j % ps, h), cache.key(sp, src % ps, h), row_bytes);
-      std::memcpy(cache.value(dp, j % ps, h), cache.value(sp, src % ps, h), row_bytes);
-    }
-  });
-  out.num_freed = 0;
-  for (int s = 0; s < cache.num_seqs(); ++s) {
-    for (int h = 0; h < kvh; ++h) {
-      const int r = s * kvh + h;
-      if (frees_pages<Cache>::value && (Cache::per_head_rows || h == 0))
-        for (int lp = detail::pages_for(cache, plan.counts[r]), np = cache.num_row_pages(s, h); lp < np; ++lp)
-          out.freed_pages[out.num_freed++] = cache.page(s, h, lp);
-      out.new_lens[r] = plan.counts[r];
-    }
-  }
+  // the heads of a sequence write their own slots of the pages.
+  const int rows = plan_rows(cache);
+  std::int64_t kept = 0;
+  for (int r = 0; r < rows; ++r) kept += plan.counts[r];
+  detail::parallel_for(detail::move_threads(exec, cache, kept), rows,
+                       [&](int r, int) { detail::compact_row(cache, plan, r); });
+  detail::write_compact_result(cache, plan, out);
   return ok_status();
 }
 
