@@ -5,6 +5,7 @@
 #include "algorithm/compact.hpp"
 #include "algorithm/evict.hpp"
 #include "algorithm/plan.hpp"
+#include "algorithm/shard.hpp"
 #include "algorithm/tier.hpp"
 #include "backend.hpp"
 #include "cache/block_table_cache.hpp"

@@ -84,10 +84,11 @@ constexpr void static_check_plan_types() {
                 "(adaptive_budget); use independent_heads or a uniform / pyramid budget");
 }
 
+//! The selector's parameters and the per-sequence overrides (what selection reads besides the
+//! scores and the granularity's inputs). `cache` may be any view with `num_seqs`,
+//! `num_kv_heads` and `seq_len(seq, head)`.
 template <class Policy, class Cache, class T>
-status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T>& sig) {
-  static_check_plan_types<Policy, Cache, T>();
-  KVEVICT_TRY(validate_cache(cache));
+status validate_selector_inputs(const Policy& p, const Cache& cache, const signals<T>& sig) {
   KVEVICT_TRY(p.selector.validate());
   if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");
   if (sig.layer < 0 || sig.layer >= sig.num_layers)
@@ -108,6 +109,14 @@ status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T
         !kept_whole(p, cache, sig, s, sp))
       return make_error(errc::invalid_argument, "signals.seq_windows", "window attention needs at least one query");
   }
+  return ok_status();
+}
+
+template <class Policy, class Cache, class T>
+status validate_plan_inputs(const Policy& p, const Cache& cache, const signals<T>& sig) {
+  static_check_plan_types<Policy, Cache, T>();
+  KVEVICT_TRY(validate_cache(cache));
+  KVEVICT_TRY(validate_selector_inputs(p, cache, sig));
   KVEVICT_TRY(p.scorer.validate(cache, sig, p.selector.window));
   KVEVICT_TRY(p.granularity.validate(cache, sig));
   return ok_status();
