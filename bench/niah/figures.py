@@ -24,7 +24,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Per policy: label, colour, marker, line style (key-similarity variants dashed, version 1 dotted).
+# Per policy: label, colour, marker, line style (key-similarity variants dashed, version 1 dotted,
+# fp8 caches dash-dotted).
 POLICIES = {
     "full_cache": ("full cache", "#000000", "", ":"),
     "streaming_llm": ("StreamingLLM", "#8c564b", "v", "-"),
@@ -38,6 +39,8 @@ POLICIES = {
     "sablock_v1": ("SABlock v1 (clauses only)", "#9467bd", "*", ":"),
     "sentencekv_keysim": ("SentenceKV (key similarity)", "#ff7f0e", "X", "--"),
     "sablock_keysim": ("SABlock (key similarity)", "#d62728", "*", "--"),
+    "snapkv_fp8": ("SnapKV, fp8 E4M3 cache", "#1f77b4", "o", "-."),
+    "sablock_fp8": ("SABlock, fp8 E4M3 cache", "#d62728", "*", "-."),
 }
 
 

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <algorithm>
 #include <map>
@@ -29,6 +30,14 @@ namespace niah_report {
 
 //! Marker: keep every token (the reference row of the table).
 struct full_cache {};
+
+//! Marker: `policy` over the sequence's K and V stored as fp8 E4M3 with one scale per layer and
+//! tensor (amax / 448, vLLM's per-tensor `k_scale` / `v_scale`), as an engine's fp8 cache holds
+//! them; the queries stay bf16.
+template <class P>
+struct fp8_cache {
+  P policy;
+};
 
 template <class P>
 struct named {
@@ -55,7 +64,9 @@ inline auto policies() {
                          named{"chunkkv", kvevict::chunkkv<>{}}, named{"sentencekv", kvevict::sentencekv<>{}},
                          named{"sablock", kvevict::sablock<>{}}, named{"sablock_v1", sablock_v1()},
                          named{"sentencekv_keysim", kvevict::sentencekv<kvevict::key_similarity_segmenter>{}},
-                         named{"sablock_keysim", kvevict::sablock<kvevict::key_similarity_segmenter>{}});
+                         named{"sablock_keysim", kvevict::sablock<kvevict::key_similarity_segmenter>{}},
+                         named{"snapkv_fp8", fp8_cache<kvevict::snapkv<>>{}},
+                         named{"sablock_fp8", fp8_cache<kvevict::sablock<>>{}});
 }
 
 //! One section of the report: a task over a grid of (context, depth, seed).
@@ -176,17 +187,66 @@ struct score_memo {
   }
 };
 
+template <class P>
+struct is_fp8_cache : std::false_type {};
+template <class P>
+struct is_fp8_cache<fp8_cache<P>> : std::true_type {};
+
+//! A layer's bf16 elements as fp8 E4M3 codes of `x / scale`, scale = amax / 448 (1 for all zeros).
+inline float quantize_fp8(const std::vector<kvevict::bfloat16>& in, std::vector<kvevict::float8_e4m3>& out) {
+  float amax = 0.0f;
+  for (auto x : in) amax = std::max(amax, std::fabs(kvevict::to_float(x)));
+  const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+  out.resize(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i)
+    out[i] = kvevict::from_float<kvevict::float8_e4m3>(kvevict::to_float(in[i]) / scale);
+  return scale;
+}
+
+//! All budgets of one policy on one sequence, over the layer views `view_of(l)`; `tag` keeps the
+//! score memo of differently stored caches apart.
+template <class P, class ViewOf>
+void run_policy_on(const char* name, const P& base, kvevict::synthetic::niah_sequence& s, ViewOf view_of,
+                   const char* tag, const kvevict::synthetic::niah_evaluator& ev,
+                   const std::vector<std::vector<float>>& sums, const grid& g, score_memo& memo,
+                   std::vector<case_result>& out);
+
 //! All budgets of one policy on one sequence.
 template <class P>
 void run_policy(const char* name, const P& base, kvevict::synthetic::niah_sequence& s,
                 const kvevict::synthetic::niah_evaluator& ev, const std::vector<std::vector<float>>& sums,
                 const grid& g, score_memo& memo, std::vector<case_result>& out) {
+  if constexpr (is_fp8_cache<P>::value) {
+    const int L = s.cfg.num_layers;
+    std::vector<std::vector<kvevict::float8_e4m3>> k(L), v(L);
+    std::vector<float> ks(L), vs(L);
+    for (int l = 0; l < L; ++l) {
+      ks[l] = quantize_fp8(s.k[l], k[l]);
+      vs[l] = quantize_fp8(s.v[l], v[l]);
+    }
+    auto view_of = [&](int l) {
+      const auto b = s.layer_view(l);
+      return kvevict::block_table_cache<kvevict::float8_e4m3>{
+          k[l].data(),      v[l].data(),       b.block_table,  b.seq_lens,      b.num_seqs(), b.block_table_stride(),
+          b.num_pages(),    b.page_size(),     b.num_kv_heads(), b.head_dim(),   ks[l],        vs[l]};
+    };
+    run_policy_on(name, base.policy, s, view_of, "fp8", ev, sums, g, memo, out);
+  } else {
+    run_policy_on(name, base, s, [&](int l) { return s.layer_view(l); }, "", ev, sums, g, memo, out);
+  }
+}
+
+template <class P, class ViewOf>
+void run_policy_on(const char* name, const P& base, kvevict::synthetic::niah_sequence& s, ViewOf view_of,
+                   const char* tag, const kvevict::synthetic::niah_evaluator& ev,
+                   const std::vector<std::vector<float>>& sums, const grid& g, score_memo& memo,
+                   std::vector<case_result>& out) {
   const int L = s.cfg.num_layers, kvh = s.cfg.kv_heads, n = s.tokens;
   std::vector<std::vector<kvevict::keep_plan_buffer>> kept(g.budgets.size());
   std::vector<double> ms(g.budgets.size(), 0.0);
   std::vector<std::size_t> bytes(g.budgets.size(), 0);
   for (int l = 0; l < L; ++l) {
-    auto view = s.layer_view(l);
+    auto view = view_of(l);
     auto sig = s.layer_signals(l);
     if constexpr (std::is_same_v<P, full_cache>) {
       for (std::size_t b = 0; b < g.budgets.size(); ++b) {
@@ -206,7 +266,7 @@ void run_policy(const char* name, const P& base, kvevict::synthetic::niah_sequen
       // One thread per case: the report runs cases in parallel, and its plan time is one thread's.
       const auto exec = kvevict::host.threads(1);
       std::vector<unsigned char> ws(kvevict::plan_workspace_bytes(exec, p, view, sig));
-      auto& memo_entry = memo.by_key[score_memo::key(p.scorer, p.selector.window, l)];
+      auto& memo_entry = memo.by_key[tag + score_memo::key(p.scorer, p.selector.window, l)];
       if (memo_entry.scores.empty()) {
         memo_entry.scores.resize(static_cast<std::size_t>(kvh) * n);
         const auto t0 = std::chrono::steady_clock::now();

@@ -5,7 +5,8 @@
 //!
 //! | expression                        | meaning                                                  |
 //! |-----------------------------------|----------------------------------------------------------|
-//! | `C::value_type`                   | element type: float, kvevict::half or kvevict::bfloat16   |
+//! | `C::value_type`                   | element type: float, kvevict::half, kvevict::bfloat16, or a |
+//! |                                   | quantised type (float8_e4m3, float8_e5m2, int8)            |
 //! |                                   | (never const: a view over const K/V keeps `value_type` plain) |
 //! | `C::per_head_rows`                | true when every (seq, head) has its own page list         |
 //! | `c.num_seqs()`, `c.num_pages()`   | sequences in the batch; pages in the pool                 |
@@ -15,6 +16,8 @@
 //! | `c.page(seq, head, logical_page)` | physical page id                                          |
 //! | `c.key(page, slot, head)`, `c.value(page, slot, head)` | pointer to `head_dim` contiguous elements, |
 //! |                                   | `value_type*`, or `const value_type*` for a read-only view (`plan`, `score`) |
+//! | `c.k_scale()` (optional)          | keys are `k_scale` x the stored elements (a quantised cache's per-tensor |
+//! |                                   | scale, vLLM's `k_scale`); 1 when the view has none         |
 #pragma once
 
 #include <type_traits>
@@ -79,6 +82,22 @@ concept paged_kv_cache = std::is_trivially_copyable_v<C> && is_element_type<type
   { c.value(i, i, i) } -> std::same_as<decltype(c.key(i, i, i))>;
 };
 #endif
+
+namespace detail {
+template <class C, class = void>
+struct has_k_scale : std::false_type {};
+template <class C>
+struct has_k_scale<C, std::void_t<decltype(std::declval<const C&>().k_scale())>> : std::true_type {};
+
+//! The view's key scale (`k_scale()`), or 1 for a view without one.
+template <class C>
+KVEVICT_HOST_DEVICE float key_scale_of(const C& c) {
+  if constexpr (has_k_scale<C>::value)
+    return c.k_scale();
+  else
+    return 1.0f;
+}
+}  // namespace detail
 
 //! True when the view's K and V are writable (`key` returns `value_type*`): what `compact` needs.
 //! A view over `const` elements serves `plan` and `score`, which only read.

@@ -74,6 +74,7 @@ void check_compaction(layout_kind kind, int ps, std::uint32_t seed) {
 }  // namespace
 
 TEMPLATE_TEST_CASE("compaction equals a naive gather byte for byte (every layout, page_size +-1)", "[compact]", float,
+                   kvevict::float8_e4m3, kvevict::float8_e5m2, kvevict::int8,
                    kvevict::half, kvevict::bfloat16) {
   for (layout_kind kind : all_layouts)
     for (int ps : {7, 8, 9})

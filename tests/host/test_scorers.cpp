@@ -39,16 +39,18 @@ std::vector<double> stored_keys(const test_cache<T>& c, int s, int h, int n) {
   return out;
 }
 
-template <class T>
-void check_window_attention_all_layouts() {
+// T: the cache's element type; Q: the queries' (T, or bf16 for a quantised cache); keys scaled
+// by the view's k_scale.
+template <class T, class Q = T>
+void check_window_attention_all_layouts(float k_scale = 1.0f) {
   const int kvh = 2, group = 3, d = 16, w = 5;
   for (layout_kind kind : all_layouts) {
     for (int ps : {7, 8, 9}) {
       const bool rows = kind == layout_kind::head_rows;
       const logical L = make_logical(2, kvh, d, {23, 40}, 11, rows);
       auto c = build<T>(L, kind, ps, 5);
-      auto qs = make_queries<T>(2, kvh * group, w, d, 3);
-      kvevict::signals<T> sig;
+      auto qs = make_queries<Q>(2, kvh * group, w, d, 3);
+      kvevict::signals<Q> sig;
       sig.queries = qs.q.data();
       sig.num_q_heads = kvh * group;
       kvevict::eviction_policy<kvevict::window_attention<kvevict::gqa_mean, kvevict::no_pool>, kvevict::token_level,
@@ -58,6 +60,7 @@ void check_window_attention_all_layouts() {
       const int stride = L.max_len;
       std::vector<float> scores(static_cast<size_t>(2) * kvh * stride, -1.0f);
       c.visit([&](auto view) {
+        view.k_scale_ = k_scale;
         std::vector<unsigned char> ws(kvevict::plan_workspace_bytes(kvevict::host, p, view, sig));
         REQUIRE(kvevict::score(kvevict::host, p, view, sig, scores.data(), stride, ws.data(), ws.size()).ok());
       });
@@ -66,7 +69,9 @@ void check_window_attention_all_layouts() {
           const int n = L.lens[s * kvh + h];
           std::vector<double> qg(qs.qd.begin() + ((static_cast<size_t>(s) * kvh * group + h * group) * w) * d,
                                  qs.qd.begin() + ((static_cast<size_t>(s) * kvh * group + (h + 1) * group) * w) * d);
-          auto per_q = ref::window_attention(stored_keys(c, s, h, n), n, d, qg, group, w);
+          std::vector<double> keys = stored_keys(c, s, h, n);  // dequantised: the codes times the scale
+          for (double& k : keys) k *= k_scale;
+          auto per_q = ref::window_attention(keys, n, d, qg, group, w);
           for (int t = 0; t < n; ++t) {
             double m = 0;
             for (int j = 0; j < group; ++j) m += per_q[j][t];
@@ -89,6 +94,15 @@ TEST_CASE("window attention equals the double-precision reference (every layout,
 }
 TEST_CASE("window attention equals the double-precision reference (every layout, bfloat16)", "[scorer]") {
   check_window_attention_all_layouts<kvevict::bfloat16>();
+}
+TEST_CASE("window attention over quantised keys (fp8 e4m3, e5m2, int8 with k_scale) equals the reference",
+          "[scorer][quantized]") {
+  // bf16 queries; keys dequantised on load as code x k_scale. Scales of 0.5 and 0.03 (int8 codes
+  // hold small integers, so its scale is larger: the keys then span several units).
+  check_window_attention_all_layouts<kvevict::float8_e4m3, kvevict::bfloat16>(0.5f);
+  check_window_attention_all_layouts<kvevict::float8_e5m2, kvevict::bfloat16>(0.03f);
+  check_window_attention_all_layouts<kvevict::int8, kvevict::bfloat16>(0.7f);
+  check_window_attention_all_layouts<kvevict::float8_e4m3, float>(1.0f);
 }
 
 TEST_CASE("SnapKV 32q/8kv/d128/w64/pool5 keeps the PyTorch formula's set", "[scorer][snapkv]") {

@@ -76,8 +76,11 @@ template <class Policy, class Cache, class T>
 constexpr void static_check_plan_types() {
   static_assert(is_paged_kv_cache_v<Cache>,
                 "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
-  static_assert(std::is_same_v<typename Cache::value_type, T>,
-                "kvevict: signals<T> must use the cache's element type for its queries");
+  static_assert(std::is_same_v<typename Cache::value_type, T> ||
+                    (is_quantized<typename Cache::value_type>::value && is_element_type<T>::value &&
+                     !is_quantized<T>::value),
+                "kvevict: signals<T> must use the cache's element type for its queries (for a quantised cache: "
+                "float, half or bfloat16 queries)");
   static_assert(!(granularity_shares_heads<typename Policy::granularity_type>::value &&
                   Policy::selector_type::budget_type::per_head),
                 "kvevict: shared_heads selects one plan for every head and cannot take per-head budgets "

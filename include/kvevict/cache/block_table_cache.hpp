@@ -41,12 +41,16 @@ struct block_table_cache {
   int page_size_ = 0;
   int num_kv_heads_ = 0;
   int head_dim_ = 0;
+  float k_scale_ = 1.0f;  // keys are k_scale x the stored elements (a quantised cache's scale; 1 otherwise)
+  float v_scale_ = 1.0f;  // values are v_scale x the stored elements (compaction moves bytes; not read)
 
   KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
   KVEVICT_HOST_DEVICE int num_pages() const { return num_pages_; }
   KVEVICT_HOST_DEVICE int page_size() const { return page_size_; }
   KVEVICT_HOST_DEVICE int num_kv_heads() const { return num_kv_heads_; }
   KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
+  KVEVICT_HOST_DEVICE float k_scale() const { return k_scale_; }
+  KVEVICT_HOST_DEVICE float v_scale() const { return v_scale_; }
   KVEVICT_HOST_DEVICE int block_table_stride() const { return block_table_stride_; }
   KVEVICT_HOST_DEVICE int max_pages_per_row() const { return block_table_stride_; }
   KVEVICT_HOST_DEVICE int seq_len(int seq) const { return seq_lens[seq]; }
@@ -92,12 +96,16 @@ struct head_row_table_cache {
   int page_size_ = 0;
   int num_kv_heads_ = 0;
   int head_dim_ = 0;
+  float k_scale_ = 1.0f;  // keys are k_scale x the stored elements (a quantised cache's scale; 1 otherwise)
+  float v_scale_ = 1.0f;  // values are v_scale x the stored elements (compaction moves bytes; not read)
 
   KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
   KVEVICT_HOST_DEVICE int num_pages() const { return num_pages_; }
   KVEVICT_HOST_DEVICE int page_size() const { return page_size_; }
   KVEVICT_HOST_DEVICE int num_kv_heads() const { return num_kv_heads_; }
   KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
+  KVEVICT_HOST_DEVICE float k_scale() const { return k_scale_; }
+  KVEVICT_HOST_DEVICE float v_scale() const { return v_scale_; }
   KVEVICT_HOST_DEVICE int block_table_stride() const { return block_table_stride_; }
   KVEVICT_HOST_DEVICE int max_pages_per_row() const { return block_table_stride_; }
   KVEVICT_HOST_DEVICE int seq_len(int seq, int head) const { return row_lens[row(seq, head)]; }

@@ -40,12 +40,16 @@ struct csr_page_cache {
   int page_size_ = 0;
   int num_kv_heads_ = 0;
   int head_dim_ = 0;
+  float k_scale_ = 1.0f;  // keys are k_scale x the stored elements (a quantised cache's scale; 1 otherwise)
+  float v_scale_ = 1.0f;  // values are v_scale x the stored elements (compaction moves bytes; not read)
 
   KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
   KVEVICT_HOST_DEVICE int num_pages() const { return num_pages_; }
   KVEVICT_HOST_DEVICE int page_size() const { return page_size_; }
   KVEVICT_HOST_DEVICE int num_kv_heads() const { return num_kv_heads_; }
   KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
+  KVEVICT_HOST_DEVICE float k_scale() const { return k_scale_; }
+  KVEVICT_HOST_DEVICE float v_scale() const { return v_scale_; }
   //! Pages listed for the sequence (not derived from its length).
   KVEVICT_HOST_DEVICE int num_row_pages(int seq, int /*head*/) const { return indptr[seq + 1] - indptr[seq]; }
   KVEVICT_HOST_DEVICE int seq_len(int seq) const {

@@ -29,6 +29,8 @@ struct dense_cache {
   int num_kv_heads_ = 0;
   int capacity_ = 0;  // tokens each (sequence, head) row can hold
   int head_dim_ = 0;
+  float k_scale_ = 1.0f;  // keys are k_scale x the stored elements (a quantised cache's scale; 1 otherwise)
+  float v_scale_ = 1.0f;  // values are v_scale x the stored elements (compaction moves bytes; not read)
 
   KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
   KVEVICT_HOST_DEVICE int num_pages() const { return num_seqs_; }
@@ -36,6 +38,8 @@ struct dense_cache {
   KVEVICT_HOST_DEVICE int page_size() const { return capacity_; }
   KVEVICT_HOST_DEVICE int num_kv_heads() const { return num_kv_heads_; }
   KVEVICT_HOST_DEVICE int head_dim() const { return head_dim_; }
+  KVEVICT_HOST_DEVICE float k_scale() const { return k_scale_; }
+  KVEVICT_HOST_DEVICE float v_scale() const { return v_scale_; }
   KVEVICT_HOST_DEVICE int max_pages_per_row() const { return 1; }
   KVEVICT_HOST_DEVICE int seq_len(int seq) const { return seq_lens[seq]; }
   KVEVICT_HOST_DEVICE int seq_len(int seq, int /*head*/) const { return seq_lens[seq]; }

@@ -14,13 +14,18 @@ namespace kvevict {
 
 namespace detail {
 
-inline status validate_common_shape(int num_seqs, int page_size, int kv_heads, int head_dim, bool has_k, bool has_v) {
+inline status validate_common_shape(int num_seqs, int page_size, int kv_heads, int head_dim, bool has_k, bool has_v,
+                                    float k_scale = 1.0f, float v_scale = 1.0f) {
   if (num_seqs <= 0) return make_error(errc::empty_batch, "cache", "the batch has no sequences (num_seqs <= 0)");
   if (page_size <= 0) return make_error(errc::invalid_argument, "cache.page_size", "must be positive");
   if (kv_heads <= 0) return make_error(errc::invalid_argument, "cache.num_kv_heads", "must be positive");
   if (head_dim <= 0) return make_error(errc::invalid_argument, "cache.head_dim", "must be positive");
   if (!has_k) return make_error(errc::invalid_argument, "cache.k", "null key storage");
   if (!has_v) return make_error(errc::invalid_argument, "cache.v", "null value storage");
+  if (!(k_scale > 0.0f && k_scale < 3.0e38f))
+    return make_error(errc::invalid_argument, "cache.k_scale", "must be finite and positive");
+  if (!(v_scale > 0.0f && v_scale < 3.0e38f))
+    return make_error(errc::invalid_argument, "cache.v_scale", "must be finite and positive");
   return ok_status();
 }
 
@@ -45,7 +50,7 @@ inline status validate_table_rows(const std::int32_t* table, const std::int32_t*
 template <class Cache>
 status validate_table_shape(const Cache& c, const std::int32_t* lens) {
   KVEVICT_TRY(validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                    c.v != nullptr));
+                                    c.v != nullptr, c.k_scale(), c.v_scale()));
   if (lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
   if (c.block_table == nullptr) return make_error(errc::invalid_argument, "cache.block_table", "null block table");
   if (c.block_table_stride() <= 0)
@@ -68,7 +73,7 @@ status validate_cache_shape(const head_row_table_cache<T>& c) {
 template <class T, class L>
 status validate_cache_shape(const csr_page_cache<T, L>& c) {
   KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                            c.v != nullptr));
+                                            c.v != nullptr, c.k_scale(), c.v_scale()));
   if (c.indptr == nullptr) return make_error(errc::invalid_argument, "cache.indptr", "null indptr");
   if (c.last_page_len == nullptr)
     return make_error(errc::invalid_argument, "cache.last_page_len", "null last_page_len");
@@ -77,7 +82,7 @@ status validate_cache_shape(const csr_page_cache<T, L>& c) {
 template <class T>
 status validate_cache_shape(const dense_cache<T>& c) {
   KVEVICT_TRY(detail::validate_common_shape(c.num_seqs(), c.page_size(), c.num_kv_heads(), c.head_dim(), c.k != nullptr,
-                                            c.v != nullptr));
+                                            c.v != nullptr, c.k_scale(), c.v_scale()));
   if (c.seq_lens == nullptr) return make_error(errc::invalid_argument, "cache.seq_lens", "null sequence lengths");
   return ok_status();
 }

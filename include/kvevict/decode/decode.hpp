@@ -60,8 +60,8 @@ inline void accumulate_attention(float* sums, std::size_t sums_stride, const flo
 //! sequence `seq`) over the cache, and adds it to the H2O sums. No matrix.
 //! \param query [num_q_heads, head_dim]  \param sums [num_q_heads, sums_stride]
 //! \param scratch  host_backend::window_attention_scratch_floats(head_dim, 1, group, seq_len(seq)) floats
-template <class Cache>
-void accumulate_step_attention(const Cache& cache, int seq, const typename Cache::value_type* query, int num_q_heads,
+template <class Cache, class Q>
+void accumulate_step_attention(const Cache& cache, int seq, const Q* query, int num_q_heads,
                                float* sums, std::size_t sums_stride, float* scratch) {
   const int group = num_q_heads / cache.num_kv_heads();
   for (int h = 0; h < cache.num_kv_heads(); ++h) {
@@ -72,7 +72,7 @@ void accumulate_step_attention(const Cache& cache, int seq, const typename Cache
                                          [&](int t, const float* col) {
                                            for (int j = 0; j < group; ++j)
                                              sums[static_cast<std::size_t>(h * group + j) * sums_stride + t] += col[j];
-                                         });
+                                         }, detail::key_scale_of(cache));
   }
 }
 

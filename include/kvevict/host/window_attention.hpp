@@ -192,16 +192,17 @@ inline std::size_t window_attention_scratch_floats(int head_dim, int window, int
 //! \param queries  the group's last `window` queries: query head j's row r at
 //!                  `queries[j * query_head_stride + r * head_dim]` (dense: stride = window * head_dim)
 //! \param scratch  window_attention_scratch_floats(head_dim, window, group, n) floats
+//! \param key_scale  the keys are key_scale x what `key` returns (a quantised cache's k_scale)
 template <class KeyFn, class Q, class Emit>
 void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, std::size_t query_head_stride, int group,
-                            int window, float* scratch, Emit emit);
+                            int window, float* scratch, Emit emit, float key_scale = 1.0f);
 
 namespace wa_detail {
 //! `window_attention_group` with vectors of W floats (the dispatcher below picks W).
 template <int W, class KeyFn, class Q, class Emit>
 KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_dim, const Q* queries,
                                                     std::size_t query_head_stride, int group, int window,
-                                                    float* scratch, Emit& emit) {
+                                                    float* scratch, Emit& emit, float key_scale) {
   KVEVICT_FP_CONTRACT_OFF
   constexpr int KT = host_backend::window_attention_key_tile;
   constexpr int R = kvevict::detail::micro_rows<W>;
@@ -215,7 +216,8 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
   float* col = row_inv + rows;                             // [group, np]
   float* lg = col + static_cast<std::size_t>(group) * np;  // [RB, np]: the row block's logits
 
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  // The keys' scale folds into the queries' (1 for a cache without one: the same bits as before).
+  const float scale = key_scale / std::sqrt(static_cast<float>(head_dim));
   for (int j = 0; j < group; ++j)
     for (std::size_t i = 0; i < static_cast<std::size_t>(window) * head_dim; ++i)
       qf[static_cast<std::size_t>(j) * window * head_dim + i] = to_float(queries[j * query_head_stride + i]) * scale;
@@ -338,15 +340,16 @@ namespace wa_detail {
 template <class KeyFn, class Q, class Emit>
 __attribute__((target("avx2"))) void window_attention_group_avx2(KeyFn& key, int n, int head_dim, const Q* queries,
                                                                  std::size_t query_head_stride, int group, int window,
-                                                                 float* scratch, Emit& emit) {
-  window_attention_group_w<8>(key, n, head_dim, queries, query_head_stride, group, window, scratch, emit);
+                                                                 float* scratch, Emit& emit, float key_scale) {
+  window_attention_group_w<8>(key, n, head_dim, queries, query_head_stride, group, window, scratch, emit, key_scale);
 }
 template <class KeyFn, class Q, class Emit>
 __attribute__((target("avx2,avx512f"))) void window_attention_group_avx512(KeyFn& key, int n, int head_dim,
                                                                            const Q* queries,
                                                                            std::size_t query_head_stride, int group,
-                                                                           int window, float* scratch, Emit& emit) {
-  window_attention_group_w<16>(key, n, head_dim, queries, query_head_stride, group, window, scratch, emit);
+                                                                           int window, float* scratch, Emit& emit,
+                                                                           float key_scale) {
+  window_attention_group_w<16>(key, n, head_dim, queries, query_head_stride, group, window, scratch, emit, key_scale);
 }
 }  // namespace wa_detail
 #endif
@@ -377,19 +380,20 @@ inline scorer_isa resolve_scorer_isa(scorer_isa isa) {
 //! the same bits.
 template <class KeyFn, class Q, class Emit>
 void window_attention_group_isa(scorer_isa isa, KeyFn key, int n, int head_dim, const Q* queries,
-                                std::size_t query_head_stride, int group, int window, float* scratch, Emit emit) {
+                                std::size_t query_head_stride, int group, int window, float* scratch, Emit emit,
+                                float key_scale = 1.0f) {
   switch (resolve_scorer_isa(isa)) {
 #if defined(KVEVICT_X86_DISPATCH)
     case scorer_isa::avx512:
       return wa_detail::window_attention_group_avx512(key, n, head_dim, queries, query_head_stride, group, window,
-                                                      scratch, emit);
+                                                      scratch, emit, key_scale);
     case scorer_isa::avx2:
       return wa_detail::window_attention_group_avx2(key, n, head_dim, queries, query_head_stride, group, window,
-                                                    scratch, emit);
+                                                    scratch, emit, key_scale);
 #endif
     default:
       return wa_detail::window_attention_group_w<kvevict::detail::simd_floats>(
-          key, n, head_dim, queries, query_head_stride, group, window, scratch, emit);
+          key, n, head_dim, queries, query_head_stride, group, window, scratch, emit, key_scale);
   }
 }
 
@@ -397,9 +401,9 @@ void window_attention_group_isa(scorer_isa isa, KeyFn key, int n, int head_dim, 
 //! the build's baseline; every variant computes the same bits.
 template <class KeyFn, class Q, class Emit>
 void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, std::size_t query_head_stride, int group,
-                            int window, float* scratch, Emit emit) {
+                            int window, float* scratch, Emit emit, float key_scale) {
   window_attention_group_isa(scorer_isa::automatic, key, n, head_dim, queries, query_head_stride, group, window,
-                             scratch, emit);
+                             scratch, emit, key_scale);
 }
 
 }  // namespace host_backend

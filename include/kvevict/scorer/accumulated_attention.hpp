@@ -102,7 +102,7 @@ void attention_sums(const Cache& cache, int seq, const T* queries, int num_q_hea
                              for (int j = 0; j < group; ++j)
                                o[static_cast<std::size_t>(j) * sums_stride + t] =
                                    col[j] * static_cast<float>(num_queries);
-                           });
+                           }, detail::key_scale_of(cache));
   }
 }
 

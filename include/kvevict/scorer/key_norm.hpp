@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 
+#include "../concepts.hpp"
 #include "../numeric.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
@@ -30,7 +31,7 @@ struct key_norm : reads_only_the_cache {
       s += v * v;
 #endif
     }
-    return -std::sqrt(s);
+    return -std::sqrt(s) * detail::key_scale_of(c);  // the stored keys times the view's k_scale
   }
   template <class Cache, class T>
   void score(const Cache& c, const signals<T>&, int seq, int, float* out, std::size_t stride, void*) const {

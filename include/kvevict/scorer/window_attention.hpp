@@ -93,9 +93,9 @@ struct window_attention {
                  ((static_cast<std::size_t>(seq) * sig.num_q_heads + static_cast<std::size_t>(head) * group) * rows +
                   static_cast<std::size_t>(rows - window)) *
                      d;
-    host_backend::window_attention_group(detail::keys_of(cache, seq, head), n, d, q, static_cast<std::size_t>(rows) * d,
-                                         group, window, fs,
-                                         [&](int t, const float* col) { out[t] = Reduce::reduce(col, group); });
+    host_backend::window_attention_group(
+        detail::keys_of(cache, seq, head), n, d, q, static_cast<std::size_t>(rows) * d, group, window, fs,
+        [&](int t, const float* col) { out[t] = Reduce::reduce(col, group); }, detail::key_scale_of(cache));
     if constexpr (Pool::enabled) {
       const int m = n - window;
       if (m > 0) {
