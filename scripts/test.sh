@@ -10,6 +10,7 @@ ensure "command -v g++ && command -v make" g++ make
 ensure "test -f /usr/include/catch2/catch.hpp" catch2
 ensure "test -f /usr/include/benchmark/benchmark.h" libbenchmark-dev
 ensure "test -f /usr/include/CLI/CLI.hpp" libcli11-dev
+ensure "test -f /usr/include/nlohmann/json.hpp" nlohmann-json3-dev
 
 jobs=$(nproc 2>/dev/null || echo 2)
 

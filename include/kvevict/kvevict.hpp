@@ -24,6 +24,7 @@
 #include "keep_plan.hpp"
 #include "numeric.hpp"
 #include "policy/eviction_policy.hpp"
+#include "policy/hooks.hpp"
 #include "policy/presets.hpp"
 #include "scorer/accumulated_attention.hpp"
 #include "scorer/key_norm.hpp"

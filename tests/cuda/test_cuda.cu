@@ -18,7 +18,7 @@
 
 #include <kvevict/cuda.cuh>
 
-#include "common/mini_json.hpp"
+#include "common/fixtures.hpp"
 #include "common/test_cache.hpp"
 
 namespace {
@@ -680,13 +680,13 @@ void test_block_granularities(layout_kind kind, std::uint32_t seed) {
 
 // The golden SABlock cases, planned from float scores on both backends.
 void test_sablock_goldens() {
-  const auto doc = mini_json::load(std::string(KVEVICT_FIXTURES_DIR) + "/sablock_golden.json");
+  const auto doc = testing::load_fixture("sablock_golden.json");
   int cases = 0, equal_to_golden = 0;
-  for (const auto& c : doc["cases"].arr) {
-    const int n = static_cast<int>(c["num_tokens"].num);
-    auto ids = c["token_ids"].ints();
-    const auto delims = c["delimiter_ids"].ints();
-    const auto sd = c["scores"].doubles();
+  for (const auto& c : doc["cases"]) {
+    const int n = c["num_tokens"].get<int>();
+    auto ids = c["token_ids"].get<std::vector<int>>();
+    const auto delims = c["delimiter_ids"].get<std::vector<int>>();
+    const auto sd = c["scores"].get<std::vector<double>>();
     std::vector<float> scores(sd.begin(), sd.end());
     auto L = testing::make_logical(1, 1, 4, {n}, 5);
     auto hc = testing::build<float>(L, layout_kind::block_nhd, 16, 6);
@@ -695,16 +695,16 @@ void test_sablock_goldens() {
     dbuf<std::int32_t> dids(ids32), ddelims(delims32);
     dbuf<float> dscores(scores);
     kvevict::sablock<kvevict::delimiter_segmenter, kvevict::precomputed> p;
-    p.selector.budget.entries = static_cast<int>(c["budget"].num);
-    p.selector.sinks = static_cast<int>(c["sinks"].num);
-    p.selector.window = static_cast<int>(c["window"].num);
-    p.granularity.alpha = c["alpha"].num;  // version 1: one level, no sentence guidance or blocks
+    p.selector.budget.entries = c["budget"].get<int>();
+    p.selector.sinks = c["sinks"].get<int>();
+    p.selector.window = c["window"].get<int>();
+    p.granularity.alpha = c["alpha"].get<double>();  // version 1: one level, no sentence guidance or blocks
     p.granularity.beta = 0.0;
     p.granularity.sentence_blocks = false;
-    p.granularity.g = c["g"].num;
-    p.granularity.steps = static_cast<int>(c["steps"].num);
-    p.granularity.segmenter = {delims32.data(), static_cast<int>(delims32.size()), static_cast<int>(c["min_len"].num),
-                               static_cast<int>(c["max_len"].num)};
+    p.granularity.g = c["g"].get<double>();
+    p.granularity.steps = c["steps"].get<int>();
+    p.granularity.segmenter = {delims32.data(), static_cast<int>(delims32.size()), c["min_len"].get<int>(),
+                               c["max_len"].get<int>()};
     p.scorer.scores = scores.data();
     p.scorer.stride = n;
     kvevict::signals<float> sig{};
@@ -722,12 +722,12 @@ void test_sablock_goldens() {
     dbuf<unsigned char> ws;
     dc.visit([&](auto hv2, auto dv) {
       const auto st = run_device_plan<decltype(dp), decltype(hv2)>(dp, dv, dsig, out, ws);
-      CHECK(hs.ok() && st.ok(), "golden %s: %s / %s", c["name"].str.c_str(), hs.message().c_str(), st.message().c_str());
+      CHECK(hs.ok() && st.ok(), "golden %s: %s / %s", c["name"].get<std::string>().c_str(), hs.message().c_str(), st.message().c_str());
     });
     if (!hs.ok()) continue;
     ++cases;
-    CHECK(out.kept(0) == hp.kept(0), "golden %s: device plan differs from the host's", c["name"].str.c_str());
-    const auto want = c["expected_kept"].ints();
+    CHECK(out.kept(0) == hp.kept(0), "golden %s: device plan differs from the host's", c["name"].get<std::string>().c_str());
+    const auto want = c["expected_kept"].get<std::vector<int>>();
     equal_to_golden += hp.kept(0) == std::vector<std::int32_t>(want.begin(), want.end());
   }
   std::printf("SABlock goldens from float scores: %d cases, host == device checked, %d equal the double-precision golden\n",

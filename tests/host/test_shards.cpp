@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/presets.hpp"
 #include "common/test_cache.hpp"
 
 using namespace testing;
@@ -150,54 +151,11 @@ TEST_CASE("shards: every shard's rows equal the single-device plan, 2 and 4 shar
   in.sums.resize(static_cast<std::size_t>(kSeqs) * q_heads * kStride);
   for (auto& x : in.sums) x = std::abs(nd(rng));
   in.ids.resize(static_cast<std::size_t>(kSeqs) * kStride);
-  for (std::size_t i = 0; i < in.ids.size(); ++i)
+  for (std::size_t i = 0; i < in.ids.size(); ++i)  // preset_delimiters: 1 ends a clause, 2 a sentence
     in.ids[i] = i % 37 == 0 ? 2 : i % 7 == 0 ? 1 : 5 + static_cast<int>(rng() % 50);
-  static const std::int32_t delims[] = {1, 2}, sentence_ends[] = {2};
-
-  const kvevict::selector<kvevict::uniform_budget> uni{4, kWindow, kvevict::uniform_budget{60}};
-  kvevict::streaming_llm stream;
-  stream.selector = uni;
-  kvevict::h2o<> h2o;
-  h2o.selector = uni;
-  kvevict::snapkv<> snap;
-  snap.selector = uni;
-  kvevict::pyramidkv<> pyr;
-  pyr.selector = {4, kWindow, kvevict::pyramid_budget{60}};
-  kvevict::ada_snapkv<> ada;
-  ada.selector = {4, kWindow, kvevict::adaptive_budget{60}};
-  kvevict::chunkkv<> chunk;
-  chunk.selector = uni;
-  kvevict::chunkkv_per_head<> chunk_h;
-  chunk_h.selector = uni;
-  kvevict::sentencekv<> sent;
-  sent.selector = uni;
-  sent.granularity.segmenter = {delims, 2};
-  kvevict::sablock<> sab;
-  sab.selector = uni;
-  sab.granularity.segmenter = {delims, 2};
-  kvevict::sablock<> sab2 = sab;  // two levels: clauses within sentences
-  sab2.granularity.segmenter.sentence_ids = sentence_ends;
-  sab2.granularity.segmenter.num_sentence_ids = 1;
-  kvevict::sablock<kvevict::delimiter_segmenter, kvevict::window_attention<kvevict::gqa_mean, kvevict::no_pool>,
-                   kvevict::uniform_budget,
-                   kvevict::shared_heads>
-      sab_shared;
-  sab_shared.selector = uni;
-  sab_shared.granularity.segmenter = {delims, 2};
-
   for (layout_kind kind : {layout_kind::block_nhd, layout_kind::head_rows}) {
     const logical L = make_logical(kSeqs, kKvHeads, kDim, {260, 190}, 9, kind == layout_kind::head_rows);
-    check_shards("streaming_llm", stream, false, kind, L, in);
-    check_shards("h2o", h2o, false, kind, L, in);
-    check_shards("snapkv", snap, false, kind, L, in);
-    check_shards("pyramidkv", pyr, false, kind, L, in);
-    check_shards("ada_snapkv", ada, true, kind, L, in);
-    check_shards("chunkkv", chunk, true, kind, L, in);
-    check_shards("chunkkv_per_head", chunk_h, false, kind, L, in);
-    check_shards("sentencekv", sent, false, kind, L, in);
-    check_shards("sablock", sab, false, kind, L, in);
-    check_shards("sablock two-level", sab2, false, kind, L, in);
-    check_shards("sablock shared heads", sab_shared, true, kind, L, in);
+    for_each_preset(4, kWindow, 60, [&](const auto& pr) { check_shards(pr.name, pr.policy, pr.heads_interact, kind, L, in); });
   }
 }
 

@@ -2,10 +2,12 @@
 // whatever the thread count, and a workspace sized for one thread still serves (on fewer threads).
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "common/presets.hpp"
 #include "common/test_cache.hpp"
 
 using namespace testing;
@@ -50,23 +52,17 @@ TEST_CASE("host threads: plans, scores and compaction do not depend on the threa
   sab.granularity.segmenter.num_delimiters = 1;
   kvevict::ada_snapkv<> ada;
   ada.selector = {2, window, kvevict::adaptive_budget{60}};
-  // Every granularity: per-head selection on threads (token, segment, adaptive, per-head chunks),
-  // a shared plan on one (ChunkKV), SABlock with sentences, a scorer without per-head scoring.
-  kvevict::sentencekv<> sk;
-  sk.selector = snap.selector;
-  sk.granularity.segmenter = sab.granularity.segmenter;
-  kvevict::chunkkv<> ck;
-  ck.selector = snap.selector;
-  kvevict::chunkkv_per_head<> ckh;
-  ckh.selector = snap.selector;
+  // Every preset (tests/common/presets.hpp): per-head selection on threads where heads are
+  // independent, a shared plan on one (ChunkKV), SABlock with sentences, H2O's sums, StreamingLLM's
+  // scorer without per-head scoring. Its token ids: 1 ends a clause, 2 a sentence.
   std::vector<std::int32_t> sent(ids.size());
   for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = i % 27 == 0 ? 2 : static_cast<std::int32_t>(ids[i]);
-  const std::int32_t sent_ids[] = {2};
-  kvevict::sablock<> sab2 = sab;
-  sab2.granularity.segmenter.sentence_ids = sent_ids;
-  sab2.granularity.segmenter.num_sentence_ids = 1;
-  kvevict::streaming_llm stream;
-  stream.selector = snap.selector;
+  std::vector<float> sums(static_cast<std::size_t>(seqs) * q_heads * 300);
+  for (auto& x : sums) x = std::abs(nd(rng));
+  kvevict::signals<float> all_sig = sig;
+  all_sig.token_ids = sent.data();
+  all_sig.attention_sums = sums.data();
+  all_sig.sums_stride = 300;
   static_assert(kvevict::detail::selects_per_head<kvevict::sablock<>, kvevict::dense_cache<float>, float> &&
                     kvevict::detail::selects_per_head<kvevict::sentencekv<>, kvevict::dense_cache<float>, float> &&
                     kvevict::detail::selects_per_head<kvevict::snapkv<>, kvevict::dense_cache<float>, float> &&
@@ -83,13 +79,11 @@ TEST_CASE("host threads: plans, scores and compaction do not depend on the threa
         REQUIRE(plan_with(exec, snap, view, sig) == plan_with(kvevict::host.threads(1), snap, view, sig));
         REQUIRE(plan_with(exec, sab, view, sig) == plan_with(kvevict::host.threads(1), sab, view, sig));
         REQUIRE(plan_with(exec, ada, view, sig) == plan_with(kvevict::host.threads(1), ada, view, sig));
-        REQUIRE(plan_with(exec, sk, view, sig) == plan_with(kvevict::host.threads(1), sk, view, sig));
-        REQUIRE(plan_with(exec, ck, view, sig) == plan_with(kvevict::host.threads(1), ck, view, sig));
-        REQUIRE(plan_with(exec, ckh, view, sig) == plan_with(kvevict::host.threads(1), ckh, view, sig));
-        REQUIRE(plan_with(exec, stream, view, sig) == plan_with(kvevict::host.threads(1), stream, view, sig));
-        kvevict::signals<float> sig2 = sig;
-        sig2.token_ids = sent.data();
-        REQUIRE(plan_with(exec, sab2, view, sig2) == plan_with(kvevict::host.threads(1), sab2, view, sig2));
+        for_each_preset(2, window, 60, [&](const auto& pr) {
+          INFO(pr.name);
+          REQUIRE(plan_with(exec, pr.policy, view, all_sig) ==
+                  plan_with(kvevict::host.threads(1), pr.policy, view, all_sig));
+        });
         // scores, bit for bit
         std::vector<float> s1(static_cast<std::size_t>(seqs) * kvh * 300), sn(s1.size());
         REQUIRE(kvevict::score(kvevict::host.threads(1), snap, view, sig, s1.data(), 300).ok());

@@ -16,6 +16,7 @@
 #include "../detail/workspace.hpp"
 #include "../keep_plan.hpp"
 #include "../policy/eviction_policy.hpp"
+#include "../policy/hooks.hpp"
 #include "../select/budget.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
@@ -76,6 +77,7 @@ template <class Policy, class Cache, class T>
 constexpr void static_check_plan_types() {
   static_assert(is_paged_kv_cache_v<Cache>,
                 "kvevict: Cache does not model the paged KV cache contract (see concepts.hpp)");
+  static_check_hooks<Policy, Cache, T>();
   static_assert(std::is_same_v<typename Cache::value_type, T> ||
                     (is_quantized<typename Cache::value_type>::value && is_element_type<T>::value &&
                      !is_quantized<T>::value),

@@ -13,6 +13,7 @@
 #include "../detail/workspace.hpp"
 #include "../host/block_select.hpp"
 #include "../keep_plan.hpp"
+#include "../policy/hooks.hpp"
 #include "../segment/segmenters.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
@@ -228,6 +229,10 @@ struct segment_level {
   //! Segments the head's compressible range, marks the best whole segments, then the best tokens.
   template <class Cache, class T>
   auto marker(const Cache& cache, const signals<T>& sig, int seq) const {
+    static_assert(is_segmenter_v<Segmenter, Cache, T>,
+                  "kvevict: the granularity's segmenter does not model Segmenter: it needs validate(cache, signals), "
+                  "scratch_bytes(cache, max_len) and segment(cache, signals, seq, head, lo, hi, offsets, scratch) "
+                  "(see policy/hooks.hpp)");
     return [this, &cache, &sig, seq](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
       const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
       host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order, s.idx, s.r);
@@ -312,6 +317,10 @@ struct adaptive_block {
   //! Segments the head's range into clauses (and sentences), then SABlock's selection.
   template <class Cache, class T>
   auto marker(const Cache& cache, const signals<T>& sig, int seq) const {
+    static_assert(is_segmenter_v<Segmenter, Cache, T>,
+                  "kvevict: the granularity's segmenter does not model Segmenter: it needs validate(cache, signals), "
+                  "scratch_bytes(cache, max_len) and segment(cache, signals, seq, head, lo, hi, offsets, scratch) "
+                  "(see policy/hooks.hpp)");
     return [this, &cache, &sig, seq, prm = params()](const double* row, int lo, int hi, int bc,
                                                       const detail::block_scratch& s, int h) {
       int num_sentences = -1, c;
