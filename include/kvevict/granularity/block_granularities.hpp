@@ -229,10 +229,7 @@ struct segment_level {
   //! Segments the head's compressible range, marks the best whole segments, then the best tokens.
   template <class Cache, class T>
   auto marker(const Cache& cache, const signals<T>& sig, int seq) const {
-    static_assert(is_segmenter_v<Segmenter, Cache, T>,
-                  "kvevict: the granularity's segmenter does not model Segmenter: it needs validate(cache, signals), "
-                  "scratch_bytes(cache, max_len) and segment(cache, signals, seq, head, lo, hi, offsets, scratch) "
-                  "(see policy/hooks.hpp)");
+    detail::static_check_segmenter<Segmenter, Cache, T>();
     return [this, &cache, &sig, seq](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
       const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
       host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order, s.idx, s.r);
@@ -317,10 +314,7 @@ struct adaptive_block {
   //! Segments the head's range into clauses (and sentences), then SABlock's selection.
   template <class Cache, class T>
   auto marker(const Cache& cache, const signals<T>& sig, int seq) const {
-    static_assert(is_segmenter_v<Segmenter, Cache, T>,
-                  "kvevict: the granularity's segmenter does not model Segmenter: it needs validate(cache, signals), "
-                  "scratch_bytes(cache, max_len) and segment(cache, signals, seq, head, lo, hi, offsets, scratch) "
-                  "(see policy/hooks.hpp)");
+    detail::static_check_segmenter<Segmenter, Cache, T>();
     return [this, &cache, &sig, seq, prm = params()](const double* row, int lo, int hi, int bc,
                                                       const detail::block_scratch& s, int h) {
       int num_sentences = -1, c;

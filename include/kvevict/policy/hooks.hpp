@@ -151,6 +151,14 @@ constexpr void static_check_hooks() {
                 "scratch_bytes(cache, max_len) and select(cache, signals, seq, scores, stride, budgets, sinks, "
                 "window, plan, scratch) (see policy/hooks.hpp)");
 }
+//! The segment-based granularities' check of their segmenter.
+template <class Seg, class Cache, class T>
+constexpr void static_check_segmenter() {
+  static_assert(is_segmenter_v<Seg, Cache, T>,
+                "kvevict: the granularity's segmenter does not model Segmenter: it needs validate(cache, signals), "
+                "scratch_bytes(cache, max_len) and segment(cache, signals, seq, head, lo, hi, offsets, scratch) "
+                "(see policy/hooks.hpp)");
+}
 }  // namespace detail
 
 }  // namespace kvevict
