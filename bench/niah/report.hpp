@@ -31,9 +31,8 @@ namespace niah_report {
 //! Marker: keep every token (the reference row of the table).
 struct full_cache {};
 
-//! Marker: `policy` over the sequence's K and V stored as fp8 E4M3 with one scale per layer and
-//! tensor (amax / 448, vLLM's per-tensor `k_scale` / `v_scale`), as an engine's fp8 cache holds
-//! them; the queries stay bf16.
+//! Marker: `policy` over the sequence's keys stored as fp8 E4M3 with one scale per layer (amax /
+//! 448, vLLM's per-tensor `k_scale`), as an engine's fp8 cache holds them; the queries stay bf16.
 template <class P>
 struct fp8_cache {
   P policy;
@@ -218,17 +217,16 @@ void run_policy(const char* name, const P& base, kvevict::synthetic::niah_sequen
                 const grid& g, score_memo& memo, std::vector<case_result>& out) {
   if constexpr (is_fp8_cache<P>::value) {
     const int L = s.cfg.num_layers;
-    std::vector<std::vector<kvevict::float8_e4m3>> k(L), v(L);
-    std::vector<float> ks(L), vs(L);
-    for (int l = 0; l < L; ++l) {
-      ks[l] = quantize_fp8(s.k[l], k[l]);
-      vs[l] = quantize_fp8(s.v[l], v[l]);
-    }
+    // Keys only: plans never read V (the evaluator reads the bf16 values), so the fp8 view's values
+    // alias its key codes rather than spend a second quantisation per layer.
+    std::vector<std::vector<kvevict::float8_e4m3>> k(L);
+    std::vector<float> ks(L);
+    for (int l = 0; l < L; ++l) ks[l] = quantize_fp8(s.k[l], k[l]);
     auto view_of = [&](int l) {
       const auto b = s.layer_view(l);
       return kvevict::block_table_cache<kvevict::float8_e4m3>{
-          k[l].data(),      v[l].data(),       b.block_table,  b.seq_lens,      b.num_seqs(), b.block_table_stride(),
-          b.num_pages(),    b.page_size(),     b.num_kv_heads(), b.head_dim(),   ks[l],        vs[l]};
+          k[l].data(),   k[l].data(),   b.block_table,    b.seq_lens,   b.num_seqs(), b.block_table_stride(),
+          b.num_pages(), b.page_size(), b.num_kv_heads(), b.head_dim(), ks[l],        ks[l]};
     };
     run_policy_on(name, base.policy, s, view_of, "fp8", ev, sums, g, memo, out);
   } else {
