@@ -9,6 +9,7 @@
 #include "algorithm/tier.hpp"
 #include "backend.hpp"
 #include "cache/block_table_cache.hpp"
+#include "cache/head_row_table_cache.hpp"
 #include "cache/csr_page_cache.hpp"
 #include "cache/dense_cache.hpp"
 #include "cache/layout.hpp"

@@ -7,6 +7,7 @@
 #include "../concepts.hpp"
 #include "../status.hpp"
 #include "block_table_cache.hpp"
+#include "head_row_table_cache.hpp"
 #include "csr_page_cache.hpp"
 #include "dense_cache.hpp"
 

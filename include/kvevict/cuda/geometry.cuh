@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "../cache/block_table_cache.hpp"
+#include "../cache/head_row_table_cache.hpp"
 #include "../cache/csr_page_cache.hpp"
 #include "../cache/dense_cache.hpp"
 #include "../cache/validate.hpp"

@@ -46,7 +46,7 @@ inline void select_units_then_fill(const double* score, int lo, int hi, const st
   fill_best_unmarked(score + lo, hi - lo, left, keep, idx);
 }
 
-//! SABlock parameters (see granularity/block_granularities.hpp and docs/sablock.md).
+//! SABlock parameters (see granularity/adaptive_block.hpp and docs/sablock.md).
 struct sablock_params {
   double alpha = 0.25;         //!< clause guidance in [0, 1]
   double g = 2.0;              //!< fragmentation fee, in units of the mean refined score (>= 0)

@@ -1,0 +1,150 @@
+//! \file granularity/block_common.hpp
+//! What the block- and segment-level granularities share: head sharing, their scratch, the row
+//! flow (protected tokens, compressible range, marking, plan row) and their two entries.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#include "../detail/row_rules.hpp"
+#include "../detail/workspace.hpp"
+#include "../host/block_select.hpp"
+#include "../keep_plan.hpp"
+#include "../policy/hooks.hpp"
+#include "../signals.hpp"
+#include "../status.hpp"
+
+namespace kvevict {
+
+//! Head sharing: every KV head selects on its own scores.
+struct independent_heads {
+  static constexpr bool shared = false;
+};
+//! Head sharing: scores summed over the KV heads of the layer, one plan for all heads (ChunkKV);
+//! the plan can then be reused for the following layers (ChunkKV's layer-wise index reuse).
+struct shared_heads {
+  static constexpr bool shared = true;
+};
+
+namespace detail {
+
+//! Scratch of one sequence for the block granularities.
+struct block_scratch {
+  double* row;            // [n] scores of the head (or summed over heads)
+  double* r;              // [n + 1]
+  double* prefix;         // [n + 1]
+  std::int32_t* offsets;  // [2n + 2]
+  std::int32_t* idx;      // [n]
+  std::int32_t* order;    // [n]; SABlock: sentences as clause ranges
+  unsigned char* keep;    // [n]
+  void* segmenter;        // segmenter scratch
+
+  static workspace_layout<8> layout(int n, std::size_t seg_bytes) {
+    const std::size_t m = static_cast<std::size_t>(n) + 2;
+    return workspace_layout<8>{{sizeof(double) * m, sizeof(double) * m, sizeof(double) * m,
+                                sizeof(std::int32_t) * (2 * m), sizeof(std::int32_t) * m, sizeof(std::int32_t) * m, m,
+                                seg_bytes}};
+  }
+  //! Carves the scratch of sequence `seq` (sized by its longest head), with room for a segmenter's.
+  template <class Cache, class Segmenter,
+            class = decltype(std::declval<const Segmenter&>().scratch_bytes(std::declval<const Cache&>(), 0))>
+  static block_scratch carve_for(const Cache& cache, int seq, void* base, const Segmenter& seg) {
+    const int n = longest_head(cache, seq);
+    return carve(base, n, seg.scratch_bytes(cache, n));
+  }
+  template <class Cache>
+  static block_scratch carve_for(const Cache& cache, int seq, void* base, std::size_t seg_bytes) {
+    return carve(base, longest_head(cache, seq), seg_bytes);
+  }
+  static block_scratch carve(void* base, int n, std::size_t seg_bytes) {
+    void* p[8];
+    layout(n, seg_bytes).carve(base, p);
+    return {static_cast<double*>(p[0]),        static_cast<double*>(p[1]),
+            static_cast<double*>(p[2]),        static_cast<std::int32_t*>(p[3]),
+            static_cast<std::int32_t*>(p[4]),  static_cast<std::int32_t*>(p[5]),
+            static_cast<unsigned char*>(p[6]), p[7]};
+  }
+};
+
+//! One row of the flow every block granularity shares: protected tokens, the compressible range,
+//! the head's scores (or, shared, their sum over the heads), `mark(row, lo, hi, bc, scratch,
+//! head)` marking exactly bc tokens, the plan row of (seq, h).
+template <class Sharing, class Cache, class Mark>
+void select_block_row(const Cache& cache, int seq, int h, const float* scores, std::size_t stride, const int* budgets,
+                      int sinks, int window, keep_plan plan, const block_scratch& ws, Mark& mark) {
+  const int kvh = cache.num_kv_heads();
+  const int r = seq * kvh + h, n = cache.seq_len(seq, h), b = budgets[h];
+  std::int32_t* out = plan.row(r);
+  if (n <= b) {
+    for (int t = 0; t < n; ++t) out[t] = t;
+    plan.counts[r] = n;
+    return;
+  }
+  const auto [lo, hi] = compressible_range(n, sinks, window);
+  const int bc = b - lo - (n - hi);
+  for (int t = 0; t < n; ++t) {
+    double s = 0;
+    if (Sharing::shared) {  // over the heads that hold token t (a (sequence, head)-row view may differ)
+      for (int hh = 0; hh < kvh; ++hh)
+        if (t < cache.seq_len(seq, hh)) s += static_cast<double>(scores[static_cast<std::size_t>(hh) * stride + t]);
+    } else {
+      s = static_cast<double>(scores[static_cast<std::size_t>(h) * stride + t]);
+    }
+    ws.row[t] = s;
+  }
+  std::memset(ws.keep, 0, static_cast<std::size_t>(hi - lo));
+  if (bc > 0 && hi > lo) mark(ws.row, lo, hi, bc, ws, h);
+  int c = 0;
+  for (int t = 0; t < lo; ++t) out[c++] = t;
+  for (int t = lo; t < hi; ++t)
+    if (ws.keep[t - lo]) out[c++] = t;
+  for (int t = hi; t < n; ++t) out[c++] = t;
+  plan.counts[r] = c;
+}
+
+//! The rows of one sequence: each head on its own, or (shared) head 0's plan copied to the others.
+template <class Sharing, class Cache, class Mark>
+void select_blocks(const Cache& cache, int seq, const float* scores, std::size_t stride, const int* budgets, int sinks,
+                   int window, keep_plan plan, const block_scratch& ws, Mark mark) {
+  const int kvh = cache.num_kv_heads();
+  for (int h = 0; h < kvh; ++h) {
+    const int r = seq * kvh + h;
+    if (Sharing::shared && h > 0) {  // one plan for every head
+      plan.counts[r] = plan.counts[seq * kvh];
+      std::memcpy(plan.row(r), plan.row(seq * kvh), sizeof(std::int32_t) * static_cast<std::size_t>(plan.counts[r]));
+      continue;
+    }
+    select_block_row<Sharing>(cache, seq, h, scores, stride, budgets, sinks, window, plan, ws, mark);
+  }
+}
+
+//! The two entries of a block granularity `g` from its `carve(cache, seq, scratch)` and
+//! `marker(cache, sig, seq)`: `select` (every head of a sequence) and `select_head` (one head, for
+//! independent heads, so that `plan` can run the heads on several threads, each with its own
+//! scratch). The granularities forward to them (no base class: they stay aggregates).
+template <class G, class Cache, class T>
+void select_with(const G& g, const Cache& cache, const signals<T>& sig, int seq, const float* scores,
+                 std::size_t stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch) {
+  select_blocks<typename G::sharing_type>(cache, seq, scores, stride, budgets, sinks, window, plan,
+                                          g.carve(cache, seq, scratch), g.marker(cache, sig, seq));
+}
+template <class G, class Cache, class T>
+void select_head_with(const G& g, const Cache& cache, const signals<T>& sig, int seq, int h, const float* scores,
+                      std::size_t stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch) {
+  static_assert(!G::sharing_type::shared, "a shared plan needs every head's scores at once");
+  auto mark = g.marker(cache, sig, seq);
+  select_block_row<typename G::sharing_type>(cache, seq, h, scores, stride, budgets, sinks, window, plan,
+                                             g.carve(cache, seq, scratch), mark);
+}
+
+template <class Segmenter, class Cache>
+std::size_t segmented_scratch_bytes(const Segmenter& seg, const Cache& cache, int max_len) {
+  return block_scratch::layout(max_len, seg.scratch_bytes(cache, max_len)).total();
+}
+
+}  // namespace detail
+
+}  // namespace kvevict
