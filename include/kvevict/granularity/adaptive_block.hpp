@@ -66,17 +66,7 @@ struct adaptive_block {
     return detail::segmented_scratch_bytes(segmenter, cache, max_len);
   }
   host_backend::sablock_params params() const { return {alpha, g, steps, block_size, beta, sentence_blocks}; }
-  template <class Cache, class T>
-  void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
-              const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    detail::select_with(*this, cache, sig, seq, scores, stride, budgets, sinks, window, plan, scratch);
-  }
-  //! One head's row; only with independent heads (`plan` then runs the heads on several threads).
-  template <class Cache, class T, class S = Sharing, std::enable_if_t<!S::shared, int> = 0>
-  void select_head(const Cache& cache, const signals<T>& sig, int seq, int h, const float* scores, std::size_t stride,
-                   const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    detail::select_head_with(*this, cache, sig, seq, h, scores, stride, budgets, sinks, window, plan, scratch);
-  }
+  KVEVICT_BLOCK_GRANULARITY_ENTRIES(Sharing)
   template <class Cache>
   detail::block_scratch carve(const Cache& cache, int seq, void* scratch) const {
     return detail::block_scratch::carve_for(cache, seq, scratch, segmenter);

@@ -140,6 +140,23 @@ void select_head_with(const G& g, const Cache& cache, const signals<T>& sig, int
                                              g.carve(cache, seq, scratch), mark);
 }
 
+//! The members `select` and `select_head` of a block granularity (one with `carve` and `marker`,
+//! and `Sharing` its head sharing), forwarding to `select_with` / `select_head_with`: written once
+//! for the three granularities, which stay aggregates (no base class). `select_head` exists only
+//! with independent heads.
+#define KVEVICT_BLOCK_GRANULARITY_ENTRIES(Sharing)                                                                  \
+  template <class Cache, class T>                                                                                   \
+  void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,         \
+              const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {                    \
+    detail::select_with(*this, cache, sig, seq, scores, stride, budgets, sinks, window, plan, scratch);             \
+  }                                                                                                                 \
+  template <class Cache, class T, class S_ = Sharing, std::enable_if_t<!S_::shared, int> = 0>                      \
+  void select_head(const Cache& cache, const signals<T>& sig, int seq, int h, const float* scores,                 \
+                   std::size_t stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch)   \
+      const {                                                                                                       \
+    detail::select_head_with(*this, cache, sig, seq, h, scores, stride, budgets, sinks, window, plan, scratch);     \
+  }
+
 template <class Segmenter, class Cache>
 std::size_t segmented_scratch_bytes(const Segmenter& seg, const Cache& cache, int max_len) {
   return block_scratch::layout(max_len, seg.scratch_bytes(cache, max_len)).total();
