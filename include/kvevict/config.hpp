@@ -30,6 +30,16 @@
 #define KVEVICT_UNROLL
 #endif
 
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define KVEVICT_HOST_DEVICE_ALWAYS_INLINE __host__ __device__ __forceinline__
+#elif defined(__GNUC__) || defined(__clang__)
+//! KVEVICT_HOST_DEVICE, always inlined on the host too: a host-device piece of the host scorer that
+//! must be compiled for the instruction set of the dispatched function calling it (even at -O0).
+#define KVEVICT_HOST_DEVICE_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define KVEVICT_HOST_DEVICE_ALWAYS_INLINE inline
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 //! Always inlined: the host scorer's pieces, so that they are compiled for the instruction set of
 //! the dispatched function that calls them.

@@ -30,7 +30,7 @@ KVEVICT_HOST_DEVICE void round_here(V&) {}
 #endif
 
 template <class V>
-KVEVICT_HOST_DEVICE void exp_nonpositive_parts(const V& arg, V& t, V& p);
+KVEVICT_HOST_DEVICE_ALWAYS_INLINE void exp_nonpositive_parts(const V& arg, V& t, V& p);
 
 //! exp(x) for x <= 0 (softmax arguments): relative error below 2e-7 on [-87, 0], exp(-87)
 //! below -87, and NaN stays NaN (so NaN keys or queries surface as NaN scores, which `plan`
@@ -57,7 +57,7 @@ KVEVICT_HOST_DEVICE float exp_nonpositive(float x) {
 //! as `k ln2 + r` with `k` left in the low mantissa bits of `t`, and sets `p` to the polynomial of
 //! `r`. Arguments by reference: vectors by value would change the ABI between instruction sets.
 template <class V>
-KVEVICT_HOST_DEVICE void exp_nonpositive_parts(const V& arg, V& t, V& p) {
+KVEVICT_HOST_DEVICE_ALWAYS_INLINE void exp_nonpositive_parts(const V& arg, V& t, V& p) {
   KVEVICT_FP_CONTRACT_OFF
   const V x = arg < -87.0f ? V{} - 87.0f : arg;  // NaN compares false and passes through
   // exp(x) = 2^k * exp(r), k = round(x / ln2) by the 1.5 * 2^23 rounding trick, r = x - k ln2
