@@ -69,7 +69,6 @@ struct inputs {
   }
 };
 
-template <class Policy, class View>
 std::vector<std::int32_t> row_of(const kvevict::keep_plan_buffer& b, int r) {
   return std::vector<std::int32_t>(b.positions.begin() + static_cast<std::ptrdiff_t>(r) * b.capacity,
                                    b.positions.begin() + static_cast<std::ptrdiff_t>(r) * b.capacity + b.counts[r]);
@@ -126,9 +125,9 @@ void check_shards(const char* what, const Policy& p, bool needs_gather, layout_k
         bool alone_equal = true;
         for (int s = 0; s < kSeqs; ++s)
           for (int h = 0; h < kvh; ++h) {
-            const auto want = row_of<Policy, decltype(view)>(whole, s * kKvHeads + i * kvh + h);
-            REQUIRE(row_of<Policy, decltype(view)>(mine, s * kvh + h) == want);
-            alone_equal = alone_equal && row_of<Policy, decltype(view)>(alone, s * kvh + h) == want;
+            const auto want = row_of(whole, s * kKvHeads + i * kvh + h);
+            REQUIRE(row_of(mine, s * kvh + h) == want);
+            alone_equal = alone_equal && row_of(alone, s * kvh + h) == want;
           }
         if (!needs_gather) REQUIRE(alone_equal);
         alone_differs = alone_differs || !alone_equal;

@@ -134,6 +134,23 @@ void write_compact_result(const Cache& cache, const_keep_plan plan, compact_resu
     }
 }
 
+//! The moves of a validated compaction: `before_row(r)` then row `r`'s compaction, rows in
+//! parallel (their pages are disjoint, validated, or, for a shared page table, the heads of a
+//! sequence write their own slots), on `exec`'s threads when the kept rows plus `extra_tokens`
+//! (rows `before_row` copies) reach compact_bytes_per_thread; then the result.
+template <class Cache, class BeforeRow>
+void compact_validated(host_t exec, const Cache& cache, const_keep_plan plan, compact_result& out,
+                       std::int64_t extra_tokens, BeforeRow before_row) {
+  const int rows = plan_rows(cache);
+  std::int64_t tokens = extra_tokens;
+  for (int r = 0; r < rows; ++r) tokens += plan.counts[r];
+  parallel_for(move_threads(exec, cache, tokens), rows, [&](int r, int) {
+    before_row(r);
+    compact_row(cache, plan, r);
+  });
+  write_compact_result(cache, plan, out);
+}
+
 }  // namespace detail
 
 //! Upper bound of the pages one compaction of `cache` can free: the pages its page lists hold
@@ -205,14 +222,7 @@ template <class Cache>
 status compact(host_t exec, const Cache& cache, const_keep_plan plan, compact_result& out, void* workspace,
                std::size_t workspace_bytes) {
   KVEVICT_TRY(detail::validate_compact_inputs(cache, plan, out, workspace, workspace_bytes));
-  // Rows move independently: their pages are disjoint (validated), or, for a shared page table,
-  // the heads of a sequence write their own slots of the pages.
-  const int rows = plan_rows(cache);
-  std::int64_t kept = 0;
-  for (int r = 0; r < rows; ++r) kept += plan.counts[r];
-  detail::parallel_for(detail::move_threads(exec, cache, kept), rows,
-                       [&](int r, int) { detail::compact_row(cache, plan, r); });
-  detail::write_compact_result(cache, plan, out);
+  detail::compact_validated(exec, cache, plan, out, 0, [](int) {});
   return ok_status();
 }
 

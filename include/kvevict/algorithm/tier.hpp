@@ -135,18 +135,12 @@ status compact(host_t exec, const Cache& cache, const_keep_plan plan, compact_re
   const int rows = plan_rows(cache);
   const std::int64_t need = evicted_row_count(cache, plan);
   KVEVICT_TRY(detail::check_tier(tier, rows, need));
+  const int kvh = cache.num_kv_heads();
   tier.row_offsets[0] = 0;
-  std::int64_t kept = 0;
-  for (int r = 0; r < rows; ++r) {
-    const int kvh = cache.num_kv_heads();
+  for (int r = 0; r < rows; ++r)
     tier.row_offsets[r + 1] = tier.row_offsets[r] + cache.seq_len(r / kvh, r % kvh) - plan.counts[r];
-    kept += plan.counts[r];
-  }
-  detail::parallel_for(detail::move_threads(exec, cache, kept + need), rows, [&](int r, int) {
-    detail::offload_row(cache, plan, r, tier);  // read the evicted rows before the moves overwrite them
-    detail::compact_row(cache, plan, r);
-  });
-  detail::write_compact_result(cache, plan, out);
+  // each row's evicted tokens are read before its moves overwrite them
+  detail::compact_validated(exec, cache, plan, out, need, [&](int r) { detail::offload_row(cache, plan, r, tier); });
   return ok_status();
 }
 

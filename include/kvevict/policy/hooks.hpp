@@ -57,15 +57,13 @@
 namespace kvevict {
 
 namespace detail {
-template <class...>
-using hook_void = void;
 
 template <class S, class Cache, class T, class = void>
 struct is_scorer_impl : std::false_type {};
 template <class S, class Cache, class T>
 struct is_scorer_impl<
     S, Cache, T,
-    hook_void<decltype(status(std::declval<const S&>().validate(std::declval<const Cache&>(),
+    std::void_t<decltype(status(std::declval<const S&>().validate(std::declval<const Cache&>(),
                                                                 std::declval<const signals<T>&>(), 0))),
               decltype(std::size_t(std::declval<const S&>().scratch_bytes(std::declval<const Cache&>(), 0, 0, 0))),
               decltype(std::declval<const S&>().score(std::declval<const Cache&>(), std::declval<const signals<T>&>(),
@@ -76,7 +74,7 @@ template <class B, class = void>
 struct is_budget_impl : std::false_type {};
 template <class B>
 struct is_budget_impl<
-    B, hook_void<decltype(bool(B::per_head)), decltype(status(std::declval<const B&>().validate(0, 0))),
+    B, std::void_t<decltype(bool(B::per_head)), decltype(status(std::declval<const B&>().validate(0, 0))),
                  decltype(int(B::max_budget(0, 0))), decltype(std::size_t(std::declval<const B&>().scratch_bytes(0, 0))),
                  decltype(std::declval<const B&>().allocate(static_cast<const float*>(nullptr), std::size_t{},
                                                             static_cast<const int*>(nullptr), 0, 0, 0, 0, 0, 0,
@@ -88,7 +86,7 @@ struct is_granularity_impl : std::false_type {};
 template <class G, class Cache, class T>
 struct is_granularity_impl<
     G, Cache, T,
-    hook_void<decltype(status(std::declval<const G&>().validate(std::declval<const Cache&>(),
+    std::void_t<decltype(status(std::declval<const G&>().validate(std::declval<const Cache&>(),
                                                                 std::declval<const signals<T>&>()))),
               decltype(std::size_t(std::declval<const G&>().scratch_bytes(std::declval<const Cache&>(), 0))),
               decltype(std::declval<const G&>().select(
@@ -101,7 +99,7 @@ struct is_segmenter_impl : std::false_type {};
 template <class Seg, class Cache, class T>
 struct is_segmenter_impl<
     Seg, Cache, T,
-    hook_void<decltype(status(std::declval<const Seg&>().validate(std::declval<const Cache&>(),
+    std::void_t<decltype(status(std::declval<const Seg&>().validate(std::declval<const Cache&>(),
                                                                   std::declval<const signals<T>&>()))),
               decltype(std::size_t(std::declval<const Seg&>().scratch_bytes(std::declval<const Cache&>(), 0))),
               decltype(int(std::declval<const Seg&>().segment(std::declval<const Cache&>(),
