@@ -36,9 +36,9 @@ TEST_CASE("SABlock golden cases: segments and kept positions", "[sablock][golden
       // Version 1 settings: the golden cases' alpha, no sentence guidance, no sentence blocks.
       kvevict::host_backend::sablock_params prm{c["alpha"].get<double>(), c["g"].get<double>(), c["steps"].get<int>(), 0, 0.0,
                                                 false};
+      std::vector<double> bound(2 * (hi - lo));
       kvevict::host_backend::sablock_select(scores.data(), lo, hi, off.data(), count, nullptr, 0, bc, prm, keep.data(),
-                                            r.data(),
-                                            prefix.data(), idx.data());
+                                            r.data(), prefix.data(), idx.data(), bound.data());
       for (int t = 0; t < sinks; ++t) kept.push_back(t);
       for (int t = lo; t < hi; ++t)
         if (keep[t - lo]) kept.push_back(t);
@@ -329,10 +329,10 @@ TEST_CASE("regression (fuzz_segment): prefix-sum rounding at the top price keeps
   for (int bc : {0, 1}) {
     for (int steps : {1, 2, 32}) {
       unsigned char keep[2] = {9, 9};
-      double r[3], prefix[3];
+      double r[3], prefix[3], bound[4];
       std::int32_t idx[2];
       kvevict::host_backend::sablock_select(a, 0, 2, off, 2, nullptr, 0, bc, {0.0, 0.0, steps, 0, 0.0, false},
-                                            keep, r, prefix, idx);
+                                            keep, r, prefix, idx, bound);
       CHECK(keep[0] + keep[1] == bc);
       if (bc == 1) CHECK(keep[1] == 1);
     }
@@ -479,6 +479,59 @@ TEST_CASE("SABlock version 2 equals a naive implementation of its specification"
     }
   }
   CHECK(sentence_wins > 0);
+}
+
+TEST_CASE("SABlock's bisection skips sentences and the plan stays the naive one (ties, negative, tiny scores)",
+          "[sablock]") {
+  // sablock_select skips a sentence at prices above its bound and drops it once the lower end
+  // passes a price where it keeps nothing; both must leave the kept set of visiting every sentence.
+  const std::vector<int> ends = {1};
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> u(0, 1);
+  int differs_from_top_k = 0;
+  for (int trial = 0; trial < 150; ++trial) {
+    const int n = 40 + static_cast<int>(rng() % 400), lo = 4, hi = n - 16, kind = trial % 5;
+    const auto ids = random_ids(n, 0.05 + 0.1 * u(rng), rng);
+    std::vector<double> a(n);
+    for (auto& x : a) {
+      const double v = u(rng);
+      x = kind == 0 ? v * v : kind == 1 ? static_cast<double>(rng() % 4) : kind == 2 ? v - 0.5 : kind == 3 ? 1e-300 * v
+                                                                                                 : std::pow(v, 8) * (v > 0.97 ? 50 : 1);
+    }
+    const bool two = trial % 3 != 0, blocks = trial % 4 != 3;
+    const double alpha = (trial % 4) * 0.2, beta = two ? (trial % 3) * 0.15 : 0.0, g = (trial % 6) * 0.8;
+    const int bc = 1 + static_cast<int>(rng() % static_cast<unsigned>(hi - lo - 1)), smax = 30 + trial % 50;
+    const std::vector<std::int32_t> ids32(ids.begin(), ids.end()), ends32(ends.begin(), ends.end());
+    const std::vector<std::int32_t> delims32(delims.begin(), delims.end());
+    kvevict::delimiter_segmenter seg{delims32.data(), 3};
+    seg.sentence_ids = ends32.data();
+    seg.num_sentence_ids = 1;
+    seg.sentence_max_len = smax;
+    std::vector<std::int32_t> off(2 * n + 4), sent(n + 2), raw(n);
+    int num_sentences = -1;
+    const int count = two ? seg.segment_levels_ids(ids32.data(), lo, hi, off.data(), sent.data(), &num_sentences, raw.data())
+                          : seg.segment_ids(ids32.data(), lo, hi, off.data());
+    std::vector<unsigned char> keep(hi - lo, 7);
+    std::vector<double> r(hi - lo + 1), prefix(hi - lo + 1), bound(2 * (hi - lo));
+    std::vector<std::int32_t> idx(hi - lo);
+    kvevict::host_backend::sablock_select(a.data(), lo, hi, off.data(), count, two ? sent.data() : nullptr, num_sentences,
+                                          bc, {alpha, g, 32, 0, beta, blocks}, keep.data(), r.data(), prefix.data(),
+                                          idx.data(), bound.data());
+    std::vector<int> got;
+    for (int t = lo; t < hi; ++t)
+      if (keep[t - lo]) got.push_back(t);
+    const auto want = ref_sablock_v2(a, ids, delims, two ? ends : std::vector<int>{}, lo, hi, bc, alpha, beta, g, 32,
+                                     blocks, smax);
+    INFO("trial " << trial << " kind " << kind << " n " << n << " bc " << bc << " two " << two);
+    REQUIRE(got == want);
+    std::vector<int> order(hi - lo);
+    for (int t = lo; t < hi; ++t) order[t - lo] = t;
+    std::sort(order.begin(), order.end(), [&](int x, int y) { return a[x] > a[y] || (a[x] == a[y] && x < y); });
+    order.resize(bc);
+    std::sort(order.begin(), order.end());
+    differs_from_top_k += order != got;
+  }
+  CHECK(differs_from_top_k > 100);  // the blocks matter: most plans are not the token top-k
 }
 
 TEST_CASE("SABlock version 2: one level with the defaults is version 1; beta = 0 and no sentence blocks is version 1",

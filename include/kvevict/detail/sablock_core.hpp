@@ -4,6 +4,7 @@
 //! rounded before they are added (no fused multiply-add). Not API.
 #pragma once
 
+#include <cfloat>
 #include <cstdint>
 
 #include "../config.hpp"
@@ -124,17 +125,25 @@ KVEVICT_HOST_DEVICE void refine_sentence(double* r, double* prefix, const std::i
   }
 }
 
+//! Whether clause `u` surely keeps nothing at `lam` (see clause_price_bound); false without bounds.
+KVEVICT_HOST_DEVICE bool clause_idle(const double* clause_bound, int u, double lam) {
+  return clause_bound != nullptr && lam >= clause_bound[u];
+}
+
 //! The sentence's kept length at price `lam`. Candidates: every clause on its own (its block sizes
 //! as `segment_cost`, which include the whole clause), or, with `sentence_blocks` and more than one
 //! clause, the whole sentence as one block (one fee). The larger total positive net wins, ties to
-//! the whole sentence (the larger block). Marks the kept tokens in `keep` when not null.
+//! the whole sentence (the larger block). Marks the kept tokens in `keep` when not null. With
+//! `clause_bound` (per clause, see clause_price_bound), a clause at or above its bound is passed
+//! over: it keeps nothing and adds +0 to the split total, as its evaluation would.
 KVEVICT_HOST_DEVICE std::int64_t sentence_cost(const double* prefix, const std::int32_t* off, int base, int c0, int c1,
                                                double lam, double gamma, int max_candidates, bool sentence_blocks,
-                                               unsigned char* keep) {
+                                               unsigned char* keep, const double* clause_bound = nullptr) {
   std::int64_t cost = 0;
   if (c1 - c0 == 1 || !sentence_blocks || max_candidates > 0) {
     for (int u = c0; u < c1; ++u)
-      cost += segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, keep);
+      if (!clause_idle(clause_bound, u, lam))
+        cost += segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, keep);
     return cost;
   }
   double value = 0, split = 0;
@@ -142,6 +151,7 @@ KVEVICT_HOST_DEVICE std::int64_t sentence_cost(const double* prefix, const std::
   const int len = off[c1] - off[c0];
   const double whole = (value - mul_rn(lam, len)) - gamma;
   for (int u = c0; u < c1; ++u) {
+    if (clause_idle(clause_bound, u, lam)) continue;
     double tot = 0;
     cost += segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, nullptr, &tot);
     split = add_rn(split, tot);
@@ -153,8 +163,68 @@ KVEVICT_HOST_DEVICE std::int64_t sentence_cost(const double* prefix, const std::
   }
   if (keep)
     for (int u = c0; u < c1; ++u)
-      segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, keep);
+      if (!clause_idle(clause_bound, u, lam))
+        segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, keep);
   return cost;
+}
+
+//! A price at and above which a block of value `v` (as `block_net` computes it) and length `len`
+//! has a net <= 0, rounding included; >= 0. At `lam >= 0` the net `fl(fl(v - fl(lam len)) - gamma)`
+//! is <= 0 whenever `v <= gamma`, and otherwise once `fl(lam len) >= v - gamma`, which
+//! `lam >= (v - gamma)(1 + 2^-52) / len` ensures in the normal range; the bound adds 1e-12
+//! (relative) for its own rounding, and is DBL_MAX (no bound) outside [1e-280, 1e280].
+//! Non-decreasing in `v`.
+KVEVICT_HOST_DEVICE double price_bound(double v, int len, double gamma) {
+  const double w = v - gamma;
+  if (!(w > 0)) return 0.0;  // NaN nets are never positive either
+  const double d = w / len;
+  return d >= 1e-280 && d <= 1e280 ? d * (1.0 + 1e-12) : DBL_MAX;
+}
+
+//! The largest `price_bound` over the blocks of a segment cut into blocks of `size`.
+KVEVICT_HOST_DEVICE double blocks_bound(const double* prefix, int s0, int len, int size, double gamma) {
+  double full = -DBL_MAX, bound = 0;  // the best full block's value, one division for all of them
+  for (int st = 0; st < len; st += size) {
+    const int e = len < st + size ? len : st + size;
+    const double value = st > 0 ? prefix[s0 + e - 1] - prefix[s0 + st - 1] : prefix[s0 + e - 1];
+    if (e - st == size) {
+      full = value > full ? value : full;
+    } else {
+      bound = price_bound(value, e - st, gamma);
+    }
+  }
+  const double b = full > -DBL_MAX ? price_bound(full, size, gamma) : 0.0;
+  return b > bound ? b : bound;
+}
+
+//! A price at and above which every candidate block of a clause (`segment_cost`'s sizes) has a
+//! net <= 0, so the clause keeps nothing and adds nothing to a total; >= 0.
+KVEVICT_HOST_DEVICE double clause_price_bound(const double* prefix, int s0, int len, double gamma, int max_candidates) {
+  double bound = 0;
+  for (int b = max_candidates > 0 ? max_candidates : 1;; b *= 2) {
+    const double x = blocks_bound(prefix, s0, len, b < len ? b : len, gamma);
+    bound = x > bound ? x : bound;
+    if (max_candidates > 0 || b >= len) break;
+  }
+  return bound;
+}
+
+//! A price at and above which `sentence_cost` keeps nothing of the sentence (every candidate block
+//! it weighs, of every clause and size and the whole sentence, has a net <= 0), >= 0, from its
+//! clauses' bounds `clause_bound[c0, c1)`. Lets a bisection skip the sentence at such prices
+//! without changing what it keeps.
+KVEVICT_HOST_DEVICE double sentence_price_bound(const double* prefix, const std::int32_t* off, int base, int c0, int c1,
+                                                double gamma, int max_candidates, bool sentence_blocks,
+                                                const double* clause_bound) {
+  double bound = 0;
+  for (int u = c0; u < c1; ++u) bound = clause_bound[u] > bound ? clause_bound[u] : bound;
+  if (c1 - c0 > 1 && sentence_blocks && max_candidates == 0) {
+    double value = 0;
+    for (int u = c0; u < c1; ++u) value = add_rn(value, prefix[off[u + 1] - base - 1]);
+    const double x = price_bound(value, off[c1] - off[c0], gamma);
+    bound = x > bound ? x : bound;
+  }
+  return bound;
 }
 
 //! Raising the top price when rounding left a block positive there (see sablock_select).

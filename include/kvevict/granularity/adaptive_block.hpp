@@ -84,7 +84,7 @@ struct adaptive_block {
         c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
       }
       host_backend::sablock_select(row, lo, hi, s.offsets, c, num_sentences >= 0 ? s.order : nullptr, num_sentences,
-                                   bc, prm, s.keep, s.r, s.prefix, s.idx);
+                                   bc, prm, s.keep, s.r, s.prefix, s.idx, s.bound);
     };
   }
 };

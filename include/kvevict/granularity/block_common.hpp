@@ -41,12 +41,13 @@ struct block_scratch {
   std::int32_t* order;    // [n]; SABlock: sentences as clause ranges
   unsigned char* keep;    // [n]
   void* segmenter;        // segmenter scratch
+  double* bound;          // [2n]; SABlock: a price bound per clause and per sentence
 
-  static workspace_layout<8> layout(int n, std::size_t seg_bytes) {
+  static workspace_layout<9> layout(int n, std::size_t seg_bytes) {
     const std::size_t m = static_cast<std::size_t>(n) + 2;
-    return workspace_layout<8>{{sizeof(double) * m, sizeof(double) * m, sizeof(double) * m,
+    return workspace_layout<9>{{sizeof(double) * m, sizeof(double) * m, sizeof(double) * m,
                                 sizeof(std::int32_t) * (2 * m), sizeof(std::int32_t) * m, sizeof(std::int32_t) * m, m,
-                                seg_bytes}};
+                                seg_bytes, sizeof(double) * (2 * m)}};
   }
   //! Carves the scratch of sequence `seq` (sized by its longest head), with room for a segmenter's.
   template <class Cache, class Segmenter,
@@ -60,12 +61,13 @@ struct block_scratch {
     return carve(base, longest_head(cache, seq), seg_bytes);
   }
   static block_scratch carve(void* base, int n, std::size_t seg_bytes) {
-    void* p[8];
+    void* p[9];
     layout(n, seg_bytes).carve(base, p);
     return {static_cast<double*>(p[0]),        static_cast<double*>(p[1]),
             static_cast<double*>(p[2]),        static_cast<std::int32_t*>(p[3]),
             static_cast<std::int32_t*>(p[4]),  static_cast<std::int32_t*>(p[5]),
-            static_cast<unsigned char*>(p[6]), p[7]};
+            static_cast<unsigned char*>(p[6]), p[7],
+            static_cast<double*>(p[8])};
   }
 };
 
