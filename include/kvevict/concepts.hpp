@@ -18,6 +18,9 @@
 //! |                                   | `value_type*`, or `const value_type*` for a read-only view (`plan`, `score`) |
 //! | `c.k_scale()` (optional)          | keys are `k_scale` x the stored elements (a quantised cache's per-tensor |
 //! |                                   | scale, vLLM's `k_scale`); 1 when the view has none         |
+//! | `c.k_token_scale(page, slot, head)`, `c.v_token_scale(...)` (optional, both or neither) | pointer |
+//! |                                   | to that row's per-(token, head) scale (`float`, const for a read-only view), |
+//! |                                   | or null when the view holds none; keys are `k_scale` x it x the elements |
 #pragma once
 
 #include <type_traits>
@@ -96,6 +99,41 @@ KVEVICT_HOST_DEVICE float key_scale_of(const C& c) {
     return c.k_scale();
   else
     return 1.0f;
+}
+template <class C, class = void>
+struct has_token_scales : std::false_type {};
+template <class C>
+struct has_token_scales<C, std::void_t<decltype(std::declval<const C&>().k_token_scale(0, 0, 0)),
+                                       decltype(std::declval<const C&>().v_token_scale(0, 0, 0))>> : std::true_type {};
+
+//! The per-(token, head) scale of the keys of row (page, slot, head), beyond `k_scale`: 1 for a
+//! view without token scales.
+template <class C>
+KVEVICT_HOST_DEVICE float key_token_scale_of(const C& c, int page, int slot, int head) {
+  if constexpr (has_token_scales<C>::value) {
+    const auto* p = c.k_token_scale(page, slot, head);
+    return p != nullptr ? *p : 1.0f;
+  } else {
+    return 1.0f;
+  }
+}
+
+//! Whether the view holds per-(token, head) key scales (`key`) or value scales now.
+template <class C>
+KVEVICT_HOST_DEVICE bool holds_token_scales(const C& c, bool key) {
+  if constexpr (has_token_scales<C>::value)
+    return (key ? c.k_token_scale(0, 0, 0) : c.v_token_scale(0, 0, 0)) != nullptr;
+  else
+    return false;
+}
+
+//! Copies the token scales of row (sp, ss, h) to row (dp, ds, h), those the view holds.
+template <class C>
+KVEVICT_HOST_DEVICE void move_token_scales(const C& c, int dp, int ds, int sp, int ss, int h) {
+  if constexpr (has_token_scales<C>::value) {
+    if (auto* d = c.k_token_scale(dp, ds, h)) *d = *c.k_token_scale(sp, ss, h);
+    if (auto* d = c.v_token_scale(dp, ds, h)) *d = *c.v_token_scale(sp, ss, h);
+  }
 }
 }  // namespace detail
 

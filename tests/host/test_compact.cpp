@@ -34,8 +34,9 @@ kvevict::keep_plan_buffer random_plan(const std::vector<int>& lens, int num_seqs
   return p;
 }
 
+// With `token_scales`, every K and V row has a scale beside the pages, which moves with its row.
 template <class T>
-void check_compaction(layout_kind kind, int ps, std::uint32_t seed) {
+void check_compaction(layout_kind kind, int ps, std::uint32_t seed, bool token_scales = false) {
   std::mt19937 rng(seed);
   const bool rows = kind == layout_kind::head_rows;
   const int kvh = 3, d = 5;
@@ -45,6 +46,10 @@ void check_compaction(layout_kind kind, int ps, std::uint32_t seed) {
   const auto plan = random_plan(L.lens, 5, kvh, rows, rng);
   const auto k0 = c.k, v0 = c.v;
   auto expect_k = k0, expect_v = v0;
+  std::vector<float> ks(c.k.size() / d), vs(ks.size());
+  for (std::size_t i = 0; i < ks.size(); ++i) ks[i] = 1.0f + static_cast<float>(i), vs[i] = -1.0f - static_cast<float>(i);
+  const auto ks0 = ks, vs0 = vs;
+  auto expect_ks = ks, expect_vs = vs;
   std::vector<int> expect_freed;
   for (int s = 0; s < 5; ++s)
     for (int h = 0; h < kvh; ++h) {
@@ -54,6 +59,8 @@ void check_compaction(layout_kind kind, int ps, std::uint32_t seed) {
           const int src = plan.positions[static_cast<size_t>(r) * plan.capacity + j];
           expect_k[c.addr(s, h, j) + x] = k0[c.addr(s, h, src) + x];
           expect_v[c.addr(s, h, j) + x] = v0[c.addr(s, h, src) + x];
+          expect_ks[c.addr(s, h, j) / d] = ks0[c.addr(s, h, src) / d];
+          expect_vs[c.addr(s, h, j) / d] = vs0[c.addr(s, h, src) / d];
         }
       if (kind != layout_kind::dense && (rows || h == 0)) {
         const auto& pg = c.pages[c.list_of(s, h)];
@@ -63,12 +70,17 @@ void check_compaction(layout_kind kind, int ps, std::uint32_t seed) {
     }
   std::vector<std::int32_t> new_lens(5 * kvh, -1), freed(64, -1);
   kvevict::compact_result res{new_lens.data(), static_cast<int>(new_lens.size()), freed.data(), 64};
-  c.visit([&](auto view) { REQUIRE(kvevict::compact(kvevict::host, view, plan.const_view(), res).ok()); });
+  c.visit([&](auto view) {
+    if (token_scales) view.k_token_scales = ks.data(), view.v_token_scales = vs.data();
+    REQUIRE(kvevict::compact(kvevict::host, view, plan.const_view(), res).ok());
+  });
   INFO(name(kind) << " page_size " << ps);
   REQUIRE(std::memcmp(c.k.data(), expect_k.data(), c.k.size() * sizeof(T)) == 0);
   REQUIRE(std::memcmp(c.v.data(), expect_v.data(), c.v.size() * sizeof(T)) == 0);
   REQUIRE(std::vector<int>(freed.begin(), freed.begin() + res.num_freed) == expect_freed);
   REQUIRE(std::vector<int>(new_lens.begin(), new_lens.end()) == plan.counts);
+  REQUIRE(ks == (token_scales ? expect_ks : ks0));
+  REQUIRE(vs == (token_scales ? expect_vs : vs0));
 }
 
 }  // namespace
@@ -79,6 +91,13 @@ TEMPLATE_TEST_CASE("compaction equals a naive gather byte for byte (every layout
   for (layout_kind kind : all_layouts)
     for (int ps : {7, 8, 9})
       for (std::uint32_t seed : {1u, 2u, 3u}) check_compaction<TestType>(kind, ps, seed);
+}
+
+TEMPLATE_TEST_CASE("compaction moves per-(token, head) scales with their rows (every layout)", "[compact][quantized]",
+                   kvevict::float8_e4m3, kvevict::int8, kvevict::bfloat16) {
+  for (layout_kind kind : all_layouts)
+    for (int ps : {7, 8})
+      for (std::uint32_t seed : {1u, 2u}) check_compaction<TestType>(kind, ps, seed, true);
 }
 
 TEST_CASE("evict = plan + compact, and the compacted cache holds the planned tokens in order", "[compact]") {

@@ -40,9 +40,10 @@ std::vector<double> stored_keys(const test_cache<T>& c, int s, int h, int n) {
 }
 
 // T: the cache's element type; Q: the queries' (T, or bf16 for a quantised cache); keys scaled
-// by the view's k_scale.
+// by the view's k_scale and, with `token_scales`, by a random scale per (token, head) stored
+// beside the pages.
 template <class T, class Q = T>
-void check_window_attention_all_layouts(float k_scale = 1.0f) {
+void check_window_attention_all_layouts(float k_scale = 1.0f, bool token_scales = false) {
   const int kvh = 2, group = 3, d = 16, w = 5;
   for (layout_kind kind : all_layouts) {
     for (int ps : {7, 8, 9}) {
@@ -59,8 +60,12 @@ void check_window_attention_all_layouts(float k_scale = 1.0f) {
       p.selector = {0, w, kvevict::uniform_budget{w}};
       const int stride = L.max_len;
       std::vector<float> scores(static_cast<size_t>(2) * kvh * stride, -1.0f);
+      std::vector<float> ts(c.k.size() / d);  // one per K row slot, as the pages lay the rows out
+      std::mt19937 srng(17);
+      for (float& x : ts) x = std::uniform_real_distribution<float>(0.25f, 4.0f)(srng);
       c.visit([&](auto view) {
         view.k_scale_ = k_scale;
+        if (token_scales) view.k_token_scales = ts.data();
         std::vector<unsigned char> ws(kvevict::plan_workspace_bytes(kvevict::host, p, view, sig));
         REQUIRE(kvevict::score(kvevict::host, p, view, sig, scores.data(), stride, ws.data(), ws.size()).ok());
       });
@@ -70,7 +75,9 @@ void check_window_attention_all_layouts(float k_scale = 1.0f) {
           std::vector<double> qg(qs.qd.begin() + ((static_cast<size_t>(s) * kvh * group + h * group) * w) * d,
                                  qs.qd.begin() + ((static_cast<size_t>(s) * kvh * group + (h + 1) * group) * w) * d);
           std::vector<double> keys = stored_keys(c, s, h, n);  // dequantised: the codes times the scale
-          for (double& k : keys) k *= k_scale;
+          for (int t = 0; t < n; ++t)
+            for (int x = 0; x < d; ++x)
+              keys[static_cast<size_t>(t) * d + x] *= k_scale * (token_scales ? ts[c.addr(s, h, t) / d] : 1.0);
           auto per_q = ref::window_attention(keys, n, d, qg, group, w);
           for (int t = 0; t < n; ++t) {
             double m = 0;
@@ -103,6 +110,37 @@ TEST_CASE("window attention over quantised keys (fp8 e4m3, e5m2, int8 with k_sca
   check_window_attention_all_layouts<kvevict::float8_e5m2, kvevict::bfloat16>(0.03f);
   check_window_attention_all_layouts<kvevict::int8, kvevict::bfloat16>(0.7f);
   check_window_attention_all_layouts<kvevict::float8_e4m3, float>(1.0f);
+}
+
+TEST_CASE("window attention over keys with per-(token, head) scales equals the reference", "[scorer][quantized]") {
+  // Each K row's scale sits beside the page (laid out as the rows, head_dim 1); keys are
+  // code x k_scale x the row's scale, dequantised on load.
+  check_window_attention_all_layouts<kvevict::float8_e4m3, kvevict::bfloat16>(0.5f, true);
+  check_window_attention_all_layouts<kvevict::int8, kvevict::bfloat16>(0.05f, true);
+  check_window_attention_all_layouts<float>(1.0f, true);
+}
+
+TEST_CASE("key norm over keys with per-(token, head) scales is the scaled norm", "[scorer][quantized]") {
+  for (layout_kind kind : all_layouts) {
+    const bool rows = kind == layout_kind::head_rows;
+    const logical L = make_logical(2, 2, 8, {19, 33}, 5, rows);
+    auto c = build<kvevict::float8_e4m3>(L, kind, 8, 3);
+    std::vector<float> ts(c.k.size() / 8);
+    for (std::size_t i = 0; i < ts.size(); ++i) ts[i] = 0.5f + 0.25f * static_cast<float>(i % 7);
+    c.visit([&](auto view) {
+      view.k_scale_ = 0.5f;
+      view.k_token_scales = ts.data();
+      for (int s = 0; s < 2; ++s)
+        for (int h = 0; h < 2; ++h)
+          for (int t = 0; t < view.seq_len(s, h); ++t) {
+            double sq = 0;
+            for (int x = 0; x < 8; ++x) sq += std::pow(static_cast<double>(kvevict::to_float(c.k[c.addr(s, h, t) + x])), 2);
+            INFO(name(kind) << " seq " << s << " head " << h << " token " << t);
+            REQUIRE(kvevict::key_norm::of(view, s, h, t) ==
+                    Approx(-std::sqrt(sq) * 0.5 * ts[c.addr(s, h, t) / 8]).epsilon(1e-6));
+          }
+    });
+  }
 }
 
 TEST_CASE("SnapKV 32q/8kv/d128/w64/pool5 keeps the PyTorch formula's set", "[scorer][snapkv]") {

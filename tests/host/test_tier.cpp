@@ -122,6 +122,60 @@ TEMPLATE_TEST_CASE("tier: compact to a tier, then restore everything, gives back
   }
 }
 
+TEST_CASE("tier: per-(token, head) scales go to the tier with their rows and come back", "[tier][quantized]") {
+  using T = kvevict::float8_e4m3;
+  for (layout_kind kind : all_layouts) {
+    INFO(name(kind));
+    const bool per_head = kind == layout_kind::head_rows;
+    logical L = make_logical(2, 3, 8, {70, 45}, 11, per_head);
+    const test_cache<T> original = build<T>(L, kind, 16, 4);
+    test_cache<T> c = original;
+    std::vector<float> ks(c.k.size() / 8), vs(ks.size());
+    for (std::size_t i = 0; i < ks.size(); ++i) ks[i] = 0.5f + static_cast<float>(i), vs[i] = 0.25f * static_cast<float>(i);
+    const auto ks0 = ks, vs0 = vs;
+    c.visit([&](auto view) {
+      view.k_token_scales = ks.data();
+      view.v_token_scales = vs.data();
+      auto kept = random_plan(view, 9);
+      const std::int64_t evicted = kvevict::evicted_row_count(view, kept.const_view());
+      kvevict::evicted_rows_buffer<T> tier(kvevict::plan_rows(view), evicted, view.head_dim());
+      auto res = kvevict::compact_result_buffer::for_cache(view);
+      // a tier without room for the scales is refused, and nothing is written
+      auto no_scales = tier.tier;
+      no_scales.value_scales = nullptr;
+      const auto bad = kvevict::compact(kvevict::host, view, kept.const_view(), res.result, no_scales);
+      REQUIRE(bad.code == kvevict::errc::invalid_argument);
+      REQUIRE(std::string(bad.argument) == "tier.value_scales");
+      REQUIRE(std::memcmp(c.k.data(), original.k.data(), sizeof(T) * c.k.size()) == 0);
+      REQUIRE(ks == ks0);
+      REQUIRE(kvevict::compact(kvevict::host, view, kept.const_view(), res.result, tier.tier).ok());
+      kvevict::keep_plan_buffer request(kvevict::plan_rows(view), static_cast<int>(evicted));
+      for (int r = 0; r < kvevict::plan_rows(view); ++r) {
+        const int s = r / view.num_kv_heads(), h = r % view.num_kv_heads();
+        const std::int64_t b = tier.row_offsets[r], e = tier.row_offsets[r + 1];
+        for (std::int64_t i = b; i < e; ++i) {
+          const std::size_t row = original.addr(s, h, tier.positions[i]) / 8;
+          REQUIRE(tier.key_scales[i] == ks0[row]);
+          REQUIRE(tier.value_scales[i] == vs0[row]);
+          request.view().row(r)[i - b] = tier.positions[i];
+        }
+        request.counts[r] = static_cast<int>(e - b);
+      }
+      for (int s = 0; s < 2; ++s)  // the allocator may reuse the freed slots' scales too
+        for (int h = 0; h < 3; ++h)
+          for (int t = kept.counts[s * 3 + h]; t < L.lens[static_cast<std::size_t>(s) * 3 + h]; ++t)
+            ks[c.addr(s, h, t) / 8] = vs[c.addr(s, h, t) / 8] = -7.0f;
+      kvevict::keep_plan_buffer merged(kvevict::plan_rows(view), L.max_len);
+      REQUIRE(kvevict::restore(kvevict::host, view, kept.const_view(), tier.tier, request.const_view(), merged.view())
+                  .ok());
+    });
+    REQUIRE(std::memcmp(c.k.data(), original.k.data(), sizeof(T) * c.k.size()) == 0);
+    REQUIRE(std::memcmp(c.v.data(), original.v.data(), sizeof(T) * c.v.size()) == 0);
+    REQUIRE(ks == ks0);
+    REQUIRE(vs == vs0);
+  }
+}
+
 TEST_CASE("tier: a partial restore merges the chosen positions in order", "[tier]") {
   for (layout_kind kind : all_layouts) {
     INFO(name(kind));

@@ -106,6 +106,7 @@ void compact_row(const Cache& cache, const_keep_plan plan, int r) {
     const int sp = cache.page(s, h, src / ps), dp = cache.page(s, h, j / ps);
     std::memcpy(cache.key(dp, j % ps, h), cache.key(sp, src % ps, h), row_bytes);
     std::memcpy(cache.value(dp, j % ps, h), cache.value(sp, src % ps, h), row_bytes);
+    move_token_scales(cache, dp, j % ps, sp, src % ps, h);
   }
 }
 

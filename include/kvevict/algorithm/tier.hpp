@@ -20,7 +20,9 @@ namespace kvevict {
 //! allocates it). Plan row `r = seq * kv_heads + h` owns tier rows `[row_offsets[r],
 //! row_offsets[r + 1])`: the tokens of that (sequence, head) that `compact` evicted, in increasing
 //! original position, `positions[i]` being the position of tier row `i`, whose key is `keys[i *
-//! head_dim ..]` and value `values[i * head_dim ..]`, bytes as they were in the cache.
+//! head_dim ..]` and value `values[i * head_dim ..]`, bytes as they were in the cache; with a cache
+//! that holds per-(token, head) scales, `key_scales[i]` / `value_scales[i]` are that row's (needed
+//! then, unused otherwise).
 //!
 //! `compact` writes every field but the pointers and capacities; `restore` reads it.
 template <class T>
@@ -31,6 +33,8 @@ struct evicted_rows {
   std::int64_t* row_offsets = nullptr;  // [row_offsets_capacity], plan_rows(cache) + 1 used
   std::int64_t capacity = 0;            //!< token rows keys, values and positions hold
   int row_offsets_capacity = 0;         //!< entries of row_offsets (>= plan_rows(cache) + 1)
+  float* key_scales = nullptr;          // [capacity] when the cache holds key token scales
+  float* value_scales = nullptr;        // [capacity] when the cache holds value token scales
 };
 
 //! Owning storage for an `evicted_rows` of `capacity` token rows (host memory): for tests,
@@ -40,6 +44,7 @@ struct evicted_rows_buffer {
   std::vector<T> keys, values;
   std::vector<std::int32_t> positions;
   std::vector<std::int64_t> row_offsets;
+  std::vector<float> key_scales, value_scales;  // one per token row (used with a token-scaled cache)
   evicted_rows<T> tier;
 
   evicted_rows_buffer(int rows, std::int64_t capacity, int head_dim)
@@ -47,8 +52,16 @@ struct evicted_rows_buffer {
         values(keys.size()),
         positions(static_cast<std::size_t>(capacity > 0 ? capacity : 0)),
         row_offsets(static_cast<std::size_t>(rows > 0 ? rows + 1 : 1)),
-        tier{keys.data(),          values.data(), positions.data(), row_offsets.data(),
-             static_cast<std::int64_t>(positions.size()), static_cast<int>(row_offsets.size())} {}
+        key_scales(positions.size()),
+        value_scales(positions.size()),
+        tier{keys.data(),
+             values.data(),
+             positions.data(),
+             row_offsets.data(),
+             static_cast<std::int64_t>(positions.size()),
+             static_cast<int>(row_offsets.size()),
+             key_scales.data(),
+             value_scales.data()} {}
   evicted_rows_buffer(const evicted_rows_buffer&) = delete;
   evicted_rows_buffer& operator=(const evicted_rows_buffer&) = delete;
 };
@@ -70,6 +83,15 @@ std::int64_t evicted_row_count(const Cache& cache, const_keep_plan plan) {
 
 namespace detail {
 
+//! The tier's scale arrays, where `cache` holds token scales and `need` rows move through the tier.
+template <class Cache, class T>
+status check_tier_scales(const Cache& cache, const evicted_rows<T>& tier, std::int64_t need) {
+  if (need > 0 && holds_token_scales(cache, true) && tier.key_scales == nullptr)
+    return make_error(errc::invalid_argument, "tier.key_scales", "null, and the cache holds per-token key scales");
+  if (need > 0 && holds_token_scales(cache, false) && tier.value_scales == nullptr)
+    return make_error(errc::invalid_argument, "tier.value_scales", "null, and the cache holds per-token value scales");
+  return ok_status();
+}
 //! The tier's arrays for `rows` plan rows and `need` token rows.
 template <class T>
 status check_tier(const evicted_rows<T>& tier, int rows, std::int64_t need) {
@@ -83,6 +105,14 @@ status check_tier(const evicted_rows<T>& tier, int rows, std::int64_t need) {
   return ok_status();
 }
 
+//! The key (`key`) or value token scale of a row, null when the view holds none.
+template <class Cache>
+auto token_scale_ptr(const Cache& cache, bool key, int page, int slot, int h) {
+  if constexpr (has_token_scales<Cache>::value)
+    return key ? cache.k_token_scale(page, slot, h) : cache.v_token_scale(page, slot, h);
+  else
+    return static_cast<const float*>(nullptr);
+}
 //! Copies row `r`'s evicted tokens (those not in the plan row, in order) to the tier, from the
 //! tier row `row_offsets[r]` on. Runs before the row is compacted.
 template <class Cache, class T>
@@ -99,6 +129,8 @@ void offload_row(const Cache& cache, const_keep_plan plan, int r, const evicted_
     const int pg = cache.page(s, h, t / ps);
     std::memcpy(tier.keys + i * d, cache.key(pg, t % ps, h), sizeof(T) * static_cast<std::size_t>(d));
     std::memcpy(tier.values + i * d, cache.value(pg, t % ps, h), sizeof(T) * static_cast<std::size_t>(d));
+    if (const auto* sc = token_scale_ptr(cache, true, pg, t % ps, h)) tier.key_scales[i] = *sc;
+    if (const auto* sc = token_scale_ptr(cache, false, pg, t % ps, h)) tier.value_scales[i] = *sc;
     tier.positions[i++] = t;
   }
 }
@@ -135,6 +167,7 @@ status compact(host_t exec, const Cache& cache, const_keep_plan plan, compact_re
   const int rows = plan_rows(cache);
   const std::int64_t need = evicted_row_count(cache, plan);
   KVEVICT_TRY(detail::check_tier(tier, rows, need));
+  KVEVICT_TRY(detail::check_tier_scales(cache, tier, need));
   const int kvh = cache.num_kv_heads();
   tier.row_offsets[0] = 0;
   for (int r = 0; r < rows; ++r)
@@ -226,6 +259,9 @@ status restore(host_t exec, const Cache& cache, const_keep_plan current,
         return make_error(errc::invalid_argument, "request.positions", "a position the tier does not hold for its row");
     }
   }
+  std::int64_t requested = 0;
+  for (int r = 0; r < rows; ++r) requested += request.counts[r];
+  KVEVICT_TRY(detail::check_tier_scales(cache, tier, requested));
   KVEVICT_TRY(detail::check_pages_unshared(cache, workspace, workspace_bytes));
 
   std::int64_t moved = 0;
@@ -244,12 +280,15 @@ status restore(host_t exec, const Cache& cache, const_keep_plan current,
         const int sp = cache.page(s, h, i / ps);
         std::memcpy(cache.key(dp, j % ps, h), cache.key(sp, i % ps, h), row_bytes);
         std::memcpy(cache.value(dp, j % ps, h), cache.value(sp, i % ps, h), row_bytes);
+        detail::move_token_scales(cache, dp, j % ps, sp, i % ps, h);
         out[j] = cur[i--];
       } else {  // the requested token comes back from the tier
         const std::int64_t lo = detail::tier_lower_bound(tier, tier.row_offsets[r], t_end, req[k]);
         t_end = lo;
         std::memcpy(cache.key(dp, j % ps, h), tier.keys + lo * d, row_bytes);
         std::memcpy(cache.value(dp, j % ps, h), tier.values + lo * d, row_bytes);
+        if (auto* sc = detail::token_scale_ptr(cache, true, dp, j % ps, h)) *sc = tier.key_scales[lo];
+        if (auto* sc = detail::token_scale_ptr(cache, false, dp, j % ps, h)) *sc = tier.value_scales[lo];
         out[j] = req[k--];
       }
     }

@@ -19,6 +19,7 @@ template <class T>
 struct dense_cache {
   using value_type = std::remove_const_t<T>;  //!< float, half or bfloat16
   using element_type = T;                     //!< value_type, or const value_type for a read-only view
+  using token_scale_type = std::conditional_t<std::is_const_v<T>, const float, float>;
   static constexpr bool per_head_rows = false;
   static constexpr bool frees_pages = false;
 
@@ -31,6 +32,11 @@ struct dense_cache {
   int head_dim_ = 0;
   float k_scale_ = 1.0f;  // keys are k_scale x the stored elements (a quantised cache's scale; 1 otherwise)
   float v_scale_ = 1.0f;  // values are v_scale x the stored elements (compaction moves bytes; not read)
+  // Optional scales per (token, head) stored beside the pages, one float per K or V row, laid out
+  // as the rows are with head_dim 1; a row's keys are k_scale x its scale x the stored elements.
+  // Null: none. Compaction and the tier move them with their rows.
+  token_scale_type* k_token_scales = nullptr;
+  token_scale_type* v_token_scales = nullptr;
 
   KVEVICT_HOST_DEVICE int num_seqs() const { return num_seqs_; }
   KVEVICT_HOST_DEVICE int num_pages() const { return num_seqs_; }
@@ -48,6 +54,13 @@ struct dense_cache {
   KVEVICT_HOST_DEVICE int page(int seq, int /*head*/, int /*logical_page*/) const { return seq; }
   KVEVICT_HOST_DEVICE T* key(int page_id, int slot, int head) const { return k + offset(page_id, slot, head); }
   KVEVICT_HOST_DEVICE T* value(int page_id, int slot, int head) const { return v + offset(page_id, slot, head); }
+  //! The per-(token, head) key / value scale of a row, or null when the view has none.
+  KVEVICT_HOST_DEVICE token_scale_type* k_token_scale(int page_id, int slot, int head) const {
+    return k_token_scales ? k_token_scales + offset(page_id, slot, head) / static_cast<std::size_t>(head_dim_) : nullptr;
+  }
+  KVEVICT_HOST_DEVICE token_scale_type* v_token_scale(int page_id, int slot, int head) const {
+    return v_token_scales ? v_token_scales + offset(page_id, slot, head) / static_cast<std::size_t>(head_dim_) : nullptr;
+  }
 
  private:
   KVEVICT_HOST_DEVICE std::size_t offset(int seq, int slot, int head) const {

@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "../config.hpp"
 #include "../detail/math.hpp"
@@ -151,6 +153,18 @@ inline bool cpu_has_avx512f() {
 }
 #endif
 
+template <class KeyFn, class = void>
+struct has_scale_fn : std::false_type {};
+template <class KeyFn>
+struct has_scale_fn<KeyFn, std::void_t<decltype(std::declval<const KeyFn&>().scale(0))>> : std::true_type {};
+//! The per-token scale a key reader gives (`key.scale(t)`), 1 for a reader without one.
+template <class KeyFn>
+KVEVICT_ALWAYS_INLINE float token_scale_at(const KeyFn& key, int t) {
+  if constexpr (has_scale_fn<KeyFn>::value)
+    return key.scale(t);
+  else
+    return 1.0f;
+}
 }  // namespace detail
 
 namespace host_backend {
@@ -229,13 +243,19 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
 
   // The tile's keys as float, transposed: kt[d * KT + c]. Rows are written whole (16 contiguous
   // floats per d), which is what makes the transposition cheap next to the logits.
+  // A key with a per-(token, head) scale is dequantised here, times its scale (x * 1 is x: a
+  // cache without token scales keeps its bits).
   auto load_tile = [&](int t0, int cnt) KVEVICT_ALWAYS_INLINE_LAMBDA {
     decltype(key(t0)) kp[KT];
-    for (int c = 0; c < KT; ++c) kp[c] = key(t0 + (c < cnt ? c : 0));
+    float ks[KT];
+    for (int c = 0; c < KT; ++c) {
+      kp[c] = key(t0 + (c < cnt ? c : 0));
+      ks[c] = kvevict::detail::token_scale_at(key, t0 + (c < cnt ? c : 0));
+    }
     for (int d = 0; d < head_dim; ++d) {
       float* row = kt + static_cast<std::size_t>(d) * KT;
       KVEVICT_UNROLL
-      for (int c = 0; c < KT; ++c) row[c] = c < cnt ? to_float(kp[c][d]) : 0.0f;
+      for (int c = 0; c < KT; ++c) row[c] = c < cnt ? to_float(kp[c][d]) * ks[c] : 0.0f;
     }
   };
   // Logits of rows [r0, r0 + nr) against the tile: accR[i * KT + c].

@@ -21,7 +21,8 @@ struct key_norm : reads_only_the_cache {
   //! product rounded before the add (the host and the CUDA scorer both call this: the same bits).
   template <class Cache>
   KVEVICT_HOST_DEVICE static float of(const Cache& c, int seq, int h, int t) {
-    const auto* k = c.key(c.page(seq, h, t / c.page_size()), t % c.page_size(), h);
+    const int pg = c.page(seq, h, t / c.page_size()), slot = t % c.page_size();
+    const auto* k = c.key(pg, slot, h);
     float s = 0.0f;
     for (int x = 0; x < c.head_dim(); ++x) {
       const float v = to_float(k[x]);
@@ -31,7 +32,8 @@ struct key_norm : reads_only_the_cache {
       s += v * v;
 #endif
     }
-    return -std::sqrt(s) * detail::key_scale_of(c);  // the stored keys times the view's k_scale
+    // the stored keys times the view's k_scale and the row's token scale (x * 1 is x without them)
+    return -std::sqrt(s) * detail::key_scale_of(c) * detail::key_token_scale_of(c, pg, slot, h);
   }
   template <class Cache, class T>
   void score(const Cache& c, const signals<T>&, int seq, int, float* out, std::size_t stride, void*) const {

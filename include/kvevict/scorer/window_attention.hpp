@@ -40,11 +40,16 @@ struct key_reader {
   const typename Cache::value_type* operator()(int t) const {
     return cache->key(cache->page(seq, head, t / page_size), t % page_size, head);
   }
+  bool scaled;  // the view holds per-(token, head) key scales
+  //! The key's per-(token, head) scale (1 without token scales).
+  float scale(int t) const {
+    return scaled ? key_token_scale_of(*cache, cache->page(seq, head, t / page_size), t % page_size, head) : 1.0f;
+  }
 };
 
 template <class Cache>
 key_reader<Cache> keys_of(const Cache& c, int seq, int head) {
-  return key_reader<Cache>{&c, seq, head, c.page_size()};
+  return key_reader<Cache>{&c, seq, head, c.page_size(), holds_token_scales(c, true)};
 }
 }  // namespace detail
 
