@@ -102,14 +102,14 @@ __device__ int delimiter_units(const delimiter_segmenter& seg, const std::int32_
   if (threadIdx.x == 0) {
     off[0] = 0;
     off[k + 1] = hi - lo;
-    *s_count = host_backend::merge_and_split(off, k + 1, seg.min_len, seg.max_len);
+    *s_count = detail::merge_and_split(off, k + 1, seg.min_len, seg.max_len);
   }
   __syncthreads();
   return *s_count;
 }
 
 //! Two-level delimiter segmentation of ids[lo, hi) (SABlock with sentence ids): the cuts into
-//! `raw`, then the host's `two_level_segments` on one thread. Clause offsets relative to lo in
+//! `raw`, then `detail::two_level_segments` (shared with the host) on one thread. Clause offsets relative to lo in
 //! `off`, sentences as clause ranges in `sent`. Returns the clause count; the sentence count in
 //! `*s_sent`.
 template <class Scan>
@@ -119,7 +119,7 @@ __device__ int delimiter_levels(const delimiter_segmenter& seg, const std::int32
   const int k = delimiter_cuts<Scan>(seg, ids, lo, hi, raw, tmp, s_count);
   if (threadIdx.x == 0) {
     int ns = 0;
-    *s_count = host_backend::two_level_segments(raw, k, 0, hi - lo, delimiter_segmenter::sentence_cut{&seg, ids, lo},
+    *s_count = detail::two_level_segments(raw, k, 0, hi - lo, delimiter_segmenter::sentence_cut{&seg, ids, lo},
                                                 seg.min_len, seg.max_len, seg.sentence_min_len, seg.sentence_max_len,
                                                 off, sent, &ns);
     *s_sent = ns;

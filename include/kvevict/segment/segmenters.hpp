@@ -25,7 +25,8 @@ namespace kvevict {
 //! `max_len` value meaning "no maximum segment length": segments are never split.
 inline constexpr int no_max_len = INT_MAX;
 
-namespace host_backend {
+// The segment arithmetic the host segmenters and the CUDA kernels share (not API).
+namespace detail {
 
 //! Applies `min_len` merging then `max_len` splitting to the raw segment ends in `offsets[0..count]`
 //! (in place; `offsets` must hold `2 * (hi - lo) + 1` entries) and returns the new count.
@@ -99,7 +100,7 @@ KVEVICT_HOST_DEVICE int two_level_segments(const std::int32_t* raw, int nraw, in
   return cur;
 }
 
-}  // namespace host_backend
+}  // namespace detail
 
 //! Cuts after every delimiter token (the delimiter closes its segment), then merges segments
 //! shorter than `min_len` and splits those longer than `max_len`. Needs `signals.token_ids`; the
@@ -180,7 +181,7 @@ struct delimiter_segmenter {
     for (int t = lo; t < hi - 1; ++t)
       if (is_delimiter(ids[t])) offsets[++c] = t + 1;
     offsets[++c] = hi;
-    return host_backend::merge_and_split(offsets, c, min_len, max_len);
+    return detail::merge_and_split(offsets, c, min_len, max_len);
   }
   template <class Cache, class T>
   int segment(const Cache&, const signals<T>& sig, int seq, int, int lo, int hi, std::int32_t* offsets, void*) const {
@@ -193,13 +194,13 @@ struct delimiter_segmenter {
     int base;
     KVEVICT_HOST_DEVICE bool operator()(std::int32_t p) const { return seg->is_sentence_end(ids[base + p - 1]); }
   };
-  //! Both levels of ids[lo, hi) (see `host_backend::two_level_segments`); `raw` holds hi - lo entries.
+  //! Both levels of ids[lo, hi) (see `detail::two_level_segments`); `raw` holds hi - lo entries.
   int segment_levels_ids(const std::int32_t* ids, int lo, int hi, std::int32_t* offsets, std::int32_t* sent,
                          int* num_sentences, std::int32_t* raw) const {
     int nraw = 0;
     for (int t = lo; t < hi - 1; ++t)
       if (is_delimiter(ids[t])) raw[nraw++] = t + 1;
-    return host_backend::two_level_segments(raw, nraw, lo, hi, sentence_cut{this, ids, 0}, min_len, max_len,
+    return detail::two_level_segments(raw, nraw, lo, hi, sentence_cut{this, ids, 0}, min_len, max_len,
                                             sentence_min_len, sentence_max_len, offsets, sent, num_sentences);
   }
   //! Two-level interface (optional for segmenters): clause offsets, and sentences as clause ranges
@@ -288,7 +289,7 @@ struct key_similarity_segmenter {
       if (lower_than_prev && not_higher_than_next) offsets[++c] = t + 1;
     }
     offsets[++c] = hi;
-    return host_backend::merge_and_split(offsets, c, min_len, max_len);
+    return detail::merge_and_split(offsets, c, min_len, max_len);
   }
 };
 
