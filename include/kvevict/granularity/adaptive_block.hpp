@@ -63,13 +63,13 @@ struct adaptive_block {
   }
   template <class Cache>
   std::size_t scratch_bytes(const Cache& cache, int max_len) const {
-    return detail::segmented_scratch_bytes(segmenter, cache, max_len);
+    return detail::segmented_scratch_bytes(segmenter, cache, max_len, true);  // with the price bounds
   }
   host_backend::sablock_params params() const { return {alpha, g, steps, block_size, beta, sentence_blocks}; }
   KVEVICT_BLOCK_GRANULARITY_ENTRIES(Sharing)
   template <class Cache>
   detail::block_scratch carve(const Cache& cache, int seq, void* scratch) const {
-    return detail::block_scratch::carve_for(cache, seq, scratch, segmenter);
+    return detail::block_scratch::carve_for(cache, seq, scratch, segmenter, true);
   }
   //! Segments the head's range into clauses (and sentences), then SABlock's selection.
   template <class Cache, class T>

@@ -41,28 +41,29 @@ struct block_scratch {
   std::int32_t* order;    // [n]; SABlock: sentences as clause ranges
   unsigned char* keep;    // [n]
   void* segmenter;        // segmenter scratch
-  double* bound;          // [2n]; SABlock: a price bound per clause and per sentence
+  double* bound;          // [2n] for SABlock (a price bound per clause and per sentence); else empty
 
-  static workspace_layout<9> layout(int n, std::size_t seg_bytes) {
+  static workspace_layout<9> layout(int n, std::size_t seg_bytes, bool price_bounds = false) {
     const std::size_t m = static_cast<std::size_t>(n) + 2;
     return workspace_layout<9>{{sizeof(double) * m, sizeof(double) * m, sizeof(double) * m,
                                 sizeof(std::int32_t) * (2 * m), sizeof(std::int32_t) * m, sizeof(std::int32_t) * m, m,
-                                seg_bytes, sizeof(double) * (2 * m)}};
+                                seg_bytes, price_bounds ? sizeof(double) * (2 * m) : 0}};
   }
   //! Carves the scratch of sequence `seq` (sized by its longest head), with room for a segmenter's.
   template <class Cache, class Segmenter,
             class = decltype(std::declval<const Segmenter&>().scratch_bytes(std::declval<const Cache&>(), 0))>
-  static block_scratch carve_for(const Cache& cache, int seq, void* base, const Segmenter& seg) {
+  static block_scratch carve_for(const Cache& cache, int seq, void* base, const Segmenter& seg,
+                                 bool price_bounds = false) {
     const int n = longest_head(cache, seq);
-    return carve(base, n, seg.scratch_bytes(cache, n));
+    return carve(base, n, seg.scratch_bytes(cache, n), price_bounds);
   }
   template <class Cache>
   static block_scratch carve_for(const Cache& cache, int seq, void* base, std::size_t seg_bytes) {
     return carve(base, longest_head(cache, seq), seg_bytes);
   }
-  static block_scratch carve(void* base, int n, std::size_t seg_bytes) {
+  static block_scratch carve(void* base, int n, std::size_t seg_bytes, bool price_bounds = false) {
     void* p[9];
-    layout(n, seg_bytes).carve(base, p);
+    layout(n, seg_bytes, price_bounds).carve(base, p);
     return {static_cast<double*>(p[0]),        static_cast<double*>(p[1]),
             static_cast<double*>(p[2]),        static_cast<std::int32_t*>(p[3]),
             static_cast<std::int32_t*>(p[4]),  static_cast<std::int32_t*>(p[5]),
@@ -160,8 +161,8 @@ void select_head_with(const G& g, const Cache& cache, const signals<T>& sig, int
   }
 
 template <class Segmenter, class Cache>
-std::size_t segmented_scratch_bytes(const Segmenter& seg, const Cache& cache, int max_len) {
-  return block_scratch::layout(max_len, seg.scratch_bytes(cache, max_len)).total();
+std::size_t segmented_scratch_bytes(const Segmenter& seg, const Cache& cache, int max_len, bool price_bounds = false) {
+  return block_scratch::layout(max_len, seg.scratch_bytes(cache, max_len), price_bounds).total();
 }
 
 }  // namespace detail
