@@ -82,22 +82,47 @@ namespace detail {
 //! An FP8 code with `E` exponent bits (bias 2^(E-1) - 1) and `M` mantissa bits, as float. `e4m3`:
 //! the all-ones exponent is an ordinary binade except S.1111.111 (NaN); e5m2: IEEE inf / NaN.
 template <int E, int M, bool Ieee>
-KVEVICT_HOST_DEVICE float fp8_to_float(std::uint8_t b) {
+KVEVICT_HOST_DEVICE constexpr std::uint32_t fp8_to_float_bits(std::uint8_t b) {
   constexpr int bias = (1 << (E - 1)) - 1;
   const std::uint32_t sign = static_cast<std::uint32_t>(b & 0x80u) << 24;
   const std::uint32_t exp = (b >> M) & ((1u << E) - 1u);
   std::uint32_t man = b & ((1u << M) - 1u);
-  if (Ieee && exp == (1u << E) - 1u) return bits_float(sign | 0x7f800000u | (man << (23 - M)));  // inf / NaN
-  if (!Ieee && (b & 0x7fu) == 0x7fu) return bits_float(sign | 0x7fc00000u);                      // NaN
-  if (exp != 0) return bits_float(sign | ((exp + 127u - bias) << 23) | (man << (23 - M)));
-  if (man == 0) return bits_float(sign);
+  if (Ieee && exp == (1u << E) - 1u) return sign | 0x7f800000u | (man << (23 - M));  // inf / NaN
+  if (!Ieee && (b & 0x7fu) == 0x7fu) return sign | 0x7fc00000u;                      // NaN
+  if (exp != 0) return sign | ((exp + 127u - bias) << 23) | (man << (23 - M));
+  if (man == 0) return sign;
   int e = 0;  // subnormal: man x 2^(1 - bias - M); normalise
   while ((man & (1u << M)) == 0) {
     man <<= 1;
     ++e;
   }
-  return bits_float(sign | ((127u - bias + 1u - static_cast<std::uint32_t>(e)) << 23) |
-                    ((man & ((1u << M) - 1u)) << (23 - M)));
+  return sign | ((127u - bias + 1u - static_cast<std::uint32_t>(e)) << 23) | ((man & ((1u << M) - 1u)) << (23 - M));
+}
+template <int E, int M, bool Ieee>
+KVEVICT_HOST_DEVICE float fp8_to_float(std::uint8_t b) {
+  return bits_float(fp8_to_float_bits<E, M, Ieee>(b));
+}
+//! Every code of an FP8 format decoded at compile time: the host reads this table (no branches in
+//! the scorer's tile load); the device decodes arithmetically. Same bits either way.
+template <int E, int M, bool Ieee>
+struct fp8_decode_table {
+  std::uint32_t bits[256];
+};
+template <int E, int M, bool Ieee>
+constexpr fp8_decode_table<E, M, Ieee> make_fp8_decode_table() {
+  fp8_decode_table<E, M, Ieee> t{};
+  for (int b = 0; b < 256; ++b) t.bits[b] = fp8_to_float_bits<E, M, Ieee>(static_cast<std::uint8_t>(b));
+  return t;
+}
+template <int E, int M, bool Ieee>
+inline constexpr fp8_decode_table<E, M, Ieee> fp8_decoded = make_fp8_decode_table<E, M, Ieee>();
+template <int E, int M, bool Ieee>
+KVEVICT_HOST_DEVICE float fp8_decode(std::uint8_t b) {
+#if defined(__CUDA_ARCH__)
+  return fp8_to_float<E, M, Ieee>(b);
+#else
+  return bits_float(fp8_decoded<E, M, Ieee>.bits[b]);
+#endif
 }
 
 //! A float to an FP8 code, rounding to nearest even; out of range saturates to the largest finite
@@ -142,8 +167,8 @@ KVEVICT_HOST_DEVICE std::uint8_t float_to_fp8(float f, std::uint8_t max_code, st
 }
 }  // namespace detail
 
-KVEVICT_HOST_DEVICE float to_float(float8_e4m3 x) { return detail::fp8_to_float<4, 3, false>(x.bits); }
-KVEVICT_HOST_DEVICE float to_float(float8_e5m2 x) { return detail::fp8_to_float<5, 2, true>(x.bits); }
+KVEVICT_HOST_DEVICE float to_float(float8_e4m3 x) { return detail::fp8_decode<4, 3, false>(x.bits); }
+KVEVICT_HOST_DEVICE float to_float(float8_e5m2 x) { return detail::fp8_decode<5, 2, true>(x.bits); }
 KVEVICT_HOST_DEVICE float to_float(int8 x) { return static_cast<float>(x.code); }
 
 //! Value comparison, as for float: NaN equals nothing (not even itself), +0 equals -0. Compare the

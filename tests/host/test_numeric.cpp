@@ -141,3 +141,17 @@ TEST_CASE("fp8 and int8 encoding: nearest, ties to even, saturating, NaN kept", 
   REQUIRE(from_float<kvevict::int8>(-300.0f).code == -127);
   REQUIRE(kvevict::to_float(kvevict::int8{-5}) == -5.0f);
 }
+
+TEST_CASE("fp8: the host's decode table and the arithmetic decode give the same bits for every code",
+          "[numeric][quantized]") {
+  for (int b = 0; b < 256; ++b) {
+    const auto code = static_cast<std::uint8_t>(b);
+    INFO("code " << b);
+    CHECK(kvevict::detail::float_bits(kvevict::to_float(kvevict::float8_e4m3{code})) ==
+          kvevict::detail::float_bits(kvevict::detail::fp8_to_float<4, 3, false>(code)));
+    CHECK(kvevict::detail::float_bits(kvevict::to_float(kvevict::float8_e5m2{code})) ==
+          kvevict::detail::float_bits(kvevict::detail::fp8_to_float<5, 2, true>(code)));
+  }
+  static_assert(kvevict::detail::fp8_decoded<4, 3, false>.bits[0x38] == 0x3f800000u, "e4m3 0x38 is 1.0");
+  static_assert(kvevict::detail::fp8_decoded<5, 2, true>.bits[0x3c] == 0x3f800000u, "e5m2 0x3c is 1.0");
+}
