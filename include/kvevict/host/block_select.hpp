@@ -80,8 +80,10 @@ struct sablock_params {
 //! clause its own sentence) and compressible budget `bc < hi - lo`: refined scores, budget-driven
 //! block-size search by bisection on the price, then the fill, in double precision. Marks exactly
 //! `bc` tokens in `keep[0, hi - lo)`. Scratch: `r` and `prefix` of `hi - lo + 1` doubles, `idx` of
-//! `hi - lo`, `bound` of one double per clause and one per sentence (2 (hi - lo)). O(steps x |P|) at most; the bisection drops sentences that can no longer keep a token. Every sum runs inside one sentence, in order (the pieces of
-//! detail/sablock_core.hpp), so a device running sentences in parallel gets the same plan.
+//! `hi - lo`, `bound` of one double per clause and one per sentence (2 (hi - lo)). O(steps x |P|)
+//! at most: the bisection passes over sentences that can no longer keep a token. Every sum runs
+//! inside one sentence, in order (the pieces of detail/sablock_core.hpp), so a device running
+//! sentences in parallel gets the same plan.
 template <class Score>
 void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets, int count, const std::int32_t* sent,
                     int num_sentences, int bc, const sablock_params& prm, unsigned char* keep, double* r,
@@ -97,10 +99,11 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
   const double gamma = prm.g * (rsum / n);
   // The bisection visits only the sentences that may still keep a token at its price. At or
   // above `bound[k]` sentence k keeps nothing (detail::sentence_price_bound), so it is skipped
-  // there, and so is a clause of a visited sentence at or above its own bound. And a sentence that keeps nothing at a price keeps nothing at any higher one (every
-  // block's net is non-increasing in the price, rounding included), while every later price is at
-  // least the lower end: once the lower end rises to a price where a sentence keeps nothing, it is
-  // dropped for good. The plan is the one of visiting them all. `idx` holds the live sentences and
+  // there, and so is a clause of a visited sentence at or above its own bound. And a sentence
+  // that keeps nothing at a price keeps nothing at any higher one (every block's net is
+  // non-increasing in the price, rounding included), while every later price is at least the
+  // lower end: once the lower end rises to a price where a sentence keeps nothing, it is dropped
+  // for good. The plan is the one of visiting them all. `idx` holds the live sentences and
   // `keep` their flags until the final run (both are free until then; S <= n).
   double lam_lo = 0.0, lam_hi = rmax + gamma;
   std::int32_t* live = idx;
