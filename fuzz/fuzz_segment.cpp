@@ -73,7 +73,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (auto& x : a) x = in.ConsumeFloatingPointInRange<double>(0.0, in.ConsumeBool() ? 1.0 : 1e6);
   const int bc = in.ConsumeIntegralInRange<int>(0, hi - lo);
   std::vector<unsigned char> keep(hi - lo);
-  std::vector<double> r(hi - lo + 1), prefix(hi - lo + 1), means(hi - lo + 1);
+  std::vector<double> r(hi - lo + 1), prefix(hi - lo + 1), means(hi - lo + 1), bound(2 * (hi - lo) + 2);
   std::vector<std::int32_t> idx(hi - lo), order(hi - lo + 1);
   kvevict::host_backend::sablock_params prm{
       in.ConsumeFloatingPointInRange<double>(0.0, 1.0), in.ConsumeFloatingPointInRange<double>(0.0, 100.0),
@@ -89,7 +89,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (bc < hi - lo) {
     kvevict::host_backend::sablock_select(a.data(), lo, hi, off.data(), count, levels ? sent.data() : nullptr,
                                           static_cast<int>(sent.size()) - 1, bc, prm, keep.data(), r.data(),
-                                          prefix.data(), idx.data());
+                                          prefix.data(), idx.data(), bound.data());
     int kept = 0;
     for (auto k : keep) kept += k;
     if (kept != bc) fail("SABlock did not keep exactly the budget");
