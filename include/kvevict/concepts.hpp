@@ -106,34 +106,35 @@ template <class C>
 struct has_token_scales<C, std::void_t<decltype(std::declval<const C&>().k_token_scale(0, 0, 0)),
                                        decltype(std::declval<const C&>().v_token_scale(0, 0, 0))>> : std::true_type {};
 
+//! The key (`key`) or value per-(token, head) scale of row (page, slot, head), null when the view
+//! holds none (or has no such members).
+template <class C>
+KVEVICT_HOST_DEVICE auto token_scale_ptr(const C& c, bool key, int page, int slot, int head) {
+  if constexpr (has_token_scales<C>::value)
+    return key ? c.k_token_scale(page, slot, head) : c.v_token_scale(page, slot, head);
+  else
+    return static_cast<const float*>(nullptr);
+}
+
 //! The per-(token, head) scale of the keys of row (page, slot, head), beyond `k_scale`: 1 for a
 //! view without token scales.
 template <class C>
 KVEVICT_HOST_DEVICE float key_token_scale_of(const C& c, int page, int slot, int head) {
-  if constexpr (has_token_scales<C>::value) {
-    const auto* p = c.k_token_scale(page, slot, head);
-    return p != nullptr ? *p : 1.0f;
-  } else {
-    return 1.0f;
-  }
+  const auto* p = token_scale_ptr(c, true, page, slot, head);
+  return p != nullptr ? *p : 1.0f;
 }
 
 //! Whether the view holds per-(token, head) key scales (`key`) or value scales now.
 template <class C>
 KVEVICT_HOST_DEVICE bool holds_token_scales(const C& c, bool key) {
-  if constexpr (has_token_scales<C>::value)
-    return (key ? c.k_token_scale(0, 0, 0) : c.v_token_scale(0, 0, 0)) != nullptr;
-  else
-    return false;
+  return token_scale_ptr(c, key, 0, 0, 0) != nullptr;
 }
 
 //! Copies the token scales of row (sp, ss, h) to row (dp, ds, h), those the view holds.
 template <class C>
 KVEVICT_HOST_DEVICE void move_token_scales(const C& c, int dp, int ds, int sp, int ss, int h) {
-  if constexpr (has_token_scales<C>::value) {
-    if (auto* d = c.k_token_scale(dp, ds, h)) *d = *c.k_token_scale(sp, ss, h);
-    if (auto* d = c.v_token_scale(dp, ds, h)) *d = *c.v_token_scale(sp, ss, h);
-  }
+  for (int kv = 0; kv < 2; ++kv)  // keys, then values
+    if (auto* d = token_scale_ptr(c, kv == 0, dp, ds, h)) *d = *token_scale_ptr(c, kv == 0, sp, ss, h);
 }
 }  // namespace detail
 

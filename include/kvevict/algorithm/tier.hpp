@@ -105,14 +105,6 @@ status check_tier(const evicted_rows<T>& tier, int rows, std::int64_t need) {
   return ok_status();
 }
 
-//! The key (`key`) or value token scale of a row, null when the view holds none.
-template <class Cache>
-auto token_scale_ptr(const Cache& cache, bool key, int page, int slot, int h) {
-  if constexpr (has_token_scales<Cache>::value)
-    return key ? cache.k_token_scale(page, slot, h) : cache.v_token_scale(page, slot, h);
-  else
-    return static_cast<const float*>(nullptr);
-}
 //! Copies row `r`'s evicted tokens (those not in the plan row, in order) to the tier, from the
 //! tier row `row_offsets[r]` on. Runs before the row is compacted.
 template <class Cache, class T>

@@ -72,12 +72,10 @@ struct block_table_cache {
   KVEVICT_HOST_DEVICE T* value(int page_id, int slot, int head) const { return v + offset(page_id, slot, head); }
   //! The per-(token, head) key / value scale of a row, or null when the view has none.
   KVEVICT_HOST_DEVICE token_scale_type* k_token_scale(int page_id, int slot, int head) const {
-    return k_token_scales ? k_token_scales + offset(page_id, slot, head) / static_cast<std::size_t>(head_dim_)
-                          : nullptr;
+    return detail::row_scale(k_token_scales, offset(page_id, slot, head), head_dim_);
   }
   KVEVICT_HOST_DEVICE token_scale_type* v_token_scale(int page_id, int slot, int head) const {
-    return v_token_scales ? v_token_scales + offset(page_id, slot, head) / static_cast<std::size_t>(head_dim_)
-                          : nullptr;
+    return detail::row_scale(v_token_scales, offset(page_id, slot, head), head_dim_);
   }
 
  private:

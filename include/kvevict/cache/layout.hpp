@@ -24,4 +24,13 @@ struct hnd {
   }
 };
 
+namespace detail {
+//! The scale of the row that starts at element `element_offset` in an array of per-row scales laid
+//! out as the rows are (head_dim 1), or null when the view holds none (`scales` null).
+template <class S>
+KVEVICT_HOST_DEVICE S* row_scale(S* scales, std::size_t element_offset, int head_dim) {
+  return scales != nullptr ? scales + element_offset / static_cast<std::size_t>(head_dim) : nullptr;
+}
+}  // namespace detail
+
 }  // namespace kvevict
