@@ -888,10 +888,10 @@ void run_for_type(const char* tname) {
 void test_host_side() {
   using namespace kvevict::cuda_backend;
   CHECK(decode(no_problem).ok(), "no_problem must decode to ok");
-  for (int code = 1; code < dc_count_; ++code) {
-    const auto st = decode(code);
-    CHECK(!st.ok() && st.code != kvevict::errc::device_error && std::strlen(st.argument) > 0 &&
-              std::strlen(st.detail) > 0,
+  for (int code = 1; code < ck_count_; ++code) {  // the stored word of each check decodes to its catalogue entry
+    const auto st = decode(ck_count_ - code), host = kvevict::detail::status_of(code);
+    CHECK(!st.ok() && st.code == host.code && std::strcmp(st.argument, host.argument) == 0 &&
+              std::strcmp(st.detail, host.detail) == 0,
           "code %d decodes to %s", code, st.message().c_str());
   }
   CHECK(decode(12345).code == kvevict::errc::device_error, "unknown codes are device errors");

@@ -222,3 +222,72 @@ TEST_CASE("SABlock's sentence-level parameters are validated before anything is 
   ok.granularity.segmenter.num_sentence_ids = 1;
   CHECK(kvevict::evict(kvevict::host, ok, f.c.block_view(), f.sig, f.kept.view(), f.res).ok());
 }
+
+TEST_CASE("the check catalogue: one entry per code, and the front doors report through it", "[errors]") {
+  // every code names an argument and says what is wrong (the CUDA backend decodes its status word
+  // through the same table: tests/cuda checks that it agrees with status_of)
+  for (int code = 1; code < kvevict::detail::ck_count_; ++code) {
+    const auto st = kvevict::detail::status_of(code);
+    INFO(code);
+    CHECK(!st.ok());
+    CHECK(std::string(st.argument).size() > 0);
+    CHECK(std::string(st.detail).size() > 0);
+  }
+  CHECK(kvevict::detail::status_of(kvevict::detail::ck_ok).ok());
+  // the host's front doors return the catalogue's entry, message included
+  auto same = [](const kvevict::status& st, int code) {
+    const auto want = kvevict::detail::status_of(code);
+    INFO(st.message());
+    CHECK(st.message() == want.message());
+  };
+  {
+    fixture f;  // a page id out of range in a block table
+    f.c.table[1] = 10000;
+    same(kvevict::evict(kvevict::host, f.p, f.c.block_view(), f.sig, f.kept.view(), f.res),
+         kvevict::detail::ck_table_page_out_of_range);
+  }
+  {
+    fixture f;  // a sequence's window override longer than the selector's
+    const std::int32_t w[2] = {9, 8};
+    f.sig.seq_windows = w;
+    same(kvevict::evict(kvevict::host, f.p, f.c.block_view(), f.sig, f.kept.view(), f.res),
+         kvevict::detail::ck_seq_windows_range);
+  }
+  {
+    fixture f;  // a page listed twice: compaction refuses it
+    kvevict::keep_plan_buffer plan(4, 64);
+    for (int r = 0; r < 4; ++r) plan.counts[r] = 0;
+    f.c.table[f.c.stride] = f.c.table[0];
+    same(kvevict::compact(kvevict::host, f.c.block_view(), plan.const_view(), f.res),
+         kvevict::detail::ck_page_listed_twice);
+  }
+  // the predicates the host loops and the device kernels share
+  using namespace kvevict::detail;
+  CHECK(check_row_length(-1, 4, 8) == ck_seq_len_negative);
+  CHECK(check_row_length(33, 4, 8) == ck_table_row_too_short);
+  CHECK(check_row_length(32, 4, 8) == ck_ok);
+  CHECK(check_page_id(7, 7) == ck_table_page_out_of_range);
+  CHECK(check_page_id(-1, 7, true) == ck_indices_page_out_of_range);
+  CHECK(check_page_id(6, 7) == ck_ok);
+  CHECK(check_csr_sequence(-1, 3, 8) == ck_indptr_order);
+  CHECK(check_csr_sequence(2, 0, 8) == ck_last_page_len);
+  CHECK(check_csr_sequence(0, 0, 8) == ck_ok);
+  kvevict::row_rule r{16, 2, 8, 0, 1, 16, 40};
+  CHECK(check_rule(r, 8) == ck_ok);
+  CHECK(check_rule(r, 7) == ck_seq_windows_range);
+  r.entries = 9;
+  CHECK(check_rule(r, 8) == ck_seq_budgets_small);
+  r.sinks = -1;
+  CHECK(check_rule(r, 8) == ck_seq_sinks);
+  CHECK(check_window_fits(r, 7, false) == ck_window_longer);
+  CHECK(check_window_fits(r, 7, true) == ck_window_longer_override);
+  r.window = 0;
+  CHECK(check_window_queries(r, true) == ck_window_empty);
+  CHECK(check_window_queries(r, false) == ck_ok);
+  r.longest = 16;  // kept whole: no query needed
+  CHECK(check_window_queries(r, true) == ck_ok);
+  CHECK(check_plan_count(5, 4, 8, false, 5) == ck_plan_count);
+  CHECK(check_plan_count(3, 4, 8, true, 4) == ck_plan_uneven);
+  CHECK(check_plan_position(3, 1, 3, 10) == ck_plan_order);
+  CHECK(check_plan_position(10, 0, 0, 10) == ck_plan_position);
+}

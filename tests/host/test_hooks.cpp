@@ -118,3 +118,64 @@ TEST_CASE("hooks: a scorer written in one place plans with any granularity and b
   const auto st = kvevict::plan(kvevict::host, p, view, sig, kept.view());
   REQUIRE(std::string(st.argument) == "scorer.weight");
 }
+
+namespace {
+// A new budget, whole: the first layers keep `entries`, the others half of their compressible part
+// more than the protected tokens. It reads the sequence's rule (after the signals' overrides) and
+// nothing else; `layer_budget` makes `plan` keep short sequences whole by its own measure.
+struct halve_after_first_layer {
+  static constexpr bool per_head = false;
+  int entries = 64;
+  kvevict::status validate(int sinks, int window) const {
+    return entries >= sinks + window ? kvevict::ok_status()
+                                     : kvevict::make_error(kvevict::errc::budget_too_small, "selector.budget.entries",
+                                                           "below the protected tokens (sinks + window)");
+  }
+  static int max_budget(int e, int) { return e; }
+  std::size_t scratch_bytes(int, int) const { return 0; }
+  KVEVICT_HOST_DEVICE int layer_budget(const kvevict::row_rule& r) const {
+    return r.layer == 0 ? r.entries : r.sinks + r.window + (r.entries - r.sinks - r.window) / 2;
+  }
+  void allocate(const kvevict::row_rule& r, const float*, std::size_t, const int*, int kv_heads, int* budgets,
+                void*) const {
+    for (int h = 0; h < kv_heads; ++h) budgets[h] = r.budget;
+  }
+};
+}  // namespace
+
+TEST_CASE("hooks: a budget written in one place gets each sequence's rule, overrides applied", "[hooks]") {
+  STATIC_REQUIRE(kvevict::is_budget_v<halve_after_first_layer>);
+  const logical L = make_logical(2, 2, 8, {100, 60}, 7);
+  auto c = build<float>(L, layout_kind::block_nhd, 16, 3);
+  auto view = c.block_view();
+  kvevict::eviction_policy<kvevict::key_norm, kvevict::token_level, kvevict::selector<halve_after_first_layer>> p;
+  p.selector = {2, 4, halve_after_first_layer{64}};
+  kvevict::signals<float> sig;
+  sig.num_layers = 2;
+  const std::int32_t budgets[2] = {64, 40}, sinks[2] = {2, 0};
+  sig.seq_budgets = budgets;
+  sig.seq_sinks = sinks;
+  for (int layer = 0; layer < 2; ++layer) {
+    sig.layer = layer;
+    // the rule as every layer computes it
+    const kvevict::row_rule r0 = kvevict::detail::rule_of(p, view, sig, 0), r1 = kvevict::detail::rule_of(p, view, sig, 1);
+    REQUIRE((r0.entries == 64 && r0.sinks == 2 && r0.window == 4 && r0.longest == 100 && r0.layer == layer));
+    REQUIRE((r1.entries == 40 && r1.sinks == 0 && r1.window == 4 && r1.longest == 60));
+    REQUIRE(r0.budget == (layer == 0 ? 64 : 2 + 4 + 29));
+    REQUIRE(r1.budget == (layer == 0 ? 40 : 0 + 4 + 18));
+    REQUIRE((r0.range(100).lo == 2 && r0.range(100).hi == 96 && r1.range(3).lo == 0 && r1.range(3).hi == 0));
+    auto kept = kvevict::keep_plan_buffer::for_cache(p, view, sig);
+    REQUIRE(kvevict::plan(kvevict::host, p, view, sig, kept.view()).ok());
+    for (int h = 0; h < 2; ++h) {
+      CHECK(kept.counts[h] == r0.budget);
+      CHECK(kept.counts[2 + h] == r1.budget);
+    }
+  }
+  // kept whole by the budget's own measure: 60 tokens fit the first layer's 64, not the second's 34
+  const std::int32_t big[2] = {64, 64};
+  sig.seq_budgets = big;
+  sig.layer = 0;
+  CHECK(kvevict::detail::rule_of(p, view, sig, 1).kept_whole());
+  sig.layer = 1;
+  CHECK_FALSE(kvevict::detail::rule_of(p, view, sig, 1).kept_whole());
+}

@@ -12,6 +12,7 @@
 #include "../backend.hpp"
 #include "../cache/validate.hpp"
 #include "../concepts.hpp"
+#include "../detail/checks.hpp"
 #include "../detail/parallel.hpp"
 #include "../keep_plan.hpp"
 #include "../status.hpp"
@@ -47,9 +48,7 @@ status check_pages_unshared(const Cache& cache, void* workspace, std::size_t wor
     for (int h = 0; h < page_list_heads(cache); ++h)
       for (int lp = 0, np = cache.num_row_pages(s, h); lp < np; ++lp) {
         const int pg = cache.page(s, h, lp);
-        if (seen[pg])
-          return make_error(errc::invalid_argument, "cache",
-                            "a page is listed twice (shared pages must be copied before moving rows in place)");
+        if (seen[pg]) return status_of(ck_page_listed_twice);
         seen[pg] = 1;
       }
   return ok_status();
@@ -71,25 +70,14 @@ status validate_compact_inputs(const Cache& cache, const_keep_plan plan, const c
   for (int s = 0; s < cache.num_seqs(); ++s) {
     for (int h = 0; h < kvh; ++h) {
       const int r = s * kvh + h, n = cache.seq_len(s, h), c = plan.counts[r];
-      if (c < 0 || c > n || c > plan.capacity)
-        return make_error(errc::out_of_range, "plan.counts", "count outside [0, min(seq_len, capacity)]");
-      if (!Cache::per_head_rows && c != plan.counts[s * kvh])
-        return make_error(errc::shape_mismatch, "plan.counts",
-                          "heads of a sequence keep different counts; a shared page table needs a uniform budget "
-                          "(use a (sequence, head)-row cache for per-head budgets)");
+      KVEVICT_TRY(status_of(check_plan_count(c, n, plan.capacity, !Cache::per_head_rows, plan.counts[s * kvh])));
       const std::int32_t* row = plan.row(r);
-      for (int j = 0; j < c; ++j) {
-        if (row[j] < 0 || row[j] >= n)
-          return make_error(errc::out_of_range, "plan.positions", "position outside the sequence");
-        if (j > 0 && row[j] <= row[j - 1])
-          return make_error(errc::invalid_argument, "plan.positions", "positions must be strictly increasing");
-      }
+      for (int j = 0; j < c; ++j) KVEVICT_TRY(status_of(check_plan_position(row[j], j, j > 0 ? row[j - 1] : 0, n)));
       if ((Cache::per_head_rows || h == 0) && frees_pages<Cache>::value)
         freed += cache.num_row_pages(s, h) - pages_for(cache, c);
     }
   }
-  if (freed > 0 && (out.freed_pages == nullptr || out.freed_capacity < freed))
-    return make_error(errc::buffer_too_small, "result.freed_pages", "too small for the pages this compaction frees");
+  if (freed > 0 && (out.freed_pages == nullptr || out.freed_capacity < freed)) return status_of(ck_freed_capacity);
   return check_pages_unshared(cache, workspace, workspace_bytes);
 }
 

@@ -12,6 +12,7 @@
 #include "../backend.hpp"
 #include "../cache/validate.hpp"
 #include "../concepts.hpp"
+#include "../detail/checks.hpp"
 #include "../detail/parallel.hpp"
 #include "../detail/workspace.hpp"
 #include "../keep_plan.hpp"
@@ -47,27 +48,13 @@ struct scorer_has_score_head<S, Cache, T,
                                  std::declval<const Cache&>(), std::declval<const signals<T>&>(), 0, 0, 0,
                                  static_cast<float*>(nullptr), static_cast<void*>(nullptr)))>> : std::true_type {};
 
-//! The selector's parameters for one sequence, after the per-sequence overrides of `signals`.
-struct seq_params {
-  int entries, sinks, window;
-};
-template <class Policy, class T>
-seq_params params_of(const Policy& p, const signals<T>& sig, int seq) {
-  return {sig.seq_budgets ? sig.seq_budgets[seq] : p.selector.budget.entries,
-          sig.seq_sinks ? sig.seq_sinks[seq] : p.selector.sinks,
-          sig.seq_windows ? sig.seq_windows[seq] : p.selector.window};
-}
-//! True when no head of the sequence holds more tokens than it may keep: the sequence is kept
-//! whole, without scoring. Uniform and adaptive budgets keep everything when every head holds at
-//! most `entries` tokens (the adaptive pool then covers every candidate); per-layer budgets
-//! compare with the layer's budget.
+//! Sequence `seq`'s selection rules (select/row_rule.hpp): the selector's parameters after the
+//! per-sequence overrides of `signals`, the layer's budget and the longest head. A sequence whose
+//! longest head fits the layer's budget is kept whole, without scoring (uniform and adaptive
+//! budgets: every head holds at most `entries`, so the adaptive pool covers every candidate).
 template <class Policy, class Cache, class T>
-bool kept_whole(const Policy& p, const Cache& cache, const signals<T>& sig, int seq, const seq_params& sp) {
-  const int n = longest_head(cache, seq);
-  if constexpr (std::is_same_v<typename Policy::selector_type::budget_type, pyramid_budget>)
-    return n <= p.selector.budget.layer_budget(sp.entries, sig.layer, sig.num_layers, sp.sinks, sp.window);
-  else
-    return n <= sp.entries;
+row_rule rule_of(const Policy& p, const Cache& cache, const signals<T>& sig, int seq) {
+  return rule_source(p.selector, sig).of(p.selector.budget, cache, seq);
 }
 
 //! Everything a plan checks before it computes: cache structure, selector, scorer signals,
@@ -99,20 +86,12 @@ status validate_selector_inputs(const Policy& p, const Cache& cache, const signa
   if (sig.layer < 0 || sig.layer >= sig.num_layers)
     return make_error(errc::out_of_range, "signals.layer", "must lie in [0, num_layers)");
   for (int s = 0; s < cache.num_seqs(); ++s) {
-    const seq_params sp = params_of(p, sig, s);
-    if (sp.sinks < 0) return make_error(errc::invalid_argument, "signals.seq_sinks", "must be >= 0");
-    if (sp.window < 0 || sp.window > p.selector.window)
-      return make_error(errc::out_of_range, "signals.seq_windows", "must lie in [0, selector.window]");
-    if (sp.entries < sp.sinks + sp.window)
-      return make_error(errc::budget_too_small, "signals.seq_budgets",
-                        "below the sequence's protected tokens (sinks + window)");
+    const row_rule rule = rule_of(p, cache, sig, s);
+    KVEVICT_TRY(status_of(check_rule(rule, p.selector.window)));
     for (int h = 0; h < cache.num_kv_heads(); ++h)
-      if (sp.window > cache.seq_len(s, h))
-        return make_error(errc::out_of_range, sig.seq_windows ? "signals.seq_windows" : "selector.window",
-                          "longer than a sequence (its window queries must lie in it)");
-    if (scorer_needs_window_queries<typename Policy::scorer_type>::value && sp.window < 1 &&
-        !kept_whole(p, cache, sig, s, sp))
-      return make_error(errc::invalid_argument, "signals.seq_windows", "window attention needs at least one query");
+      KVEVICT_TRY(status_of(check_window_fits(rule, cache.seq_len(s, h), sig.seq_windows != nullptr)));
+    KVEVICT_TRY(status_of(
+        check_window_queries(rule, scorer_needs_window_queries<typename Policy::scorer_type>::value)));
   }
   return ok_status();
 }
@@ -140,9 +119,9 @@ template <class G, class Cache, class T>
 struct granularity_has_select_head<
     G, Cache, T,
     std::void_t<decltype(std::declval<const G&>().select_head(
-        std::declval<const Cache&>(), std::declval<const signals<T>&>(), 0, 0, static_cast<const float*>(nullptr),
-        std::size_t{}, static_cast<const int*>(nullptr), 0, 0, std::declval<keep_plan>(),
-        static_cast<void*>(nullptr)))>> : std::true_type {};
+        std::declval<const Cache&>(), std::declval<const signals<T>&>(), 0, 0, std::declval<const row_rule&>(),
+        static_cast<const float*>(nullptr), std::size_t{}, static_cast<const int*>(nullptr),
+        std::declval<keep_plan>(), static_cast<void*>(nullptr)))>> : std::true_type {};
 
 template <class Policy, class Cache, class T>
 inline constexpr bool scores_per_head = scorer_has_score_head<typename Policy::scorer_type, Cache, T>::value;
@@ -186,9 +165,7 @@ int threads_that_fit(host_t exec, const Policy& p, const Cache& cache, const sig
 template <class Policy, class Cache, class T>
 status check_plan_output(const Policy& p, const Cache& cache, const signals<T>& sig, const_keep_plan out) {
   KVEVICT_TRY(check_plan_arrays(cache, out));
-  if (out.capacity < plan_capacity(p, cache, sig))
-    return make_error(errc::buffer_too_small, "plan.capacity", "smaller than plan_capacity(policy, cache, signals)");
-  return ok_status();
+  return status_of(out.capacity < plan_capacity(p, cache, sig) ? ck_plan_capacity : ck_ok);
 }
 
 //! The caller's workspace: at least `need` bytes (the front door's `*_workspace_bytes()`), and set
@@ -221,8 +198,7 @@ status score_sequence(const Policy& p, const Cache& cache, const signals<T>& sig
   for (int h = 0; h < cache.num_kv_heads(); ++h) {
     const float* row = scores + static_cast<std::size_t>(h) * stride;
     for (int t = 0, n = cache.seq_len(seq, h); t < n; ++t)
-      if (!std::isfinite(row[t]))
-        return make_error(errc::non_finite, "cache.k / signals.queries", "a token score is NaN or infinite");
+      if (!std::isfinite(row[t])) return status_of(ck_score_non_finite);
   }
   return ok_status();
 }
@@ -271,7 +247,7 @@ status score(host_t exec, const Policy& p, const Cache& cache, const signals<T>&
   while (threads > 1 && slice * static_cast<std::size_t>(threads) > workspace_bytes) --threads;
   const int kvh = cache.num_kv_heads();
   for (int s = 0; s < cache.num_seqs(); ++s) {
-    const int w = detail::params_of(p, sig, s).window;
+    const int w = detail::rule_of(p, cache, sig, s).window;
     if (detail::scorer_needs_window_queries<typename Policy::scorer_type>::value && w < 1)
       return make_error(errc::invalid_argument, "signals.seq_windows", "window attention needs at least one query");
     KVEVICT_TRY(detail::score_sequence(p, cache, sig, s, w, scores + static_cast<std::size_t>(s) * kvh * stride, stride,
@@ -303,8 +279,8 @@ status plan_validated(const Policy& p, const Cache& cache, const signals<T>& sig
   int* budgets = reinterpret_cast<int*>(scores + static_cast<std::size_t>(kvh) * stride);
   int* lens = budgets + kvh;
   for (int s = 0; s < cache.num_seqs(); ++s) {
-    const seq_params sp = params_of(p, sig, s);
-    if (kept_whole(p, cache, sig, s, sp)) {  // nothing to evict: no scoring
+    const row_rule rule = rule_of(p, cache, sig, s);
+    if (rule.kept_whole()) {  // nothing to evict: no scoring
       for (int h = 0; h < kvh; ++h) {
         const int r = s * kvh + h, n = cache.seq_len(s, h);
         for (int t = 0; t < n; ++t) out.row(r)[t] = t;
@@ -312,20 +288,19 @@ status plan_validated(const Policy& p, const Cache& cache, const signals<T>& sig
       }
       continue;
     }
-    KVEVICT_TRY(score_sequence(p, cache, sig, s, sp.window, scores, stride, buf[1], threads, slice));
+    KVEVICT_TRY(score_sequence(p, cache, sig, s, rule.window, scores, stride, buf[1], threads, slice));
     for (int h = 0; h < kvh; ++h) lens[h] = cache.seq_len(s, h);
-    p.selector.budget.allocate(scores, stride, lens, kvh, sp.entries, sp.sinks, sp.window, sig.layer, sig.num_layers,
-                               budgets, buf[3]);
+    p.selector.budget.allocate(rule, scores, stride, lens, kvh, budgets, buf[3]);
     if constexpr (selects_per_head<Policy, Cache, T>) {
       if (threads > 1) {  // each head's row on its own thread and scratch slice; rows do not interact
         parallel_for(threads, kvh, [&](int h, int w) {
-          p.granularity.select_head(cache, sig, s, h, scores, stride, budgets, sp.sinks, sp.window, out,
+          p.granularity.select_head(cache, sig, s, h, rule, scores, stride, budgets, out,
                                     static_cast<unsigned char*>(buf[2]) + static_cast<std::size_t>(w) * gslice);
         });
         continue;
       }
     }
-    p.granularity.select(cache, sig, s, scores, stride, budgets, sp.sinks, sp.window, out, buf[2]);
+    p.granularity.select(cache, sig, s, rule, scores, stride, budgets, out, buf[2]);
   }
   return ok_status();
 }

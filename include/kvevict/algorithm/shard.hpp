@@ -142,8 +142,8 @@ status select(host_t, const Policy& p, const Cache& shard_cache, const signals<T
   const keep_plan whole{static_cast<std::int32_t*>(buf[3]), static_cast<std::int32_t*>(buf[4]), cap,
                         all.num_seqs() * total};
   for (int s = 0; s < all.num_seqs(); ++s) {
-    const detail::seq_params sp = detail::params_of(p, sig, s);
-    if (detail::kept_whole(p, all, sig, s, sp)) {
+    const row_rule rule = detail::rule_of(p, all, sig, s);
+    if (rule.kept_whole()) {
       for (int h = 0; h < kvh; ++h) {
         const int r = s * kvh + h, n = shard_cache.seq_len(s, h);
         for (int t = 0; t < n; ++t) out.row(r)[t] = t;
@@ -153,9 +153,8 @@ status select(host_t, const Policy& p, const Cache& shard_cache, const signals<T
     }
     const float* seq_scores = scores + static_cast<std::size_t>(s) * total * stride;
     for (int h = 0; h < total; ++h) lens[h] = all.seq_len(s, h);
-    p.selector.budget.allocate(seq_scores, stride, lens, total, sp.entries, sp.sinks, sp.window, sig.layer,
-                               sig.num_layers, budgets, buf[2]);
-    p.granularity.select(all, sig, s, seq_scores, stride, budgets, sp.sinks, sp.window, whole, buf[1]);
+    p.selector.budget.allocate(rule, seq_scores, stride, lens, total, budgets, buf[2]);
+    p.granularity.select(all, sig, s, rule, seq_scores, stride, budgets, whole, buf[1]);
     for (int h = 0; h < kvh; ++h) {
       const int r = s * kvh + h, w = s * total + shard.first_head + h;
       out.counts[r] = whole.counts[w];

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "../concepts.hpp"
+#include "../detail/checks.hpp"
 #include "../status.hpp"
 #include "block_table_cache.hpp"
 #include "head_row_table_cache.hpp"
@@ -34,15 +35,9 @@ inline status validate_table_rows(const std::int32_t* table, const std::int32_t*
                                   int page_size, int num_pages) {
   for (int r = 0; r < rows; ++r) {
     const std::int64_t len = lens[r];
-    if (len < 0) return make_error(errc::out_of_range, "cache.seq_lens", "negative sequence length");
-    const std::int64_t pages = (len + page_size - 1) / page_size;
-    if (pages > stride)
-      return make_error(errc::shape_mismatch, "cache.seq_lens",
-                        "sequence needs more pages than the block table row holds");
-    for (std::int64_t p = 0; p < pages; ++p) {
-      const std::int32_t id = table[static_cast<std::int64_t>(r) * stride + p];
-      if (id < 0 || id >= num_pages) return make_error(errc::out_of_range, "cache.block_table", "page id out of range");
-    }
+    KVEVICT_TRY(status_of(check_row_length(len, stride, page_size)));
+    for (std::int64_t p = 0, pages = (len + page_size - 1) / page_size; p < pages; ++p)
+      KVEVICT_TRY(status_of(check_page_id(table[static_cast<std::int64_t>(r) * stride + p], num_pages)));
   }
   return ok_status();
 }
@@ -110,19 +105,14 @@ status validate_cache(const head_row_table_cache<T>& c) {
 template <class T, class L>
 status validate_cache(const csr_page_cache<T, L>& c) {
   KVEVICT_TRY(validate_cache_shape(c));
-  if (c.indptr[0] != 0) return make_error(errc::invalid_argument, "cache.indptr", "indptr[0] must be 0");
-  for (int s = 0; s < c.num_seqs(); ++s) {
-    const int n = c.indptr[s + 1] - c.indptr[s];
-    if (n < 0) return make_error(errc::invalid_argument, "cache.indptr", "indptr must be non-decreasing");
-    if (n > 0 && (c.last_page_len[s] < 1 || c.last_page_len[s] > c.page_size()))
-      return make_error(errc::out_of_range, "cache.last_page_len",
-                        "must lie in [1, page_size] for a sequence with pages");
-  }
+  KVEVICT_TRY(detail::status_of(detail::check_indptr_start(c.indptr[0])));
+  for (int s = 0; s < c.num_seqs(); ++s)
+    KVEVICT_TRY(detail::status_of(detail::check_csr_sequence(
+        static_cast<std::int64_t>(c.indptr[s + 1]) - c.indptr[s], c.last_page_len[s], c.page_size())));
   if (c.indptr[c.num_seqs()] > 0 && c.indices == nullptr)
     return make_error(errc::invalid_argument, "cache.indices", "null page indices");
   for (int i = 0; i < c.indptr[c.num_seqs()]; ++i)
-    if (c.indices[i] < 0 || c.indices[i] >= c.num_pages())
-      return make_error(errc::out_of_range, "cache.indices", "page id out of range");
+    KVEVICT_TRY(detail::status_of(detail::check_page_id(c.indices[i], c.num_pages(), true)));
   return ok_status();
 }
 
@@ -131,8 +121,7 @@ template <class T>
 status validate_cache(const dense_cache<T>& c) {
   KVEVICT_TRY(validate_cache_shape(c));
   for (int s = 0; s < c.num_seqs(); ++s)
-    if (c.seq_lens[s] < 0 || c.seq_lens[s] > c.capacity())
-      return make_error(errc::out_of_range, "cache.seq_lens", "length outside [0, capacity]");
+    KVEVICT_TRY(detail::status_of(detail::check_dense_length(c.seq_lens[s], c.capacity())));
   return ok_status();
 }
 

@@ -49,7 +49,7 @@ struct device_segmenter<delimiter_segmenter> {
   template <class T>
   __device__ static bool check(const delimiter_segmenter&, const signals<T>& sig, int n, int* word) {
     if (n <= sig.token_ids_stride) return true;
-    raise(word, dc_token_ids_stride);
+    raise(word, ck_token_ids_stride);
     return false;
   }
 };
@@ -280,13 +280,13 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
   const int kvh = c.num_kv_heads();
   const int s = traits::shared ? blockIdx.x : blockIdx.x / kvh, h = traits::shared ? 0 : blockIdx.x % kvh;
   if (block_failed(a.word)) return;
-  const seq_info si = a.rules.info(c, s);
+  const row_rule si = a.rules.info(c, s);
   const int n = c.seq_len(s, h), r = s * kvh + h, b = si.budget;
   std::int32_t* out = a.out.row(r);
   if constexpr (traits::delimiters) {  // the same verdict in every thread: n is the block's
     if (!device_segmenter<std::decay_t<decltype(a.gran.segmenter)>>::check(a.gran.segmenter, a.sig, n, a.word)) return;
   }
-  if (si.kept_whole) {  // every head keeps all of its own tokens, as on the host
+  if (si.kept_whole()) {  // every head keeps all of its own tokens, as on the host
     for (int hh = traits::shared ? 0 : h; hh < (traits::shared ? kvh : h + 1); ++hh) {
       const int nh = c.seq_len(s, hh);
       std::int32_t* o = a.out.row(s * kvh + hh);
@@ -305,7 +305,7 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
     }
     __syncthreads();
     if (s_count) {
-      if (threadIdx.x == 0) raise(a.word, dc_score_non_finite);
+      if (threadIdx.x == 0) raise(a.word, ck_score_non_finite);
       return;
     }
   }
@@ -313,7 +313,7 @@ __global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<
     for (int t = threadIdx.x; t < n; t += blockDim.x) out[t] = t;
     if (threadIdx.x == 0) a.out.counts[r] = n;
   } else {
-    const detail::token_range range = detail::compressible_range(n, si.sinks, si.window);
+    const detail::token_range range = si.range(n);
     const int lo = range.lo, hi = range.hi;
     const int m = hi - lo, bc = b - lo - (n - hi);
     const block_scratch_ptrs w = row_scratch(a.ws, c, s, h);

@@ -134,18 +134,18 @@ __global__ void __launch_bounds__(compact_threads) compact_check_kernel(compact_
     if (i < tables) check_item(c, i, a.word);
     if (frees_pages<Cache>::value && i < pages) {
       const int pg = listed_page(c, i);
-      if (pg >= 0 && atomicAdd(&a.seen[pg], 1) != 0) raise(a.word, dc_page_listed_twice);
+      if (pg >= 0 && atomicAdd(&a.seen[pg], 1) != 0) raise(a.word, ck_page_listed_twice);
     }
     if (i >= entries) continue;
     const int r = static_cast<int>(i / cap), j = static_cast<int>(i % cap), s = r / kvh, h = r % kvh;
     const int n = c.seq_len(s, h), cnt = plan.counts[r];
     if (j == 0) {
-      if (cnt < 0 || cnt > n || cnt > plan.capacity) {
-        raise(a.word, dc_plan_count);
+      const int code = detail::check_plan_count(cnt, n, plan.capacity, !Cache::per_head_rows, plan.counts[s * kvh]);
+      raise(a.word, code);
+      if (code == ck_plan_count) {
         a.freed[r] = 0;
         continue;
       }
-      if (!Cache::per_head_rows && cnt != plan.counts[s * kvh]) raise(a.word, dc_plan_uneven);
       const bool lists = Cache::per_head_rows || h == 0;
       a.freed[r] = lists && frees_pages<Cache>::value
                        ? c.num_row_pages(s, h) - (cnt + c.page_size() - 1) / c.page_size()
@@ -153,8 +153,7 @@ __global__ void __launch_bounds__(compact_threads) compact_check_kernel(compact_
     }
     if (cnt < 0 || cnt > n || cnt > plan.capacity || j >= cnt) continue;
     const std::int32_t p = plan.row(r)[j];
-    if (p < 0 || p >= n) raise(a.word, dc_plan_position);
-    if (j > 0 && p <= plan.row(r)[j - 1]) raise(a.word, dc_plan_order);
+    raise(a.word, detail::check_plan_position(p, j, j > 0 ? plan.row(r)[j - 1] : 0, n));
   }
   // The last block: freed counts -> offsets (rows + 1 entries), and the capacity check.
   __threadfence();
@@ -176,7 +175,7 @@ __global__ void __launch_bounds__(compact_threads) compact_check_kernel(compact_
     if (threadIdx.x == 0) s_carry += total;
     __syncthreads();
   }
-  if (threadIdx.x == 0 && __ldcg(&a.freed[rows]) > a.out.freed_capacity) raise(a.word, dc_freed_capacity);
+  if (threadIdx.x == 0 && __ldcg(&a.freed[rows]) > a.out.freed_capacity) raise(a.word, ck_freed_capacity);
 }
 
 //! Copies one token's K and V (a row of `units` Units each) between global and shared memory, a

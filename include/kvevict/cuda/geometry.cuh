@@ -127,16 +127,10 @@ __device__ void check_table_entry(const std::int32_t* table, const Rows& lens, s
   const int p = static_cast<int>(i % static_cast<std::size_t>(stride));
   if (r >= rows) return;
   const std::int64_t len = lens[r];
-  if (len < 0) {
-    if (p == 0) raise(word, dc_seq_len_negative);
-    return;
-  }
-  const std::int64_t pages = (len + page_size - 1) / page_size;
-  if (pages > stride && p == 0) raise(word, dc_table_row_too_short);
-  if (p < pages) {
-    const std::int32_t id = table[i];
-    if (id < 0 || id >= num_pages) raise(word, dc_page_out_of_range);
-  }
+  const int row_code = detail::check_row_length(len, stride, page_size);
+  if (p == 0) raise(word, row_code);
+  if (row_code == ck_seq_len_negative) return;
+  if (p < (len + page_size - 1) / page_size) raise(word, detail::check_page_id(table[i], num_pages));
 }
 
 template <class T, class L>
@@ -165,17 +159,16 @@ __host__ __device__ std::size_t table_check_items(const csr_page_cache<T, L>& c)
 template <class T, class L>
 __device__ void check_item(const csr_page_cache<T, L>& c, std::size_t i, int* word) {
   const int seqs = c.num_seqs();
-  if (i == 0 && c.indptr[0] != 0) raise(word, dc_indptr_start);
+  if (i == 0) raise(word, detail::check_indptr_start(c.indptr[0]));
   if (i < static_cast<std::size_t>(seqs)) {
-    const int s = static_cast<int>(i), n = c.indptr[s + 1] - c.indptr[s];
-    if (n < 0) raise(word, dc_indptr_order);
-    if (n > 0 && (c.last_page_len[s] < 1 || c.last_page_len[s] > c.page_size())) raise(word, dc_last_page_len);
+    const int s = static_cast<int>(i);
+    raise(word, detail::check_csr_sequence(static_cast<std::int64_t>(c.indptr[s + 1]) - c.indptr[s],
+                                           c.last_page_len[s], c.page_size()));
   }
   const int total = c.indptr[seqs];
-  if (i == 0 && total > c.num_pages()) raise(word, dc_indptr_total);
+  if (i == 0 && total > c.num_pages()) raise(word, ck_indptr_total);
   if (i < static_cast<std::size_t>(total < c.num_pages() ? total : c.num_pages())) {
-    const std::int32_t id = c.indices[i];
-    if (id < 0 || id >= c.num_pages()) raise(word, dc_page_out_of_range);
+    raise(word, detail::check_page_id(c.indices[i], c.num_pages(), true));
   }
 }
 template <class T>
@@ -184,8 +177,7 @@ __host__ __device__ std::size_t table_check_items(const dense_cache<T>& c) {
 }
 template <class T>
 __device__ void check_item(const dense_cache<T>& c, std::size_t i, int* word) {
-  if (i < static_cast<std::size_t>(c.num_seqs()) && (c.seq_lens[i] < 0 || c.seq_lens[i] > c.capacity()))
-    raise(word, dc_dense_len);
+  if (i < static_cast<std::size_t>(c.num_seqs())) raise(word, detail::check_dense_length(c.seq_lens[i], c.capacity()));
 }
 
 }  // namespace kvevict::cuda_backend

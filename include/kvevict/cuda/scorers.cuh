@@ -30,7 +30,7 @@ template <class Cache, class F>
 __global__ void per_token_kernel(Cache c, seq_rules rules, float* out, int* word, F f) {
   const int s = blockIdx.z, h = blockIdx.y;
   if (failed(word)) return;
-  if (rules.info(c, s).kept_whole) return;
+  if (rules.info(c, s).kept_whole()) return;
   const int n = c.seq_len(s, h);
   const std::size_t base = row_base(c, s, h);
   for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n; t += gridDim.x * blockDim.x)
@@ -90,7 +90,7 @@ struct precomputed_fn {
   int* word;
   template <class Cache>
   __device__ float operator()(const Cache& c, int s, int h, int t) const {
-    if (t == 0 && c.seq_len(s, h) > stride) raise(word, dc_precomputed_stride);
+    if (t == 0) raise(word, detail::check_stride(c.seq_len(s, h), stride, ck_precomputed_stride));
     if (t >= stride) return 0.0f;
     return scores[(static_cast<std::size_t>(s) * c.num_kv_heads() + h) * static_cast<std::size_t>(stride) + t];
   }
@@ -123,13 +123,13 @@ struct accumulated_fn {
   template <class Cache>
   __device__ float operator()(const Cache& c, int s, int h, int t) const {
     const int group = num_q_heads / c.num_kv_heads();
-    if (t == 0 && c.seq_len(s, h) > stride) raise(word, dc_sums_stride);
+    if (t == 0) raise(word, detail::check_stride(c.seq_len(s, h), stride, ck_sums_stride));
     if (t >= stride) return 0.0f;
     float vals[64];
     const float* base = sums + (static_cast<std::size_t>(s) * num_q_heads + static_cast<std::size_t>(h) * group) * stride;
     for (int j = 0; j < group; ++j) {
       vals[j] = base[static_cast<std::size_t>(j) * stride + t];
-      if (!isfinite(vals[j])) raise(word, dc_sums_non_finite);
+      if (!isfinite(vals[j])) raise(word, ck_sums_non_finite);
     }
     return Reduce::reduce(vals, group);
   }
@@ -252,7 +252,7 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     a.group = sig.num_q_heads / c.num_kv_heads();
     a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim()));
     a.rules = rules;
-    a.sm = smem_of(c, sig, rules.window);
+    a.sm = smem_of(c, sig, rules.src.window);
     a.part_m = static_cast<float*>(buf[0]);
     a.part_l = static_cast<float*>(buf[1]);
     a.stat_m = static_cast<float*>(buf[2]);
@@ -290,7 +290,7 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     a.word = word;
     const dim3 grid((max_row_cap(c) + a.slice - 1) / a.slice, c.num_kv_heads(), c.num_seqs());
     status result = ok_status();
-    wa_mma_with_config(c.head_dim(), detail::wa_rows::make(rules.window, a.group).rows(), [&](auto cfg) {
+    wa_mma_with_config(c.head_dim(), detail::wa_rows::make(rules.src.window, a.group).rows(), [&](auto cfg) {
       using Cfg = decltype(cfg);
       auto k1 = wa_mma_pass1_kernel<Cfg, Cache, T>;
       auto k2 = wa_mma_pass2_kernel<Cfg, Reduce, Cache, T>;
@@ -309,7 +309,7 @@ struct device_scorer<window_attention<Reduce, Pool>> {
   template <class Cache, class T>
   static status enqueue(const scorer& sc, cudaStream_t st, const Cache& c, const signals<T>& sig,
                         const seq_rules& rules, float* out, void* zeroed, void* plain, int* word) {
-    const layout l = sizes(c, sig, rules.window);
+    const layout l = sizes(c, sig, rules.src.window);
     void* buf[2];
     detail::workspace_layout<2>{{l.raw, l.agent()}}.carve(plain, buf);
     float* raw = Pool::enabled ? static_cast<float*>(buf[0]) : out;
@@ -317,7 +317,7 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     KVEVICT_TRY(current_device_info(info));
     bool tensor = false;
     if constexpr (std::is_same_v<T, bfloat16> || std::is_same_v<T, half>) {
-      tensor = use_mma(c, sig, rules.window, info);
+      tensor = use_mma(c, sig, rules.src.window, info);
       if (tensor) KVEVICT_TRY(enqueue_tensor_core(st, c, sig, rules, l, zeroed, buf[1], raw, word));
     }
     if (!tensor) KVEVICT_TRY(enqueue_cuda_core(st, c, sig, rules, l, buf[1], raw, word));

@@ -91,10 +91,10 @@ __device__ topk_row topk_row_of(const topk_args<Cache>& a, int r) {
   const int kvh = a.cache.num_kv_heads();
   w.s = r / kvh;
   w.h = r % kvh;
-  const seq_info si = a.rules.info(a.cache, w.s);
+  const row_rule si = a.rules.info(a.cache, w.s);
   w.n = a.cache.seq_len(w.s, w.h);
-  w.whole = si.kept_whole || w.n <= si.budget;
-  const detail::token_range range = detail::compressible_range(w.n, si.sinks, si.window);
+  w.whole = si.kept_whole() || w.n <= si.budget;
+  const detail::token_range range = si.range(w.n);
   w.lo = range.lo;
   w.hi = range.hi;
   w.k = w.whole ? 0 : si.budget - w.lo - (w.n - w.hi);
@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(topk_threads) topk_hist_kernel(topk_args<Cache
     }
   }
   __syncthreads();
-  if (s_bad) raise(a.word, dc_score_non_finite);
+  if (s_bad) raise(a.word, ck_score_non_finite);
   if (w.k <= 0) return;
   unsigned* gh = a.hist + (static_cast<std::size_t>(r) * 2 + Pass) * topk_bins;
   for (int i = threadIdx.x; i < topk_bins; i += topk_threads)

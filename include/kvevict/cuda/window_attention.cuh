@@ -162,9 +162,9 @@ __global__ void __launch_bounds__(wa_threads) window_attention_kernel(wa_args<Ca
   const int s = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x;
   if (block_failed(a.word)) return;
   const Cache& c = a.cache;
-  const seq_info si = a.rules.info(c, s);
+  const row_rule si = a.rules.info(c, s);
   const int n = c.seq_len(s, h), t_begin = chunk * wa_chunk;
-  if (si.kept_whole || t_begin >= n) return;
+  if (si.kept_whole() || t_begin >= n) return;
   const int t_end = n < t_begin + wa_chunk ? n : t_begin + wa_chunk;
   const int w = si.window, group = a.group, rows = group * w, d = c.head_dim(), dpad = a.sm.dpad;
   const int qrows = a.query_rows > 0 ? a.query_rows : w;
@@ -282,9 +282,9 @@ __global__ void window_attention_merge_kernel(wa_args<Cache, T> a) {
   const int s = blockIdx.z, h = blockIdx.y, r = blockIdx.x * blockDim.x + threadIdx.x;
   if (failed(a.word)) return;
   const Cache& c = a.cache;
-  const seq_info si = a.rules.info(c, s);
+  const row_rule si = a.rules.info(c, s);
   const int n = c.seq_len(s, h), rows = a.group * si.window;
-  if (si.kept_whole || r >= rows) return;
+  if (si.kept_whole() || r >= rows) return;
   const int chunks = (n + wa_chunk - 1) / wa_chunk;
   const std::size_t e0 = chunk_base(c, s, h, wa_chunk);
   float m = -FLT_MAX;
@@ -307,8 +307,8 @@ template <class Pool, class Cache>
 __global__ void pool_kernel(Cache c, seq_rules rules, int kernel, const float* raw, float* out, int* word) {
   const int s = blockIdx.z, h = blockIdx.y;
   if (failed(word)) return;
-  const seq_info si = rules.info(c, s);
-  if (si.kept_whole) return;
+  const row_rule si = rules.info(c, s);
+  if (si.kept_whole()) return;
   const int n = c.seq_len(s, h), m = n - si.window;
   const std::size_t base = row_base(c, s, h);
   for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n; t += gridDim.x * blockDim.x)

@@ -172,10 +172,10 @@ __device__ wa_block wa_block_of(const wa_mma_args<Cache, T>& a) {
   b.h = blockIdx.y;
   b.live = false;
   if (block_failed(a.word)) return b;
-  const seq_info si = a.rules.info(a.cache, b.s);
+  const row_rule si = a.rules.info(a.cache, b.s);
   b.n = a.cache.seq_len(b.s, b.h);
   b.t_begin = static_cast<int>(blockIdx.x) * a.slice;
-  if (si.kept_whole || si.window < 1 || b.t_begin >= b.n) return b;
+  if (si.kept_whole() || si.window < 1 || b.t_begin >= b.n) return b;
   b.t_end = b.n < b.t_begin + a.slice ? b.n : b.t_begin + a.slice;
   b.nslices = (b.n + a.slice - 1) / a.slice;
   b.rows = detail::wa_rows::make(si.window, a.group);

@@ -14,6 +14,7 @@
 #include "../host/block_select.hpp"
 #include "../keep_plan.hpp"
 #include "../policy/hooks.hpp"
+#include "../select/row_rule.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
 
@@ -76,8 +77,8 @@ struct block_scratch {
 //! the head's scores (or, shared, their sum over the heads), `mark(row, lo, hi, bc, scratch,
 //! head)` marking exactly bc tokens, the plan row of (seq, h).
 template <class Sharing, class Cache, class Mark>
-void select_block_row(const Cache& cache, int seq, int h, const float* scores, std::size_t stride, const int* budgets,
-                      int sinks, int window, keep_plan plan, const block_scratch& ws, Mark& mark) {
+void select_block_row(const Cache& cache, int seq, int h, const row_rule& rule, const float* scores, std::size_t stride,
+                      const int* budgets, keep_plan plan, const block_scratch& ws, Mark& mark) {
   const int kvh = cache.num_kv_heads();
   const int r = seq * kvh + h, n = cache.seq_len(seq, h), b = budgets[h];
   std::int32_t* out = plan.row(r);
@@ -86,7 +87,7 @@ void select_block_row(const Cache& cache, int seq, int h, const float* scores, s
     plan.counts[r] = n;
     return;
   }
-  const auto [lo, hi] = compressible_range(n, sinks, window);
+  const auto [lo, hi] = rule.range(n);
   const int bc = b - lo - (n - hi);
   for (int t = 0; t < n; ++t) {
     double s = 0;
@@ -110,8 +111,8 @@ void select_block_row(const Cache& cache, int seq, int h, const float* scores, s
 
 //! The rows of one sequence: each head on its own, or (shared) head 0's plan copied to the others.
 template <class Sharing, class Cache, class Mark>
-void select_blocks(const Cache& cache, int seq, const float* scores, std::size_t stride, const int* budgets, int sinks,
-                   int window, keep_plan plan, const block_scratch& ws, Mark mark) {
+void select_blocks(const Cache& cache, int seq, const row_rule& rule, const float* scores, std::size_t stride,
+                   const int* budgets, keep_plan plan, const block_scratch& ws, Mark mark) {
   const int kvh = cache.num_kv_heads();
   for (int h = 0; h < kvh; ++h) {
     const int r = seq * kvh + h;
@@ -120,7 +121,7 @@ void select_blocks(const Cache& cache, int seq, const float* scores, std::size_t
       std::memcpy(plan.row(r), plan.row(seq * kvh), sizeof(std::int32_t) * static_cast<std::size_t>(plan.counts[r]));
       continue;
     }
-    select_block_row<Sharing>(cache, seq, h, scores, stride, budgets, sinks, window, plan, ws, mark);
+    select_block_row<Sharing>(cache, seq, h, rule, scores, stride, budgets, plan, ws, mark);
   }
 }
 
@@ -129,17 +130,17 @@ void select_blocks(const Cache& cache, int seq, const float* scores, std::size_t
 //! independent heads, so that `plan` can run the heads on several threads, each with its own
 //! scratch). The granularities forward to them (no base class: they stay aggregates).
 template <class G, class Cache, class T>
-void select_with(const G& g, const Cache& cache, const signals<T>& sig, int seq, const float* scores,
-                 std::size_t stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch) {
-  select_blocks<typename G::sharing_type>(cache, seq, scores, stride, budgets, sinks, window, plan,
-                                          g.carve(cache, seq, scratch), g.marker(cache, sig, seq));
+void select_with(const G& g, const Cache& cache, const signals<T>& sig, int seq, const row_rule& rule,
+                 const float* scores, std::size_t stride, const int* budgets, keep_plan plan, void* scratch) {
+  select_blocks<typename G::sharing_type>(cache, seq, rule, scores, stride, budgets, plan, g.carve(cache, seq, scratch),
+                                          g.marker(cache, sig, seq));
 }
 template <class G, class Cache, class T>
-void select_head_with(const G& g, const Cache& cache, const signals<T>& sig, int seq, int h, const float* scores,
-                      std::size_t stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch) {
+void select_head_with(const G& g, const Cache& cache, const signals<T>& sig, int seq, int h, const row_rule& rule,
+                      const float* scores, std::size_t stride, const int* budgets, keep_plan plan, void* scratch) {
   static_assert(!G::sharing_type::shared, "a shared plan needs every head's scores at once");
   auto mark = g.marker(cache, sig, seq);
-  select_block_row<typename G::sharing_type>(cache, seq, h, scores, stride, budgets, sinks, window, plan,
+  select_block_row<typename G::sharing_type>(cache, seq, h, rule, scores, stride, budgets, plan,
                                              g.carve(cache, seq, scratch), mark);
 }
 
@@ -149,15 +150,15 @@ void select_head_with(const G& g, const Cache& cache, const signals<T>& sig, int
 //! with independent heads.
 #define KVEVICT_BLOCK_GRANULARITY_ENTRIES(Sharing)                                                                  \
   template <class Cache, class T>                                                                                   \
-  void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,         \
-              const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {                    \
-    detail::select_with(*this, cache, sig, seq, scores, stride, budgets, sinks, window, plan, scratch);             \
+  void select(const Cache& cache, const signals<T>& sig, int seq, const row_rule& rule, const float* scores,       \
+              std::size_t stride, const int* budgets, keep_plan plan, void* scratch) const {                       \
+    detail::select_with(*this, cache, sig, seq, rule, scores, stride, budgets, plan, scratch);                      \
   }                                                                                                                 \
   template <class Cache, class T, class S_ = Sharing, std::enable_if_t<!S_::shared, int> = 0>                      \
-  void select_head(const Cache& cache, const signals<T>& sig, int seq, int h, const float* scores,                 \
-                   std::size_t stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch)   \
+  void select_head(const Cache& cache, const signals<T>& sig, int seq, int h, const row_rule& rule,                \
+                   const float* scores, std::size_t stride, const int* budgets, keep_plan plan, void* scratch)     \
       const {                                                                                                       \
-    detail::select_head_with(*this, cache, sig, seq, h, scores, stride, budgets, sinks, window, plan, scratch);     \
+    detail::select_head_with(*this, cache, sig, seq, h, rule, scores, stride, budgets, plan, scratch);              \
   }
 
 template <class Segmenter, class Cache>

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "../keep_plan.hpp"
+#include "../select/row_rule.hpp"
 #include "../select/top_k.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
@@ -28,19 +29,18 @@ struct token_level {
   }
   //! \param scores  [kv_heads, stride]  \param budgets [kv_heads]
   template <class Cache, class T>
-  void select(const Cache& cache, const signals<T>& sig, int seq, const float* scores, std::size_t stride,
-              const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
-    for (int h = 0; h < cache.num_kv_heads(); ++h)
-      select_head(cache, sig, seq, h, scores, stride, budgets, sinks, window, plan, scratch);
+  void select(const Cache& cache, const signals<T>& sig, int seq, const row_rule& rule, const float* scores,
+              std::size_t stride, const int* budgets, keep_plan plan, void* scratch) const {
+    for (int h = 0; h < cache.num_kv_heads(); ++h) select_head(cache, sig, seq, h, rule, scores, stride, budgets, plan, scratch);
   }
   //! One head's row (heads are independent: `plan` may run them on several threads).
   template <class Cache, class T>
-  void select_head(const Cache& cache, const signals<T>&, int seq, int h, const float* scores, std::size_t stride,
-                   const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const {
+  void select_head(const Cache& cache, const signals<T>&, int seq, int h, const row_rule& rule, const float* scores,
+                   std::size_t stride, const int* budgets, keep_plan plan, void* scratch) const {
     const int r = seq * cache.num_kv_heads() + h;
     plan.counts[r] = host_backend::select_protected_top_k(scores + static_cast<std::size_t>(h) * stride,
-                                                          cache.seq_len(seq, h), budgets[h], sinks, window, plan.row(r),
-                                                          static_cast<std::int32_t*>(scratch));
+                                                          cache.seq_len(seq, h), budgets[h], rule.sinks, rule.window,
+                                                          plan.row(r), static_cast<std::int32_t*>(scratch));
   }
 };
 

@@ -19,17 +19,23 @@
 //! * `static constexpr bool per_head`; `status validate(int sinks, int window) const`;
 //! * `static int max_budget(int entries, int kv_heads)`: the most one head may keep;
 //! * `std::size_t scratch_bytes(int kv_heads, int max_len) const`;
-//! * `void allocate(const float* scores, std::size_t stride, const int* lens, int kv_heads, int
-//!   entries, int sinks, int window, int layer, int num_layers, int* budgets, void* scratch)
-//!   const`: one budget per KV head of a sequence.
+//! * `void allocate(const row_rule& rule, const float* scores, std::size_t stride, const int* lens,
+//!   int kv_heads, int* budgets, void* scratch) const`: one budget per KV head of a sequence;
+//! * optional `KVEVICT_HOST_DEVICE int layer_budget(const row_rule& rule) const`: what every head
+//!   of the layer keeps before per-head allocation (without it, `rule.entries`); `rule.budget`
+//!   carries it, and a sequence whose longest head fits it is kept whole without scoring.
+//!
+//! A `row_rule` (select/row_rule.hpp) is one sequence's rules, computed once by `plan`: `entries`,
+//! `sinks`, `window` after the signals' overrides, `layer`, `num_layers`, `budget`, `longest` and
+//! `range(n)`, the compressible range of a row of `n` tokens.
 //!
 //! **Granularity** (`token_level`, `fixed_block`, `segment_level`, `adaptive_block`)
 //! * `status validate(const Cache&, const signals<T>&) const`;
 //! * `std::size_t scratch_bytes(const Cache&, int max_len) const`;
-//! * `void select(const Cache&, const signals<T>&, int seq, const float* scores, std::size_t
-//!   stride, const int* budgets, int sinks, int window, keep_plan plan, void* scratch) const`:
+//! * `void select(const Cache&, const signals<T>&, int seq, const row_rule& rule, const float*
+//!   scores, std::size_t stride, const int* budgets, keep_plan plan, void* scratch) const`:
 //!   fills plan rows `seq * kv_heads + h`, exactly `min(budget_h, n)` sorted positions each,
-//!   sinks and window included;
+//!   `rule.sinks` and `rule.window` included;
 //! * optional `select_head(cache, sig, seq, head, ...)` (same arguments plus the head): one row,
 //!   for independent heads (then `plan` selects heads on several threads).
 //!
@@ -47,6 +53,7 @@
 #include <utility>
 
 #include "../keep_plan.hpp"
+#include "../select/row_rule.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
 
@@ -76,9 +83,9 @@ template <class B>
 struct is_budget_impl<
     B, std::void_t<decltype(bool(B::per_head)), decltype(status(std::declval<const B&>().validate(0, 0))),
                  decltype(int(B::max_budget(0, 0))), decltype(std::size_t(std::declval<const B&>().scratch_bytes(0, 0))),
-                 decltype(std::declval<const B&>().allocate(static_cast<const float*>(nullptr), std::size_t{},
-                                                            static_cast<const int*>(nullptr), 0, 0, 0, 0, 0, 0,
-                                                            static_cast<int*>(nullptr), static_cast<void*>(nullptr)))>>
+                 decltype(std::declval<const B&>().allocate(
+                     std::declval<const row_rule&>(), static_cast<const float*>(nullptr), std::size_t{},
+                     static_cast<const int*>(nullptr), 0, static_cast<int*>(nullptr), static_cast<void*>(nullptr)))>>
     : std::true_type {};
 
 template <class G, class Cache, class T, class = void>
@@ -90,8 +97,8 @@ struct is_granularity_impl<
                                                                 std::declval<const signals<T>&>()))),
               decltype(std::size_t(std::declval<const G&>().scratch_bytes(std::declval<const Cache&>(), 0))),
               decltype(std::declval<const G&>().select(
-                  std::declval<const Cache&>(), std::declval<const signals<T>&>(), 0,
-                  static_cast<const float*>(nullptr), std::size_t{}, static_cast<const int*>(nullptr), 0, 0,
+                  std::declval<const Cache&>(), std::declval<const signals<T>&>(), 0, std::declval<const row_rule&>(),
+                  static_cast<const float*>(nullptr), std::size_t{}, static_cast<const int*>(nullptr),
                   std::declval<keep_plan>(), static_cast<void*>(nullptr)))>> : std::true_type {};
 
 template <class Seg, class Cache, class T, class = void>
@@ -142,12 +149,13 @@ constexpr void static_check_hooks() {
                 "stride, scratch) (see policy/hooks.hpp)");
   static_assert(is_budget_v<typename Policy::selector_type::budget_type>,
                 "kvevict: the selector's budget does not model Budget: it needs per_head, validate(sinks, window), "
-                "max_budget(entries, kv_heads), scratch_bytes(kv_heads, max_len) and allocate(...) (see "
+                "max_budget(entries, kv_heads), scratch_bytes(kv_heads, max_len) and allocate(rule, scores, stride, lens, "
+                "kv_heads, budgets, scratch) (see "
                 "policy/hooks.hpp)");
   static_assert(is_granularity_v<typename Policy::granularity_type, Cache, T>,
                 "kvevict: the policy's granularity does not model Granularity: it needs validate(cache, signals), "
-                "scratch_bytes(cache, max_len) and select(cache, signals, seq, scores, stride, budgets, sinks, "
-                "window, plan, scratch) (see policy/hooks.hpp)");
+                "scratch_bytes(cache, max_len) and select(cache, signals, seq, rule, scores, stride, budgets, plan, "
+                "scratch) (see policy/hooks.hpp)");
 }
 //! The segment-based granularities' check of their segmenter.
 template <class Seg, class Cache, class T>

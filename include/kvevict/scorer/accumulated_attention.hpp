@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 
+#include "../detail/checks.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
 #include "reduce.hpp"
@@ -26,16 +27,14 @@ struct accumulated_attention {
     for (int s = 0; s < cache.num_seqs(); ++s) {
       for (int h = 0; h < cache.num_kv_heads(); ++h) {
         const int n = cache.seq_len(s, h);
-        if (n > sig.sums_stride)
-          return make_error(errc::shape_mismatch, "signals.sums_stride", "shorter than a sequence of the cache");
+        KVEVICT_TRY(detail::status_of(detail::check_stride(n, sig.sums_stride, detail::ck_sums_stride)));
       }
       const int group = sig.num_q_heads / cache.num_kv_heads();
       for (int q = 0; q < sig.num_q_heads; ++q) {
         const int n = cache.seq_len(s, q / group);
         const float* row = sig.attention_sums + (static_cast<std::size_t>(s) * sig.num_q_heads + q) * sig.sums_stride;
         for (int t = 0; t < n; ++t)
-          if (!std::isfinite(row[t]))
-            return make_error(errc::non_finite, "signals.attention_sums", "NaN or infinite attention sum");
+          if (!std::isfinite(row[t])) return detail::status_of(detail::ck_sums_non_finite);
       }
     }
     return ok_status();

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 
+#include "../detail/checks.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
 
@@ -22,8 +23,7 @@ struct precomputed {
     if (scores == nullptr) return make_error(errc::invalid_argument, "scorer.scores", "null scores");
     for (int s = 0; s < cache.num_seqs(); ++s)
       for (int h = 0; h < cache.num_kv_heads(); ++h)
-        if (cache.seq_len(s, h) > stride)
-          return make_error(errc::shape_mismatch, "scorer.stride", "shorter than a sequence");
+        KVEVICT_TRY(detail::status_of(detail::check_stride(cache.seq_len(s, h), stride, detail::ck_precomputed_stride)));
     return ok_status();
   }
   template <class Cache>

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../detail/checks.hpp"
 #include "../numeric.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
@@ -130,8 +131,8 @@ struct delimiter_segmenter {
     KVEVICT_TRY(check_token_ids(sig));
     for (int s = 0; s < cache.num_seqs(); ++s)
       for (int h = 0; h < cache.num_kv_heads(); ++h)
-        if (cache.seq_len(s, h) > sig.token_ids_stride)
-          return make_error(errc::shape_mismatch, "signals.token_ids_stride", "shorter than a sequence");
+        KVEVICT_TRY(detail::status_of(
+            detail::check_stride(cache.seq_len(s, h), sig.token_ids_stride, detail::ck_token_ids_stride)));
     return check_rules();
   }
   //! The checks that read no sequence length (validate's first and last parts).

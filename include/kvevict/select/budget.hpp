@@ -3,12 +3,14 @@
 //!
 //! A budget counts every kept entry, protected sinks and recent window included. `entries` is
 //! the allocator's own member, or a sequence's override (`signals.seq_budgets`). Allocator
-//! interface: `validate(sinks, window)`, `max_budget(entries, kv_heads)` (the most one head may
-//! keep), `scratch_bytes(kv_heads, max_len)` and `allocate(...)` (host), writing one budget per
-//! KV head of a sequence.
+//! interface (policy/hooks.hpp): `validate(sinks, window)`, `max_budget(entries, kv_heads)` (the
+//! most one head may keep), `scratch_bytes(kv_heads, max_len)` and `allocate(rule, ...)` (host),
+//! writing one budget per KV head of a sequence; optionally `layer_budget(rule)`, what every head
+//! of the layer keeps before per-head allocation (`entries` without it).
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <math.h>
 #include <cstddef>
@@ -16,6 +18,7 @@
 
 #include "../config.hpp"
 #include "../status.hpp"
+#include "row_rule.hpp"
 #include "top_k.hpp"
 
 namespace kvevict {
@@ -35,9 +38,8 @@ struct uniform_budget {
   static int max_budget(int entries_, int /*kv_heads*/) { return entries_; }
   std::size_t scratch_bytes(int, int) const { return 0; }
   //! \param budgets [kv_heads] output
-  void allocate(const float*, std::size_t, const int*, int kv_heads, int entries_, int, int, int, int, int* budgets,
-                void*) const {
-    for (int h = 0; h < kv_heads; ++h) budgets[h] = entries_;
+  void allocate(const row_rule& rule, const float*, std::size_t, const int*, int kv_heads, int* budgets, void*) const {
+    for (int h = 0; h < kv_heads; ++h) budgets[h] = rule.budget;
   }
 };
 
@@ -64,17 +66,22 @@ struct pyramid_budget {
   }
   KVEVICT_HOST_DEVICE int layer_budget(int entries_, int layer, int num_layers, int sinks, int window) const {
     if (num_layers <= 1) return entries_;
-    const double bc = entries_ - sinks - window;
+    // In double, clamped to int: also defined for parameters not yet validated (a row_rule is
+    // computed before its checks).
+    const double bc = static_cast<double>(entries_) - sinks - window;
     const double lo = floor(bc / beta), hi = 2.0 * bc - lo;  // ::floor: also callable on the device
     const double b = hi - layer * (hi - lo) / (num_layers - 1);
-    return sinks + window + static_cast<int>(floor(b + 1e-9));
+    const double v = static_cast<double>(sinks) + window + floor(b + 1e-9);
+    return v >= INT_MAX ? INT_MAX : v <= INT_MIN ? INT_MIN : static_cast<int>(v);
+  }
+  //! The layer's budget under `rule` (its entries, sinks, window, layer and num_layers).
+  KVEVICT_HOST_DEVICE int layer_budget(const row_rule& rule) const {
+    return layer_budget(rule.entries, rule.layer, rule.num_layers, rule.sinks, rule.window);
   }
   static int max_budget(int entries_, int /*kv_heads*/) { return 2 * entries_; }
   std::size_t scratch_bytes(int, int) const { return 0; }
-  void allocate(const float*, std::size_t, const int*, int kv_heads, int entries_, int sinks, int window, int layer,
-                int num_layers, int* budgets, void*) const {
-    const int b = layer_budget(entries_, layer, num_layers, sinks, window);
-    for (int h = 0; h < kv_heads; ++h) budgets[h] = b;
+  void allocate(const row_rule& rule, const float*, std::size_t, const int*, int kv_heads, int* budgets, void*) const {
+    for (int h = 0; h < kv_heads; ++h) budgets[h] = rule.budget;
   }
 };
 
@@ -104,20 +111,21 @@ struct adaptive_budget {
            sizeof(int) * static_cast<std::size_t>(kv_heads);
   }
   //! \param scores [kv_heads, stride]  \param lens [kv_heads]  \param budgets [kv_heads] output
-  void allocate(const float* scores, std::size_t stride, const int* lens, int kv_heads, int entries_, int sinks,
-                int window, int, int, int* budgets, void* scratch) const {
-    const int bc = entries_ - sinks - window;
+  void allocate(const row_rule& rule, const float* scores, std::size_t stride, const int* lens, int kv_heads,
+                int* budgets, void* scratch) const {
+    const int bc = rule.entries - rule.sinks - rule.window;
     const int guaranteed = static_cast<int>(std::floor(floor_fraction * bc + 1e-9));
     std::int64_t* cand = static_cast<std::int64_t*>(scratch);  // (head << 32 | position), compressible ranges
     std::size_t nc = 0;
-    for (int h = 0; h < kv_heads; ++h)
-      for (int t = std::min(sinks, lens[h]); t < lens[h] - window; ++t)
-        cand[nc++] = static_cast<std::int64_t>(h) << 32 | static_cast<std::int64_t>(t);
+    for (int h = 0; h < kv_heads; ++h) {
+      const auto [lo, hi] = rule.range(lens[h]);
+      for (int t = lo; t < hi; ++t) cand[nc++] = static_cast<std::int64_t>(h) << 32 | static_cast<std::int64_t>(t);
+    }
     int* granted = reinterpret_cast<int*>(cand + nc);
     std::int64_t pool = static_cast<std::int64_t>(kv_heads) * bc;
     for (int h = 0; h < kv_heads; ++h) {
       const int n = lens[h];
-      const auto [lo, hi] = detail::compressible_range(n, sinks, window);
+      const auto [lo, hi] = rule.range(n);
       granted[h] = std::min(guaranteed, hi - lo);
       budgets[h] = lo + (n - hi) + granted[h];
       pool -= granted[h];
