@@ -8,7 +8,8 @@
 #pragma once
 
 #include <kvevict/kvevict.hpp>
-#include <kvevict/synthetic/niah.hpp>
+#include <kvevict/support/niah.hpp>
+#include <kvevict/support/page_pool.hpp>
 
 #include <cmath>
 #include <cstdint>

@@ -5,7 +5,7 @@
 #include <benchmark/benchmark.h>
 
 #include <kvevict/kvevict.hpp>
-#include <kvevict/synthetic/niah.hpp>
+#include <kvevict/support/niah.hpp>
 
 #include <vector>
 

@@ -219,7 +219,7 @@ def main():
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
         "td:first-child{text-align:left}img{max-width:100%}</style></head><body>",
         "<h1>kvevict: synthetic needle-in-a-haystack report</h1>",
-        "<p>Synthetic per-layer caches (include/kvevict/synthetic/niah.hpp): 2 layers x 4 KV heads x 64 dims, "
+        "<p>Synthetic per-layer caches (support/include/kvevict/support/niah.hpp): 2 layers x 4 KV heads x 64 dims, "
         "16 query heads, bf16, paged. Every policy keeps 4 sinks and the 32-token question window and gets the "
         "budget of the column. <b>Success</b>: every required answer token kept in every retrieval head; "
         "<b>recall</b>: the fraction kept; <b>fidelity</b>: 1 - |o_kept - o_full| / |o_full| for the queries "

@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
         << '\n';
 
   std::ostringstream md;
-  md << "Synthetic NIAH (kvevict synthetic/niah.hpp): 2 layers x 4 KV heads x 64 dims, 16 query heads. "
+  md << "Synthetic NIAH (kvevict support/niah.hpp): 2 layers x 4 KV heads x 64 dims, 16 query heads. "
         "Cells: success % / answer recall / fidelity. Time: plan (scoring + selection) per layer at the "
         "section's longest context, budget "
      << sections.front().budgets.front() << ", host, one thread.\n";

@@ -1,5 +1,5 @@
-// The NIAH-style report: every preset over grids of synthetic sequences (synthetic/niah.hpp), one
-// grid per task ("section"), quality per case (synthetic/metrics.hpp).
+// The NIAH-style report: every preset over grids of synthetic sequences (support/niah.hpp), one
+// grid per task ("section"), quality per case (support/metrics.hpp).
 //
 // To add a policy, add one line to `policies()`. Every policy gets sinks 4 and window 32 (the
 // question), and the budget of the grid point; segment-based policies with the delimiter
@@ -9,8 +9,8 @@
 #pragma once
 
 #include <kvevict/kvevict.hpp>
-#include <kvevict/synthetic/metrics.hpp>
-#include <kvevict/synthetic/niah.hpp>
+#include <kvevict/support/metrics.hpp>
+#include <kvevict/support/niah.hpp>
 
 #include <atomic>
 #include <chrono>

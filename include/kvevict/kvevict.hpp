@@ -13,7 +13,6 @@
 #include "cache/csr_page_cache.hpp"
 #include "cache/dense_cache.hpp"
 #include "cache/layout.hpp"
-#include "cache/page_pool.hpp"
 #include "cache/validate.hpp"
 #include "concepts.hpp"
 #include "config.hpp"

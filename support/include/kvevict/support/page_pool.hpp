@@ -1,4 +1,4 @@
-//! \file cache/page_pool.hpp
+//! \file support/page_pool.hpp
 //! An owning page pool for tests and examples (engines bring their own allocator).
 #pragma once
 

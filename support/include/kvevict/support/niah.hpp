@@ -1,4 +1,4 @@
-//! \file synthetic/niah.hpp
+//! \file support/niah.hpp
 //! NIAH-style synthetic per-layer KV caches: structured text, an attention sink, needles at chosen
 //! depths, retrieval / local / diffuse heads, observation-window and decode queries; six tasks in
 //! the spirit of RULER (`niah_task`).
@@ -51,9 +51,9 @@
 #include <numeric>
 #include <vector>
 
-#include "../cache/block_table_cache.hpp"
-#include "../numeric.hpp"
-#include "../signals.hpp"
+#include <kvevict/cache/block_table_cache.hpp>
+#include <kvevict/numeric.hpp>
+#include <kvevict/signals.hpp>
 
 namespace kvevict::synthetic {
 

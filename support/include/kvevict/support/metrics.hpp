@@ -1,4 +1,4 @@
-//! \file synthetic/metrics.hpp
+//! \file support/metrics.hpp
 //! NIAH quality metrics of keep plans on a synthetic sequence.
 #pragma once
 
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "../keep_plan.hpp"
+#include <kvevict/keep_plan.hpp>
 #include "niah.hpp"
 
 namespace kvevict::synthetic {
