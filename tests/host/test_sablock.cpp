@@ -1,5 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <random>
+
 #include <kvevict/host/block_select.hpp>
 #include <kvevict/segment/segmenters.hpp>
 
@@ -579,4 +582,129 @@ TEST_CASE("Two-level segmentation: sentences of clauses, each level with its own
   std::vector<std::int32_t> o1(33), o2(33);
   const int n1 = one.segment_ids(ids.data(), 0, 16, o1.data()), n2 = seg.segment_ids(ids.data(), 0, 16, o2.data());
   CHECK(std::vector<int>(o1.begin(), o1.begin() + n1 + 1) == std::vector<int>(o2.begin(), o2.begin() + n2 + 1));
+}
+
+namespace {
+// The key-similarity cuts as first written (one pair at a time, every key's norm summed twice),
+// kept here as the reference of the faster segmenter: the same cuts, bit for bit.
+template <class Cache>
+int key_similarity_reference(const Cache& cache, int seq, int head, int lo, int hi, int min_len, int max_len,
+                             std::int32_t* offsets) {
+  if (hi <= lo) return 0;
+  std::vector<double> sim(static_cast<std::size_t>(hi - lo));
+  const int kvh = Cache::per_head_rows ? 1 : cache.num_kv_heads(), d = cache.head_dim(), ps = cache.page_size();
+  for (int t = lo; t + 1 < hi; ++t) {
+    double acc = 0;
+    for (int hh = 0; hh < kvh; ++hh) {
+      const int h = Cache::per_head_rows ? head : hh;
+      const auto* a = cache.key(cache.page(seq, h, t / ps), t % ps, h);
+      const auto* b = cache.key(cache.page(seq, h, (t + 1) / ps), (t + 1) % ps, h);
+      double ab = 0, aa = 0, bb = 0;
+      for (int x = 0; x < d; ++x) {
+        const double fa = kvevict::to_float(a[x]), fb = kvevict::to_float(b[x]);
+        ab += fa * fb;
+        aa += fa * fa;
+        bb += fb * fb;
+      }
+      acc += (aa > 0 && bb > 0) ? ab / std::sqrt(aa * bb) : 0.0;
+    }
+    sim[t - lo] = acc / kvh;
+  }
+  int c = 0;
+  offsets[0] = lo;
+  for (int t = lo; t + 1 < hi; ++t) {
+    const double s = sim[t - lo];
+    if ((t == lo || s < sim[t - lo - 1]) && (t + 2 >= hi || s <= sim[t - lo + 1])) offsets[++c] = t + 1;
+  }
+  offsets[++c] = hi;
+  return kvevict::detail::merge_and_split(offsets, c, min_len, max_len);
+}
+
+// The key-similarity segmenter without its `cuts_heads_alike`: every head is cut on its own.
+struct key_similarity_every_head {
+  kvevict::key_similarity_segmenter inner;
+  template <class Cache, class T>
+  kvevict::status validate(const Cache& c, const kvevict::signals<T>& s) const {
+    return inner.validate(c, s);
+  }
+  template <class Cache>
+  std::size_t scratch_bytes(const Cache& c, int n) const {
+    return inner.scratch_bytes(c, n);
+  }
+  template <class Cache, class T>
+  int segment(const Cache& c, const kvevict::signals<T>& s, int seq, int head, int lo, int hi, std::int32_t* off,
+              void* scratch) const {
+    return inner.segment(c, s, seq, head, lo, hi, off, scratch);
+  }
+};
+}  // namespace
+
+TEST_CASE("key-similarity cuts equal the pair-at-a-time reference on every layout", "[sablock][segment]") {
+  for (const auto kind : all_layouts)
+    for (int ps : {7, 8, 9})
+      for (int kvh : {1, 3}) {
+        const logical L = make_logical(2, kvh, 12, {97, 64}, 40 + ps + kvh, kind == layout_kind::head_rows);
+        auto c = build<kvevict::bfloat16>(L, kind, ps, 5);
+        c.visit([&](auto view) {
+          for (int seq = 0; seq < 2; ++seq)
+            for (int h = 0; h < kvh; ++h)
+              for (const auto& [lo, hi] : {std::pair{0, view.seq_len(seq, h)},
+                                           std::pair{3, std::max(3, view.seq_len(seq, h) - 5)},
+                                           std::pair{std::min(10, view.seq_len(seq, h)), std::min(11, view.seq_len(seq, h))},
+                                           std::pair{std::min(10, view.seq_len(seq, h)), std::min(16, view.seq_len(seq, h))}}) {
+                INFO(name(kind) << " page " << ps << " heads " << kvh << " seq " << seq << " head " << h << " ["
+                                << lo << ", " << hi << ")");
+                std::vector<std::int32_t> want(2 * 100 + 2), got(2 * 100 + 2);
+                std::vector<double> scratch(101);
+                const kvevict::key_similarity_segmenter ks{2, 9};
+                const int cw = key_similarity_reference(view, seq, h, lo, hi, 2, 9, want.data());
+                const int cg = ks.segment(view, kvevict::signals<kvevict::bfloat16>{}, seq, h, lo, hi, got.data(),
+                                          scratch.data());
+                REQUIRE(cg == cw);
+                for (int u = 0; u <= cg; ++u) CHECK(got[u] == want[u]);
+              }
+        });
+      }
+}
+
+TEST_CASE("heads of a sequence share one segmentation only when the segmenter cuts them alike", "[sablock][segment]") {
+  STATIC_REQUIRE(kvevict::detail::segments_heads_alike<kvevict::key_similarity_segmenter,
+                                                       kvevict::block_table_cache<float>>::value);
+  STATIC_REQUIRE_FALSE(kvevict::detail::segments_heads_alike<kvevict::key_similarity_segmenter,
+                                                             kvevict::head_row_table_cache<float>>::value);
+  STATIC_REQUIRE(kvevict::detail::segments_heads_alike<kvevict::delimiter_segmenter, kvevict::dense_cache<float>>::value);
+  STATIC_REQUIRE_FALSE(
+      kvevict::detail::segments_heads_alike<key_similarity_every_head, kvevict::block_table_cache<float>>::value);
+  // Plans with the shared cuts (one `select` for the sequence's heads, on one thread) equal the
+  // plans of a segmenter that cuts every head on its own, for SABlock and SentenceKV, on caches
+  // whose heads hold the same lengths and on (sequence, head) rows whose lengths differ.
+  for (const auto kind : {layout_kind::block_nhd, layout_kind::head_rows})
+    for (std::uint32_t seed : {1u, 2u, 3u}) {
+      const logical L = make_logical(2, 4, 16, {300, 170}, seed, kind == layout_kind::head_rows);
+      auto c = build<float>(L, kind, 8, seed);
+      c.visit([&](auto view) {
+        using V = decltype(view);
+        kvevict::signals<float> sig;
+        std::vector<float> scores(static_cast<std::size_t>(2 * 4) * 300);
+        std::mt19937 rng(seed);
+        for (auto& x : scores) x = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
+        auto plan_with = [&](auto granularity) {
+          kvevict::eviction_policy<kvevict::precomputed, decltype(granularity), kvevict::selector<>> p{
+              {scores.data(), 300}, granularity, {4, 8, kvevict::uniform_budget{60}}};
+          auto kept = kvevict::keep_plan_buffer::for_cache(p, view, sig);
+          REQUIRE(kvevict::plan(kvevict::host.threads(1), p, view, sig, kept.view()).ok());
+          std::vector<std::vector<std::int32_t>> rows;
+          for (int r = 0; r < kept.rows(); ++r)
+            rows.emplace_back(kept.positions.begin() + static_cast<std::ptrdiff_t>(r) * kept.capacity,
+                              kept.positions.begin() + static_cast<std::ptrdiff_t>(r) * kept.capacity + kept.counts[r]);
+          return rows;
+        };
+        INFO(name(kind) << " seed " << seed);
+        (void)sizeof(V);
+        CHECK(plan_with(kvevict::adaptive_block<kvevict::key_similarity_segmenter>{}) ==
+              plan_with(kvevict::adaptive_block<key_similarity_every_head>{}));
+        CHECK(plan_with(kvevict::segment_level<kvevict::key_similarity_segmenter>{}) ==
+              plan_with(kvevict::segment_level<key_similarity_every_head>{}));
+      });
+    }
 }

@@ -75,16 +75,19 @@ struct adaptive_block {
   template <class Cache, class T>
   auto marker(const Cache& cache, const signals<T>& sig, int seq) const {
     detail::static_check_segmenter<Segmenter, Cache, T>();
-    return [this, &cache, &sig, seq, prm = params()](const double* row, int lo, int hi, int bc,
-                                                      const detail::block_scratch& s, int h) {
-      int num_sentences = -1, c;
-      if constexpr (has_segment_levels<Segmenter, Cache, T>::value) {
-        c = segmenter.segment_levels(cache, sig, seq, h, lo, hi, s.offsets, s.order, &num_sentences, s.segmenter);
-      } else {
-        c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
+    return [this, &cache, &sig, seq, prm = params(), memo = detail::segmentation_memo{}](
+               const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) mutable {
+      if (!(detail::segments_heads_alike<Segmenter, Cache>::value && memo.holds(lo, hi))) {
+        int num_sentences = -1, c;
+        if constexpr (has_segment_levels<Segmenter, Cache, T>::value) {
+          c = segmenter.segment_levels(cache, sig, seq, h, lo, hi, s.offsets, s.order, &num_sentences, s.segmenter);
+        } else {
+          c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
+        }
+        memo = {lo, hi, c, num_sentences};
       }
-      host_backend::sablock_select(row, lo, hi, s.offsets, c, num_sentences >= 0 ? s.order : nullptr, num_sentences,
-                                   bc, prm, s.keep, s.r, s.prefix, s.idx, s.bound);
+      host_backend::sablock_select(row, lo, hi, s.offsets, memo.count, memo.sentences >= 0 ? s.order : nullptr,
+                                   memo.sentences, bc, prm, s.keep, s.r, s.prefix, s.idx, s.bound);
     };
   }
 };

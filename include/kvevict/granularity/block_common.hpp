@@ -32,6 +32,23 @@ struct shared_heads {
 
 namespace detail {
 
+//! Whether segmenter `Seg` cuts every KV head of a `Cache` sequence alike (its optional
+//! `cuts_heads_alike<Cache>()`; false without it).
+template <class Seg, class Cache, class = void>
+struct segments_heads_alike : std::false_type {};
+template <class Seg, class Cache>
+struct segments_heads_alike<Seg, Cache, std::void_t<decltype(Seg::template cuts_heads_alike<Cache>())>>
+    : std::bool_constant<Seg::template cuts_heads_alike<Cache>()> {};
+
+//! The last cuts a marker made in its scratch: a later head of the same sequence with the same
+//! range reuses them when the segmenter cuts every head alike (the heads of one `select` share one
+//! scratch; the marker of `select_head` serves one head). The selections read the cuts, never
+//! write them.
+struct segmentation_memo {
+  int lo = -1, hi = -1, count = 0, sentences = -1;
+  bool holds(int l, int h) const { return lo == l && hi == h; }
+};
+
 //! Scratch of one sequence for the block granularities.
 struct block_scratch {
   double* row;            // [n] scores of the head (or summed over heads)

@@ -31,9 +31,11 @@ struct segment_level {
   template <class Cache, class T>
   auto marker(const Cache& cache, const signals<T>& sig, int seq) const {
     detail::static_check_segmenter<Segmenter, Cache, T>();
-    return [this, &cache, &sig, seq](const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) {
-      const int c = segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter);
-      host_backend::select_units_then_fill(row, lo, hi, s.offsets, c, bc, s.keep, s.order, s.idx, s.r);
+    return [this, &cache, &sig, seq, memo = detail::segmentation_memo{}](
+               const double* row, int lo, int hi, int bc, const detail::block_scratch& s, int h) mutable {
+      if (!(detail::segments_heads_alike<Segmenter, Cache>::value && memo.holds(lo, hi)))
+        memo = {lo, hi, segmenter.segment(cache, sig, seq, h, lo, hi, s.offsets, s.segmenter)};
+      host_backend::select_units_then_fill(row, lo, hi, s.offsets, memo.count, bc, s.keep, s.order, s.idx, s.r);
     };
   }
 };

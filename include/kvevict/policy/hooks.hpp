@@ -44,7 +44,10 @@
 //! * `std::size_t scratch_bytes(const Cache&, int max_len) const`;
 //! * `int segment(const Cache&, const signals<T>&, int seq, int head, int lo, int hi,
 //!   std::int32_t* offsets, void* scratch) const`: cuts `[lo, hi)` into `c` segments,
-//!   `offsets[0] = lo < offsets[1] < ... < offsets[c] = hi`, returns `c` (0 when lo == hi).
+//!   `offsets[0] = lo < offsets[1] < ... < offsets[c] = hi`, returns `c` (0 when lo == hi);
+//! * optional `template <class Cache> static constexpr bool cuts_heads_alike()`: true when the cuts
+//!   of a sequence do not depend on the head (token ids, fixed lengths, a similarity averaged over
+//!   the heads); the granularities then cut a sequence once for all of its heads.
 #pragma once
 
 #include <cstddef>

@@ -117,6 +117,11 @@ KVEVICT_HOST_DEVICE int two_level_segments(const std::int32_t* raw, int nraw, in
 //! `sentence_max_len`; clauses are cut inside each sentence. Without sentence ids, every clause
 //! is its own sentence (one level).
 struct delimiter_segmenter {
+  //! The cuts read the sequence's token ids only: every KV head gets the same.
+  template <class Cache>
+  static constexpr bool cuts_heads_alike() {
+    return true;
+  }
   const std::int32_t* delimiter_ids = nullptr;  // [num_delimiters]
   int num_delimiters = 0;
   int min_len = 3;   //!< shorter segments merge into the next (>= 1)
@@ -220,6 +225,10 @@ struct delimiter_segmenter {
 
 //! Fixed-length segments of `length` tokens (the last may be shorter). Reads no signal.
 struct fixed_length_segmenter {
+  template <class Cache>
+  static constexpr bool cuts_heads_alike() {
+    return true;
+  }
   int length = 16;
   template <class Cache, class T>
   status validate(const Cache&, const signals<T>&) const {
@@ -246,6 +255,11 @@ struct fixed_length_segmenter {
 //! `t - 1` and not higher than at `t + 1`); then `min_len` / `max_len` as the delimiter segmenter.
 //! Cost O(tokens x kv_heads x head_dim).
 struct key_similarity_segmenter {
+  //! The similarity is averaged over every KV head, except in a (sequence, head)-row cache.
+  template <class Cache>
+  static constexpr bool cuts_heads_alike() {
+    return !Cache::per_head_rows;
+  }
   int min_len = 3;   //!< shorter segments merge into the next (>= 1)
   int max_len = 64;  //!< longer segments split evenly (>= 1); `kvevict::no_max_len` never splits
   template <class Cache, class T>
@@ -264,23 +278,57 @@ struct key_similarity_segmenter {
     if (hi <= lo) return 0;
     double* sim = static_cast<double*>(scratch);  // sim[t - lo]: similarity of keys t and t + 1
     const int kvh = Cache::per_head_rows ? 1 : cache.num_kv_heads(), d = cache.head_dim(), ps = cache.page_size();
-    for (int t = lo; t + 1 < hi; ++t) {
-      double acc = 0;
-      for (int hh = 0; hh < kvh; ++hh) {
-        const int h = Cache::per_head_rows ? head : hh;
+    // sim[t] = (0 + cos_0(t) + cos_1(t) + ...) / kvh, the heads added in order; each key's squared
+    // norm is summed once and carried to the next pair (the same sum, in the same order).
+    for (int t = lo; t + 1 < hi; ++t) sim[t - lo] = 0;
+    for (int hh = 0; hh < kvh; ++hh) {
+      const int h = Cache::per_head_rows ? head : hh;
+      double aa = 0;
+      {
+        const auto* a = cache.key(cache.page(seq, h, lo / ps), lo % ps, h);
+        for (int x = 0; x < d; ++x) {
+          const double fa = to_float(a[x]);
+          aa += fa * fa;
+        }
+      }
+      // Four pairs at a time: four independent chains of sums (each in x order, as one pair alone).
+      constexpr int P = 4;
+      int t = lo;
+      for (; t + P < hi; t += P) {
+        const decltype(cache.key(0, 0, 0)) k[P + 1] = {
+            cache.key(cache.page(seq, h, t / ps), t % ps, h),
+            cache.key(cache.page(seq, h, (t + 1) / ps), (t + 1) % ps, h),
+            cache.key(cache.page(seq, h, (t + 2) / ps), (t + 2) % ps, h),
+            cache.key(cache.page(seq, h, (t + 3) / ps), (t + 3) % ps, h),
+            cache.key(cache.page(seq, h, (t + 4) / ps), (t + 4) % ps, h)};
+        double ab[P] = {0, 0, 0, 0}, bb[P] = {0, 0, 0, 0};
+        for (int x = 0; x < d; ++x) {
+          double f[P + 1];
+          for (int j = 0; j <= P; ++j) f[j] = to_float(k[j][x]);
+          for (int j = 0; j < P; ++j) {
+            ab[j] += f[j] * f[j + 1];
+            bb[j] += f[j + 1] * f[j + 1];
+          }
+        }
+        for (int j = 0; j < P; ++j) {
+          sim[t + j - lo] += (aa > 0 && bb[j] > 0) ? ab[j] / std::sqrt(aa * bb[j]) : 0.0;
+          aa = bb[j];
+        }
+      }
+      for (; t + 1 < hi; ++t) {
         const auto* a = cache.key(cache.page(seq, h, t / ps), t % ps, h);
         const auto* b = cache.key(cache.page(seq, h, (t + 1) / ps), (t + 1) % ps, h);
-        double ab = 0, aa = 0, bb = 0;
+        double ab = 0, bb = 0;
         for (int x = 0; x < d; ++x) {
           const double fa = to_float(a[x]), fb = to_float(b[x]);
           ab += fa * fb;
-          aa += fa * fa;
           bb += fb * fb;
         }
-        acc += (aa > 0 && bb > 0) ? ab / std::sqrt(aa * bb) : 0.0;
+        sim[t - lo] += (aa > 0 && bb > 0) ? ab / std::sqrt(aa * bb) : 0.0;
+        aa = bb;
       }
-      sim[t - lo] = acc / kvh;
     }
+    for (int t = lo; t + 1 < hi; ++t) sim[t - lo] /= kvh;
     int c = 0;
     offsets[0] = lo;
     for (int t = lo; t + 1 < hi; ++t) {

@@ -31,38 +31,50 @@ class niah_evaluator {
     for (int l = 0; l < cfg.num_layers; ++l)
       for (int h = 0; h < cfg.kv_heads; ++h) {
         if (cfg.kind(l, h) != head_kind::retrieval) continue;
-        for (int g = 0; g < group; ++g)
-          for (int j = 0; j < m; ++j) {
-            query_attention qa;
-            qa.layer = l;
-            qa.head = h;
-            qa.weight.resize(static_cast<std::size_t>(n));
-            const bfloat16* q =
-                &s.decode_queries[l][((static_cast<std::size_t>(h) * group + g) * m + j) * d];
-            double m = -1e300;
-            for (int t = 0; t < n; ++t) {
-              double dot = 0;
-              const bfloat16* k = &s.k[l][s.offset(t, h)];
-              for (int x = 0; x < d; ++x) dot += static_cast<double>(to_float(q[x])) * to_float(k[x]);
-              qa.weight[t] = dot / std::sqrt(static_cast<double>(d));
-              m = std::max(m, qa.weight[t]);
-            }
-            qa.full.assign(static_cast<std::size_t>(d), 0.0);
-            double z = 0;
-            for (int t = 0; t < n; ++t) {
-              qa.weight[t] = std::exp(qa.weight[t] - m);
-              z += qa.weight[t];
-              const bfloat16* v = &s.v[l][s.offset(t, h)];
-              for (int x = 0; x < d; ++x) qa.full[x] += qa.weight[t] * to_float(v[x]);
-            }
-            double norm = 0;
-            for (auto& x : qa.full) {
-              x /= z;
-              norm += x * x;
-            }
-            qa.full_norm = std::sqrt(norm);
-            queries_.push_back(std::move(qa));
+        // The head's group x decode queries in one pass over its keys and values (each row converted
+        // once); every query's sums run over x and t in order, as one query at a time would.
+        const int nq = group * m;
+        std::vector<query_attention> qs(static_cast<std::size_t>(nq));
+        std::vector<double> qd(static_cast<std::size_t>(nq) * d), mx(static_cast<std::size_t>(nq), -1e300),
+            z(static_cast<std::size_t>(nq), 0.0), row(static_cast<std::size_t>(d));
+        for (int j = 0; j < nq; ++j) {  // query j = g * m + answer
+          qs[j].layer = l;
+          qs[j].head = h;
+          qs[j].weight.resize(static_cast<std::size_t>(n));
+          qs[j].full.assign(static_cast<std::size_t>(d), 0.0);
+          const bfloat16* q = &s.decode_queries[l][(static_cast<std::size_t>(h) * group * m + j) * d];
+          for (int x = 0; x < d; ++x) qd[static_cast<std::size_t>(j) * d + x] = to_float(q[x]);
+        }
+        for (int t = 0; t < n; ++t) {
+          const bfloat16* k = &s.k[l][s.offset(t, h)];
+          for (int x = 0; x < d; ++x) row[x] = to_float(k[x]);
+          for (int j = 0; j < nq; ++j) {
+            const double* qj = &qd[static_cast<std::size_t>(j) * d];
+            double dot = 0;
+            for (int x = 0; x < d; ++x) dot += qj[x] * row[x];
+            qs[j].weight[t] = dot / std::sqrt(static_cast<double>(d));
+            mx[j] = std::max(mx[j], qs[j].weight[t]);
           }
+        }
+        for (int t = 0; t < n; ++t) {
+          const bfloat16* v = &s.v[l][s.offset(t, h)];
+          for (int x = 0; x < d; ++x) row[x] = to_float(v[x]);
+          for (int j = 0; j < nq; ++j) {
+            double& w = qs[j].weight[t];
+            w = std::exp(w - mx[j]);
+            z[j] += w;
+            for (int x = 0; x < d; ++x) qs[j].full[x] += w * row[x];
+          }
+        }
+        for (int j = 0; j < nq; ++j) {
+          double norm = 0;
+          for (auto& x : qs[j].full) {
+            x /= z[j];
+            norm += x * x;
+          }
+          qs[j].full_norm = std::sqrt(norm);
+          queries_.push_back(std::move(qs[j]));
+        }
       }
   }
 
@@ -86,24 +98,39 @@ class niah_evaluator {
           ok = ok && in;
         }
       }
+    // The queries of one (layer, head) are consecutive and read the same kept values: each value
+    // row is converted once and added into every query's output (each query's sums run over the
+    // kept tokens in order, as one query at a time would).
     double fid = 0;
-    std::vector<double> part(static_cast<std::size_t>(d));
-    for (const auto& qa : queries_) {
-      std::fill(part.begin(), part.end(), 0.0);
-      double z = 0;
-      const std::int32_t* b = row(qa.layer, qa.head);
-      for (int i = 0; i < kept[qa.layer].counts[qa.head]; ++i) {
+    std::vector<double> part, z, vrow(static_cast<std::size_t>(d));
+    for (std::size_t q0 = 0, q1; q0 < queries_.size(); q0 = q1) {
+      const int layer = queries_[q0].layer, head = queries_[q0].head;
+      for (q1 = q0; q1 < queries_.size() && queries_[q1].layer == layer && queries_[q1].head == head;) ++q1;
+      const std::size_t nq = q1 - q0;
+      part.assign(nq * static_cast<std::size_t>(d), 0.0);
+      z.assign(nq, 0.0);
+      const std::int32_t* b = row(layer, head);
+      for (int i = 0; i < kept[layer].counts[head]; ++i) {
         const int t = b[i];
-        z += qa.weight[t];
-        const bfloat16* v = &s.v[qa.layer][s.offset(t, qa.head)];
-        for (int x = 0; x < d; ++x) part[x] += qa.weight[t] * to_float(v[x]);
+        const bfloat16* v = &s.v[layer][s.offset(t, head)];
+        for (int x = 0; x < d; ++x) vrow[x] = to_float(v[x]);
+        for (std::size_t j = 0; j < nq; ++j) {
+          const double w = queries_[q0 + j].weight[t];
+          double* pj = part.data() + j * static_cast<std::size_t>(d);
+          z[j] += w;
+          for (int x = 0; x < d; ++x) pj[x] += w * vrow[x];
+        }
       }
-      double err = 0;
-      for (int x = 0; x < d; ++x) {
-        const double o = z > 0 ? part[x] / z : 0.0;
-        err += (o - qa.full[x]) * (o - qa.full[x]);
+      for (std::size_t j = 0; j < nq; ++j) {
+        const auto& qa = queries_[q0 + j];
+        const double* pj = part.data() + j * static_cast<std::size_t>(d);
+        double err = 0;
+        for (int x = 0; x < d; ++x) {
+          const double o = z[j] > 0 ? pj[x] / z[j] : 0.0;
+          err += (o - qa.full[x]) * (o - qa.full[x]);
+        }
+        fid += 1.0 - std::sqrt(err) / qa.full_norm;
       }
-      fid += 1.0 - std::sqrt(err) / qa.full_norm;
     }
     out.success = ok && answers > 0;
     out.recall = answers > 0 ? static_cast<double>(answers_kept) / answers : 0.0;
