@@ -8,6 +8,7 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/presets.hpp"
@@ -74,12 +75,12 @@ std::vector<std::int32_t> row_of(const kvevict::keep_plan_buffer& b, int r) {
                                    b.positions.begin() + static_cast<std::ptrdiff_t>(r) * b.capacity + b.counts[r]);
 }
 
-template <class Policy>
+template <class T = float, class Policy>
 void check_shards(const char* what, const Policy& p, bool needs_gather, layout_kind kind, const logical& L,
                   const inputs& in) {
-  INFO(what << " in " << name(kind));
+  INFO(what << " in " << name(kind) << (std::is_same_v<T, float> ? "" : " (quantised keys)"));
   const int q_heads = kKvHeads * kGroup;
-  test_cache<float> full = build<float>(L, kind, 16, 3);
+  test_cache<T> full = build<T>(L, kind, 16, 3);
   std::vector<std::int32_t> all_lens(L.lens.begin(), L.lens.end());
   kvevict::keep_plan_buffer whole(1, 1);
   full.visit([&](auto view) {
@@ -94,8 +95,8 @@ void check_shards(const char* what, const Policy& p, bool needs_gather, layout_k
     const int kvh = kKvHeads / shards;
     // every shard scores its heads; the "all-gather" copies them into one [seqs, heads, stride] array
     std::vector<float> gathered(static_cast<std::size_t>(kSeqs) * kKvHeads * kStride, 0.0f);
-    std::vector<test_cache<float>> parts;
-    for (int i = 0; i < shards; ++i) parts.push_back(build<float>(slice(L, i * kvh, kvh), kind, 16, 5 + i));
+    std::vector<test_cache<T>> parts;
+    for (int i = 0; i < shards; ++i) parts.push_back(build<T>(slice(L, i * kvh, kvh), kind, 16, 5 + i));
     for (int i = 0; i < shards; ++i) {
       const auto q = heads_of(in.q, q_heads, kWindow * kDim, i * kvh * kGroup, kvh * kGroup);
       const auto sums = heads_of(in.sums, q_heads, kStride, i * kvh * kGroup, kvh * kGroup);
@@ -156,6 +157,12 @@ TEST_CASE("shards: every shard's rows equal the single-device plan, 2 and 4 shar
     const logical L = make_logical(kSeqs, kKvHeads, kDim, {260, 190}, 9, kind == layout_kind::head_rows);
     for_each_preset(4, kWindow, 60, [&](const auto& pr) { check_shards(pr.name, pr.policy, pr.heads_interact, kind, L, in); });
   }
+  // quantised keys (fp8 e4m3, int8; float queries): the same matrix on a block table
+  const logical L = make_logical(kSeqs, kKvHeads, kDim, {260, 190}, 9);
+  for_each_preset(4, kWindow, 60, [&](const auto& pr) {
+    check_shards<kvevict::float8_e4m3>(pr.name, pr.policy, pr.heads_interact, layout_kind::block_nhd, L, in);
+    check_shards<kvevict::int8>(pr.name, pr.policy, pr.heads_interact, layout_kind::block_nhd, L, in);
+  });
 }
 
 TEST_CASE("shards: select names bad shard arguments and writes nothing", "[shards][errors]") {

@@ -114,6 +114,20 @@ TEST_CASE("host threads: plans, scores and compaction do not depend on the threa
       REQUIRE(got2 == plan_with(kvevict::host.threads(1), sab, view, sig));
     });
   }
+  // quantised keys (fp8 e4m3, int8; float queries): every preset, the same plan on any thread count
+  auto quantised = [&](auto tag) {
+    using Q = decltype(tag);
+    test_cache<Q> c = build<Q>(L, layout_kind::block_nhd, 16, 9);
+    auto view = c.block_view();
+    for (int threads : {2, 3})
+      for_each_preset(2, window, 60, [&](const auto& pr) {
+        INFO(pr.name << " on " << threads << " threads, quantised keys");
+        REQUIRE(plan_with(kvevict::host.threads(threads), pr.policy, view, all_sig) ==
+                plan_with(kvevict::host.threads(1), pr.policy, view, all_sig));
+      });
+  };
+  quantised(kvevict::float8_e4m3{});
+  quantised(kvevict::int8{});
 }
 
 TEST_CASE("host threads: evict on all threads compacts as on one", "[threads]") {
