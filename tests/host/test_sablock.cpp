@@ -683,7 +683,6 @@ TEST_CASE("heads of a sequence share one segmentation only when the segmenter cu
       const logical L = make_logical(2, 4, 16, {300, 170}, seed, kind == layout_kind::head_rows);
       auto c = build<float>(L, kind, 8, seed);
       c.visit([&](auto view) {
-        using V = decltype(view);
         kvevict::signals<float> sig;
         std::vector<float> scores(static_cast<std::size_t>(2 * 4) * 300);
         std::mt19937 rng(seed);
@@ -700,7 +699,6 @@ TEST_CASE("heads of a sequence share one segmentation only when the segmenter cu
           return rows;
         };
         INFO(name(kind) << " seed " << seed);
-        (void)sizeof(V);
         CHECK(plan_with(kvevict::adaptive_block<kvevict::key_similarity_segmenter>{}) ==
               plan_with(kvevict::adaptive_block<key_similarity_every_head>{}));
         CHECK(plan_with(kvevict::segment_level<kvevict::key_similarity_segmenter>{}) ==

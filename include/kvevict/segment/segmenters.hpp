@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "../detail/checks.hpp"
 #include "../numeric.hpp"
@@ -291,42 +292,29 @@ struct key_similarity_segmenter {
           aa += fa * fa;
         }
       }
-      // Four pairs at a time: four independent chains of sums (each in x order, as one pair alone).
-      constexpr int P = 4;
-      int t = lo;
-      for (; t + P < hi; t += P) {
-        const decltype(cache.key(0, 0, 0)) k[P + 1] = {
-            cache.key(cache.page(seq, h, t / ps), t % ps, h),
-            cache.key(cache.page(seq, h, (t + 1) / ps), (t + 1) % ps, h),
-            cache.key(cache.page(seq, h, (t + 2) / ps), (t + 2) % ps, h),
-            cache.key(cache.page(seq, h, (t + 3) / ps), (t + 3) % ps, h),
-            cache.key(cache.page(seq, h, (t + 4) / ps), (t + 4) % ps, h)};
-        double ab[P] = {0, 0, 0, 0}, bb[P] = {0, 0, 0, 0};
+      // `M` pairs from t on: M independent chains of sums (each in x order, as one pair alone);
+      // four at a time, then one at a time.
+      auto pairs = [&](int t, auto count) {
+        constexpr int M = decltype(count)::value;
+        decltype(cache.key(0, 0, 0)) k[M + 1];
+        for (int j = 0; j <= M; ++j) k[j] = cache.key(cache.page(seq, h, (t + j) / ps), (t + j) % ps, h);
+        double ab[M] = {}, bb[M] = {};
         for (int x = 0; x < d; ++x) {
-          double f[P + 1];
-          for (int j = 0; j <= P; ++j) f[j] = to_float(k[j][x]);
-          for (int j = 0; j < P; ++j) {
+          double f[M + 1];
+          for (int j = 0; j <= M; ++j) f[j] = to_float(k[j][x]);
+          for (int j = 0; j < M; ++j) {
             ab[j] += f[j] * f[j + 1];
             bb[j] += f[j + 1] * f[j + 1];
           }
         }
-        for (int j = 0; j < P; ++j) {
+        for (int j = 0; j < M; ++j) {
           sim[t + j - lo] += (aa > 0 && bb[j] > 0) ? ab[j] / std::sqrt(aa * bb[j]) : 0.0;
           aa = bb[j];
         }
-      }
-      for (; t + 1 < hi; ++t) {
-        const auto* a = cache.key(cache.page(seq, h, t / ps), t % ps, h);
-        const auto* b = cache.key(cache.page(seq, h, (t + 1) / ps), (t + 1) % ps, h);
-        double ab = 0, bb = 0;
-        for (int x = 0; x < d; ++x) {
-          const double fa = to_float(a[x]), fb = to_float(b[x]);
-          ab += fa * fb;
-          bb += fb * fb;
-        }
-        sim[t - lo] += (aa > 0 && bb > 0) ? ab / std::sqrt(aa * bb) : 0.0;
-        aa = bb;
-      }
+      };
+      int t = lo;
+      for (; t + 4 < hi; t += 4) pairs(t, std::integral_constant<int, 4>{});
+      for (; t + 1 < hi; ++t) pairs(t, std::integral_constant<int, 1>{});
     }
     for (int t = lo; t + 1 < hi; ++t) sim[t - lo] /= kvh;
     int c = 0;
