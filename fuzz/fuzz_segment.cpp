@@ -73,7 +73,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (auto& x : a) x = in.ConsumeFloatingPointInRange<double>(0.0, in.ConsumeBool() ? 1.0 : 1e6);
   const int bc = in.ConsumeIntegralInRange<int>(0, hi - lo);
   std::vector<unsigned char> keep(hi - lo);
-  std::vector<double> r(hi - lo + 1), prefix(hi - lo + 1), means(hi - lo + 1), bound(2 * (hi - lo) + 2);
+  std::vector<double> r(hi - lo + 1), prefix(hi - lo + 1), means(hi - lo + 1),
+      bound(kvevict::host_backend::sablock_bound_doubles(hi - lo));
   std::vector<std::int32_t> idx(hi - lo), order(hi - lo + 1);
   kvevict::host_backend::sablock_params prm{
       in.ConsumeFloatingPointInRange<double>(0.0, 1.0), in.ConsumeFloatingPointInRange<double>(0.0, 100.0),

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <cfloat>
 #include <cmath>
 #include <random>
 
@@ -39,7 +40,7 @@ TEST_CASE("SABlock golden cases: segments and kept positions", "[sablock][golden
       // Version 1 settings: the golden cases' alpha, no sentence guidance, no sentence blocks.
       kvevict::host_backend::sablock_params prm{c["alpha"].get<double>(), c["g"].get<double>(), c["steps"].get<int>(), 0, 0.0,
                                                 false};
-      std::vector<double> bound(2 * (hi - lo));
+      std::vector<double> bound(kvevict::host_backend::sablock_bound_doubles(hi - lo));
       kvevict::host_backend::sablock_select(scores.data(), lo, hi, off.data(), count, nullptr, 0, bc, prm, keep.data(),
                                             r.data(), prefix.data(), idx.data(), bound.data());
       for (int t = 0; t < sinks; ++t) kept.push_back(t);
@@ -332,7 +333,7 @@ TEST_CASE("regression (fuzz_segment): prefix-sum rounding at the top price keeps
   for (int bc : {0, 1}) {
     for (int steps : {1, 2, 32}) {
       unsigned char keep[2] = {9, 9};
-      double r[3], prefix[3], bound[4];
+      double r[3], prefix[3], bound[kvevict::host_backend::sablock_bound_doubles(2)];
       std::int32_t idx[2];
       kvevict::host_backend::sablock_select(a, 0, 2, off, 2, nullptr, 0, bc, {0.0, 0.0, steps, 0, 0.0, false},
                                             keep, r, prefix, idx, bound);
@@ -515,7 +516,8 @@ TEST_CASE("SABlock's bisection skips sentences and the plan stays the naive one 
     const int count = two ? seg.segment_levels_ids(ids32.data(), lo, hi, off.data(), sent.data(), &num_sentences, raw.data())
                           : seg.segment_ids(ids32.data(), lo, hi, off.data());
     std::vector<unsigned char> keep(hi - lo, 7);
-    std::vector<double> r(hi - lo + 1), prefix(hi - lo + 1), bound(2 * (hi - lo));
+    std::vector<double> r(hi - lo + 1), prefix(hi - lo + 1),
+        bound(kvevict::host_backend::sablock_bound_doubles(hi - lo));
     std::vector<std::int32_t> idx(hi - lo);
     kvevict::host_backend::sablock_select(a.data(), lo, hi, off.data(), count, two ? sent.data() : nullptr, num_sentences,
                                           bc, {alpha, g, 32, 0, beta, blocks}, keep.data(), r.data(), prefix.data(),
@@ -705,4 +707,92 @@ TEST_CASE("heads of a sequence share one segmentation only when the segmenter cu
               plan_with(kvevict::segment_level<key_similarity_every_head>{}));
       });
     }
+}
+
+TEST_CASE("SABlock's probe: positive blocks, the decisions' margins and a rounding bound that holds", "[sablock]") {
+  // The bisection leaves a sentence alone once two evaluations certify its kept set on an interval
+  // (host/block_select.hpp); the certificate rests on what sentence_cost's probe reports. Here each
+  // field is computed naively: the positive candidate blocks of every size of every clause and the
+  // whole sentence, each decision's lead over its runner-up, and the bound on how far a total lies
+  // from the exact sum of its positive nets (long double stands in for exact).
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> u(0, 1);
+  int decided = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const int clauses = 1 + static_cast<int>(rng() % 4), kind = trial % 3;
+    std::vector<std::int32_t> off{0};
+    for (int c = 0; c < clauses; ++c) off.push_back(off.back() + 1 + static_cast<int>(rng() % 24));
+    const int n = off.back();
+    std::vector<double> r(n), prefix(n);
+    for (auto& x : r) x = kind == 0 ? u(rng) : kind == 1 ? static_cast<double>(rng() % 3) : u(rng) * 1e6 - 2e5;
+    for (int c = 0; c < clauses; ++c) {
+      double run = 0;
+      for (int t = off[c]; t < off[c + 1]; ++t) prefix[t] = run = run + r[t];
+    }
+    const double gamma = 2 * u(rng), lam = u(rng) * (kind == 2 ? 1e6 : 1.0);
+    const int maxc = trial % 7 == 6 ? 3 : 0;
+    const bool blocks = trial % 5 != 4;
+    kvevict::detail::sablock_probe pr;
+    const auto cost =
+        kvevict::detail::sentence_cost(prefix.data(), off.data(), 0, 0, clauses, lam, gamma, maxc, blocks, nullptr, nullptr, &pr);
+    int positive = 0, terms = 0;
+    double margin = DBL_MAX, split = 0;
+    long double split_exact = 0;
+    std::int64_t split_cost = 0;
+    for (int c = 0; c < clauses; ++c) {
+      const int s0 = off[c], len = off[c + 1] - off[c];
+      std::vector<int> sizes;
+      if (maxc > 0) {
+        sizes.push_back(std::min(maxc, len));
+      } else {
+        for (int b = 1; b < len; b *= 2) sizes.push_back(b);
+        sizes.push_back(len);
+      }
+      std::vector<double> tot(sizes.size(), 0.0);
+      std::vector<std::int64_t> kept(sizes.size(), 0);
+      std::vector<long double> exact(sizes.size(), 0.0L);
+      for (std::size_t i = 0; i < sizes.size(); ++i)
+        for (int st = 0; st < len; st += sizes[i]) {
+          const int e = std::min(len, st + sizes[i]);
+          const double v = st > 0 ? prefix[s0 + e - 1] - prefix[s0 + st - 1] : prefix[s0 + e - 1];
+          const double net = (v - lam * (e - st)) - gamma;
+          if (net > 0) {
+            ++positive, ++terms;
+            tot[i] += net;
+            kept[i] += e - st;
+            exact[i] += static_cast<long double>(v) - static_cast<long double>(lam) * (e - st) - gamma;
+          }
+        }
+      ++terms;
+      std::size_t w = 0;  // the largest size with the largest total
+      for (std::size_t i = 0; i < sizes.size(); ++i)
+        if (tot[i] >= tot[w]) w = i;
+      double other = -1;
+      for (std::size_t i = 0; i < sizes.size(); ++i)
+        if (i != w) other = std::max(other, tot[i]);
+      if (tot[w] > 0 && other >= 0) margin = std::min(margin, tot[w] - other);
+      split += tot[w];
+      split_exact += exact[w];
+      split_cost += kept[w];
+    }
+    std::int64_t want = split_cost;
+    if (clauses > 1 && blocks && maxc == 0) {
+      double value = 0;
+      for (int c = 0; c < clauses; ++c) value += prefix[off[c + 1] - 1];
+      const double whole = (value - lam * n) - gamma;
+      if (whole > 0) {
+        ++positive, ++terms;
+        margin = std::min(margin, std::abs(whole - split));
+        if (whole >= split) want = n;
+      }
+    }
+    INFO("trial " << trial);
+    CHECK(cost == want);
+    CHECK(pr.positive == positive);
+    CHECK(pr.terms == terms);
+    CHECK(pr.margin == margin);
+    CHECK(std::abs(static_cast<long double>(split) - split_exact) <= pr.error());
+    decided += margin < DBL_MAX;
+  }
+  CHECK(decided > 200);  // most cases weigh a decision
 }

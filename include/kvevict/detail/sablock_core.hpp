@@ -46,19 +46,56 @@ KVEVICT_HOST_DEVICE void refine_segment(double* r, double* prefix, int s0, int l
   }
 }
 
-//! Net of block [s0 + st, s0 + e) at price `lam`: value - lam * length - gamma.
-KVEVICT_HOST_DEVICE double block_net(const double* prefix, int s0, int st, int e, double lam, double gamma) {
-  const double value = st > 0 ? prefix[s0 + e - 1] - prefix[s0 + st - 1] : prefix[s0 + e - 1];
-  return (value - mul_rn(lam, e - st)) - gamma;
+//! Value of block [s0 + st, s0 + e): the difference of the local prefix sums.
+KVEVICT_HOST_DEVICE double block_value(const double* prefix, int s0, int st, int e) {
+  return st > 0 ? prefix[s0 + e - 1] - prefix[s0 + st - 1] : prefix[s0 + e - 1];
 }
 
-//! Total positive net of the segment cut into blocks of `b`.
-KVEVICT_HOST_DEVICE double blocks_total(const double* prefix, int s0, int len, int b, double lam, double gamma) {
+//! Net of a block of value `value` and length `len` at price `lam`: value - lam * length - gamma.
+KVEVICT_HOST_DEVICE double value_net(double value, int len, double lam, double gamma) {
+  return (value - mul_rn(lam, len)) - gamma;
+}
+
+//! Net of block [s0 + st, s0 + e) at price `lam`.
+KVEVICT_HOST_DEVICE double block_net(const double* prefix, int s0, int st, int e, double lam, double gamma) {
+  return value_net(block_value(prefix, s0, st, e), e - st, lam, gamma);
+}
+
+//! What one evaluation at a price says beyond the kept length, for a bisection that stops
+//! evaluating a sentence once its kept set cannot change any more (host/block_select.hpp). Every
+//! candidate block's net is non-increasing in the price, rounding included, so a block positive at
+//! the upper end of an interval is positive inside it, one not positive at the lower end is not
+//! positive inside: equal `positive` counts at both ends mean the same positive blocks throughout.
+//! With those fixed, each candidate's total is a linear function of the price up to `error()`, and
+//! a decision won by more than `4 error()` at both ends (`margin`) is won inside too.
+struct sablock_probe {
+  int positive = 0;        //!< positive candidate blocks (every size of every clause, the whole sentence)
+  int terms = 0;           //!< summands behind the totals: positive blocks and clauses
+  double scale = 0;        //!< sum over the positive blocks of |value| + lam length + |gamma|
+  double margin = DBL_MAX;  //!< the smallest gap between a decision's winner and its runner-up
+  KVEVICT_HOST_DEVICE void block(double value, int len, double lam, double gamma) {
+    ++positive;
+    ++terms;
+    scale += (value < 0 ? -value : value) + lam * len + (gamma < 0 ? -gamma : gamma);
+  }
+  KVEVICT_HOST_DEVICE void gap(double g) { margin = g < margin ? g : margin; }
+  //! Bounds how far a total computed here (nets and their in-order sums, the sentence's split sum)
+  //! lies from the exact linear function of the same positive blocks: each net within 3 units in
+  //! the last place of its terms, each sum within (summands) units of its scale; taken twice.
+  KVEVICT_HOST_DEVICE double error() const { return (terms + 8) * 0x1p-52 * scale; }
+};
+
+//! Total positive net of the segment cut into blocks of `b`; counts its positive blocks in `pr`.
+KVEVICT_HOST_DEVICE double blocks_total(const double* prefix, int s0, int len, int b, double lam, double gamma,
+                                        sablock_probe* pr = nullptr) {
   double tot = 0;
   for (int st = 0; st < len; st += b) {
     const int e = len < st + b ? len : st + b;
-    const double net = block_net(prefix, s0, st, e, lam, gamma);
-    if (net > 0) tot = add_rn(tot, net);
+    const double value = block_value(prefix, s0, st, e), net = value_net(value, e - st, lam, gamma);
+    if (net > 0) {
+      tot = add_rn(tot, net);
+      if (pr) pr->block(value, e - st, lam, gamma);
+    }
   }
   return tot;
 }
@@ -66,25 +103,34 @@ KVEVICT_HOST_DEVICE double blocks_total(const double* prefix, int s0, int len, i
 //! The segment's block size at price `lam`: among 1, 2, 4, ... below `len` and `len` (or the single
 //! size `min(max_candidates, len)`), the largest total positive net, ties to the larger size. Marks
 //! its kept blocks in `keep` when not null; returns the kept length, and the chosen size's total
-//! positive net in `*total` when not null.
+//! positive net in `*total` when not null. With `pr`, also counts every size's positive blocks and
+//! the winner's lead over the best other size (none when nothing is positive: no block is kept
+//! whichever size wins).
 KVEVICT_HOST_DEVICE std::int64_t segment_cost(const double* prefix, int s0, int len, double lam, double gamma,
-                                              int max_candidates, unsigned char* keep, double* total = nullptr) {
+                                              int max_candidates, unsigned char* keep, double* total = nullptr,
+                                              sablock_probe* pr = nullptr) {
   int best_b = 0;
   double best = -1.0;
   if (max_candidates > 0) {
     best_b = max_candidates < len ? max_candidates : len;
-    if (total) best = blocks_total(prefix, s0, len, best_b, lam, gamma);
+    if (total || pr) best = blocks_total(prefix, s0, len, best_b, lam, gamma, pr);
   } else {
+    double other = -1.0;  // the best total of the sizes that lose
     for (int b = 1;; b *= 2) {
       const int size = b < len ? b : len;
-      const double tot = blocks_total(prefix, s0, len, size, lam, gamma);
+      const double tot = blocks_total(prefix, s0, len, size, lam, gamma, pr);
       if (tot >= best) {  // sizes come in increasing order: ties go to the larger size
+        other = best_b > 0 && best > other ? best : other;
         best = tot;
         best_b = size;
+      } else if (tot > other) {
+        other = tot;
       }
       if (b >= len) break;
     }
+    if (pr && best > 0 && other >= 0) pr->gap(best - other);
   }
+  if (pr) ++pr->terms;
   if (total) *total = best;
   std::int64_t cost = 0;
   for (int st = 0; st < len; st += best_b) {
@@ -135,26 +181,32 @@ KVEVICT_HOST_DEVICE bool clause_idle(const double* clause_bound, int u, double l
 //! clause, the whole sentence as one block (one fee). The larger total positive net wins, ties to
 //! the whole sentence (the larger block). Marks the kept tokens in `keep` when not null. With
 //! `clause_bound` (per clause, see clause_price_bound), a clause at or above its bound is passed
-//! over: it keeps nothing and adds +0 to the split total, as its evaluation would.
+//! over: it keeps nothing and adds +0 to the split total, as its evaluation would. With `pr`
+//! (and no `keep`), fills the probe (see sablock_probe).
 KVEVICT_HOST_DEVICE std::int64_t sentence_cost(const double* prefix, const std::int32_t* off, int base, int c0, int c1,
                                                double lam, double gamma, int max_candidates, bool sentence_blocks,
-                                               unsigned char* keep, const double* clause_bound = nullptr) {
+                                               unsigned char* keep, const double* clause_bound = nullptr,
+                                               sablock_probe* pr = nullptr) {
   std::int64_t cost = 0;
   if (c1 - c0 == 1 || !sentence_blocks || max_candidates > 0) {
     for (int u = c0; u < c1; ++u)
       if (!clause_idle(clause_bound, u, lam))
-        cost += segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, keep);
+        cost += segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, keep, nullptr, pr);
     return cost;
   }
   double value = 0, split = 0;
   for (int u = c0; u < c1; ++u) value = add_rn(value, prefix[off[u + 1] - base - 1]);
   const int len = off[c1] - off[c0];
-  const double whole = (value - mul_rn(lam, len)) - gamma;
+  const double whole = value_net(value, len, lam, gamma);
   for (int u = c0; u < c1; ++u) {
     if (clause_idle(clause_bound, u, lam)) continue;
     double tot = 0;
-    cost += segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, nullptr, &tot);
+    cost += segment_cost(prefix, off[u] - base, off[u + 1] - off[u], lam, gamma, max_candidates, nullptr, &tot, pr);
     split = add_rn(split, tot);
+  }
+  if (pr && whole > 0) {
+    pr->block(value, len, lam, gamma);
+    pr->gap(whole >= split ? whole - split : split - whole);
   }
   if (whole > 0 && whole >= split) {
     if (keep)
@@ -186,7 +238,7 @@ KVEVICT_HOST_DEVICE double blocks_bound(const double* prefix, int s0, int len, i
   double full = -DBL_MAX, bound = 0;  // the best full block's value, one division for all of them
   for (int st = 0; st < len; st += size) {
     const int e = len < st + size ? len : st + size;
-    const double value = st > 0 ? prefix[s0 + e - 1] - prefix[s0 + st - 1] : prefix[s0 + e - 1];
+    const double value = block_value(prefix, s0, st, e);
     if (e - st == size) {
       full = value > full ? value : full;
     } else {

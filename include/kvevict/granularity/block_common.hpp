@@ -59,13 +59,13 @@ struct block_scratch {
   std::int32_t* order;    // [n]; SABlock: sentences as clause ranges
   unsigned char* keep;    // [n]
   void* segmenter;        // segmenter scratch
-  double* bound;          // [2n] for SABlock (a price bound per clause and per sentence); else empty
+  double* bound;          // SABlock: host_backend::sablock_bound_doubles(n); else empty
 
   static workspace_layout<9> layout(int n, std::size_t seg_bytes, bool price_bounds = false) {
     const std::size_t m = static_cast<std::size_t>(n) + 2;
     return workspace_layout<9>{{sizeof(double) * m, sizeof(double) * m, sizeof(double) * m,
                                 sizeof(std::int32_t) * (2 * m), sizeof(std::int32_t) * m, sizeof(std::int32_t) * m, m,
-                                seg_bytes, price_bounds ? sizeof(double) * (2 * m) : 0}};
+                                seg_bytes, price_bounds ? sizeof(double) * host_backend::sablock_bound_doubles(m) : 0}};
   }
   //! Carves the scratch of sequence `seq` (sized by its longest head), with room for a segmenter's.
   template <class Cache, class Segmenter,

@@ -75,15 +75,19 @@ struct sablock_params {
   bool sentence_blocks = true;  //!< the whole sentence is a candidate block
 };
 
+//! Doubles of scratch `sablock_select` takes in `bound` for a range of `n` tokens: a price bound per
+//! clause and per sentence, and three summaries (see detail::sablock_probe) per sentence.
+constexpr std::size_t sablock_bound_doubles(std::size_t n) { return 14 * n; }
+
 //! SABlock on one (sequence, head) compressible range `[lo, hi)` with clauses `offsets[0..count]`
 //! (token positions) grouped in sentences `sent[0..num_sentences]` (clause ranges; null: every
 //! clause its own sentence) and compressible budget `bc < hi - lo`: refined scores, budget-driven
 //! block-size search by bisection on the price, then the fill, in double precision. Marks exactly
 //! `bc` tokens in `keep[0, hi - lo)`. Scratch: `r` and `prefix` of `hi - lo + 1` doubles, `idx` of
-//! `hi - lo`, `bound` of one double per clause and one per sentence (2 (hi - lo)). O(steps x |P|)
-//! at most: the bisection passes over sentences that can no longer keep a token. Every sum runs
-//! inside one sentence, in order (the pieces of detail/sablock_core.hpp), so a device running
-//! sentences in parallel gets the same plan.
+//! `hi - lo`, `bound` of `sablock_bound_doubles(hi - lo)`. O(steps x |P|) at most: the bisection
+//! passes over sentences whose kept set can no longer change. Every sum runs inside one sentence,
+//! in order (the pieces of detail/sablock_core.hpp), so a device running sentences in parallel
+//! gets the same plan.
 template <class Score>
 void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets, int count, const std::int32_t* sent,
                     int num_sentences, int bc, const sablock_params& prm, unsigned char* keep, double* r,
@@ -97,66 +101,136 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
   for (int u = 0; u < count; ++u) rsum += prefix[offsets[u + 1] - lo - 1];  // clause sums, in clause order
   const double rmax = *std::max_element(r, r + n);
   const double gamma = prm.g * (rsum / n);
-  // The bisection visits only the sentences that may still keep a token at its price. At or
-  // above `bound[k]` sentence k keeps nothing (detail::sentence_price_bound), so it is skipped
-  // there, and so is a clause of a visited sentence at or above its own bound. And a sentence
-  // that keeps nothing at a price keeps nothing at any higher one (every block's net is
-  // non-increasing in the price, rounding included), while every later price is at least the
-  // lower end: once the lower end rises to a price where a sentence keeps nothing, it is dropped
-  // for good. The plan is the one of visiting them all. `idx` holds the live sentences and
-  // `keep` their flags until the final run (both are free until then; S <= n).
-  double lam_lo = 0.0, lam_hi = rmax + gamma;
-  std::int32_t* live = idx;
-  unsigned char* keeps_some = keep;
-  int num_live = S;
   // One level: a sentence is its clause, and its bound is the clause's. Two levels: the clauses'
-  // bounds follow the sentences' in `bound`, and the visits skip clauses too.
+  // bounds follow the sentences' in `bound`, and the visits skip clauses too. At or above
+  // `bound[k]` sentence k keeps nothing (detail::sentence_price_bound), so a step passes over it,
+  // and over a clause of a visited sentence at or above its own bound.
   double* clause_bound = sent ? bound + S : bound;
   for (int u = 0; u < count; ++u)
     clause_bound[u] = detail::clause_price_bound(prefix, offsets[u] - lo, offsets[u + 1] - offsets[u], gamma,
                                                  prm.max_candidates);
-  for (int k = 0; k < S; ++k) {
-    live[k] = k;
+  for (int k = 0; k < S; ++k)
     if (sent)
       bound[k] = detail::sentence_price_bound(prefix, offsets, lo, first(k), first(k + 1), gamma,
                                               prm.max_candidates, prm.sentence_blocks, clause_bound);
-  }
   const double* skip_clauses = sent ? clause_bound : nullptr;
-  auto run = [&](double lam, unsigned char* mark) {
-    std::int64_t cost = 0;
-    for (int i = 0; i < num_live; ++i) {
+  // Each step evaluates only the live sentences. A sentence leaves the live set when its kept set
+  // is the same at every price of [lam_lo, lam_hi], certified by its evaluations at both ends
+  // (detail::sablock_probe: the same positive blocks, the same kept length, every decision won by
+  // more than four times the rounding bound); every later price lies in that interval, so its kept
+  // length is a constant from then on, and the final run at lam_hi marks it. A sentence that keeps
+  // nothing at the lower end is one case. The plan is the one of evaluating them all. Summaries
+  // per sentence, for the lower end, the upper end and the step's midpoint (which becomes one of
+  // them); `idx` holds the live sentences and `keep` flags the left ones that keep tokens (both are
+  // free until the final run; S <= n).
+  struct side {
+    double *positive, *kept, *margin, *error;  // counts as doubles: exact, and one scratch type
+  };
+  side sides[3];
+  {
+    double* p = bound + (sent ? S + count : count);
+    for (auto& sd : sides) {
+      sd.positive = p;
+      sd.kept = p + S;
+      sd.margin = p + 2 * S;
+      sd.error = p + 3 * S;
+      p += 4 * S;
+    }
+  }
+  side *at_lo = &sides[0], *at_hi = &sides[1], *at_mid = &sides[2];
+  for (int k = 0; k < S; ++k) at_lo->positive[k] = -1;  // nothing evaluated at the lower end yet
+  double lam_lo = 0.0, lam_hi = rmax + gamma;
+  std::int32_t* live = idx;
+  unsigned char* left_keeps = keep;
+  int num_live = S;
+  std::int64_t left_cost = 0;
+  for (int k = 0; k < S; ++k) {
+    live[k] = k;
+    left_keeps[k] = 0;
+  }
+  // A step stops once its cost passes bc (the midpoint becomes the lower end whatever the rest keep);
+  // the sentences it did not reach have no summary there, and the next step starts with them.
+  int start = 0;
+  auto run = [&](double lam) {
+    std::int64_t cost = left_cost;
+    for (int j = 0, i = start; j < num_live; ++j, i = i + 1 < num_live ? i + 1 : 0) {
       const int k = live[i];
-      if (lam >= bound[k]) {
-        if (!mark) keeps_some[i] = 0;
-        continue;
-      }
+      if (lam >= bound[k]) continue;  // it keeps nothing; settle() reads the bound, not a summary
+      detail::sablock_probe pr;
       const std::int64_t c = detail::sentence_cost(prefix, offsets, lo, first(k), first(k + 1), lam, gamma,
-                                                   prm.max_candidates, prm.sentence_blocks, mark, skip_clauses);
-      if (!mark) keeps_some[i] = c > 0;
+                                                   prm.max_candidates, prm.sentence_blocks, nullptr, skip_clauses, &pr);
+      at_mid->positive[k] = pr.positive;
+      at_mid->kept[k] = static_cast<double>(c);
+      at_mid->margin[k] = pr.margin;
+      at_mid->error[k] = pr.error();
       cost += c;
+      if (cost > bc) {
+        for (int jj = j + 1, ii = i; jj < num_live; ++jj) {
+          ii = ii + 1 < num_live ? ii + 1 : 0;
+          at_mid->positive[live[ii]] = -1;
+        }
+        start = i + 1 < num_live ? i + 1 : 0;
+        break;
+      }
     }
     return cost;
   };
-  auto raise_lower_end = [&](double lam) {
-    lam_lo = lam;
+  auto settle = [&] {  // takes out the live sentences whose kept set is now fixed
     int m = 0;
-    for (int i = 0; i < num_live; ++i)
-      if (keeps_some[i]) live[m++] = live[i];
+    for (int i = 0; i < num_live; ++i) {
+      const int k = live[i];
+      bool fixed;
+      if (lam_lo >= bound[k]) {  // keeps nothing on the whole interval
+        fixed = true;
+      } else if (at_lo->positive[k] < 0) {  // not evaluated at the lower end
+        fixed = false;
+      } else if (lam_hi >= bound[k]) {  // keeps nothing at the upper end: fixed if nothing at the lower
+        fixed = at_lo->positive[k] == 0;
+      } else {
+        const double err4 = 4 * std::max(at_lo->error[k], at_hi->error[k]);
+        fixed = at_lo->positive[k] == at_hi->positive[k] && at_lo->kept[k] == at_hi->kept[k] &&
+                at_lo->margin[k] > err4 && at_hi->margin[k] > err4;
+      }
+      if (!fixed) {
+        live[m++] = k;
+      } else if (lam_hi < bound[k]) {
+        left_cost += static_cast<std::int64_t>(at_hi->kept[k]);
+        left_keeps[k] = at_hi->kept[k] > 0;
+      }
+    }
     num_live = m;
+    start = start < m ? start : 0;
   };
   // At max r + gamma no block has a positive net in exact arithmetic; rounding can leave a block
   // a hair above zero. Keep the bisection's invariant (hi feasible), at most 64 doublings.
-  for (int grow = 0; grow < detail::sablock_max_grow && run(lam_hi, nullptr) > bc; ++grow)
+  bool over = run(lam_hi) > bc;
+  for (int grow = 0; grow < detail::sablock_max_grow && over; ++grow) {
     lam_hi = detail::sablock_grow(lam_hi);
+    over = run(lam_hi) > bc;
+  }
+  std::swap(at_hi, at_mid);
   for (int it = 0; it < prm.steps; ++it) {
     const double mid = 0.5 * (lam_lo + lam_hi);
-    if (run(mid, nullptr) > bc)
-      raise_lower_end(mid);
-    else
+    if (run(mid) > bc) {
+      lam_lo = mid;
+      std::swap(at_lo, at_mid);
+    } else {
       lam_hi = mid;
+      std::swap(at_hi, at_mid);
+    }
+    settle();
   }
+  int num_marked = num_live;  // the live sentences, then the left ones that keep tokens
+  for (int k = 0; k < S; ++k)
+    if (left_keeps[k]) live[num_marked++] = k;
   std::fill(keep, keep + n, 0);
-  const std::int64_t kept = run(lam_hi, keep);
+  std::int64_t kept = 0;
+  auto mark = [&](int k) {
+    kept += detail::sentence_cost(prefix, offsets, lo, first(k), first(k + 1), lam_hi, gamma, prm.max_candidates,
+                                  prm.sentence_blocks, keep, skip_clauses);
+  };
+  for (int i = 0; i < num_marked; ++i)
+    if (lam_hi < bound[live[i]]) mark(live[i]);
   fill_best_unmarked(r, n, bc - static_cast<int>(std::min<std::int64_t>(kept, bc)), keep, idx);
 }
 
