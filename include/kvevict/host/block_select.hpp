@@ -138,7 +138,6 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
     }
   }
   side *at_lo = &sides[0], *at_hi = &sides[1], *at_mid = &sides[2];
-  for (int k = 0; k < S; ++k) at_lo->positive[k] = -1;  // nothing evaluated at the lower end yet
   double lam_lo = 0.0, lam_hi = rmax + gamma;
   std::int32_t* live = idx;
   unsigned char* left_keeps = keep;
@@ -147,13 +146,16 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
   for (int k = 0; k < S; ++k) {
     live[k] = k;
     left_keeps[k] = 0;
+    at_lo->positive[k] = -1;  // nothing evaluated at the lower end yet
   }
   // A step stops once its cost passes bc (the midpoint becomes the lower end whatever the rest keep);
   // the sentences it did not reach have no summary there, and the next step starts with them.
   int start = 0;
+  auto next = [&](int i) { return i + 1 < num_live ? i + 1 : 0; };
   auto run = [&](double lam) {
     std::int64_t cost = left_cost;
-    for (int j = 0, i = start; j < num_live; ++j, i = i + 1 < num_live ? i + 1 : 0) {
+    int j = 0, i = start;
+    for (; j < num_live && cost <= bc; ++j, i = next(i)) {
       const int k = live[i];
       if (lam >= bound[k]) continue;  // it keeps nothing; settle() reads the bound, not a summary
       detail::sablock_probe pr;
@@ -164,38 +166,26 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
       at_mid->margin[k] = pr.margin;
       at_mid->error[k] = pr.error();
       cost += c;
-      if (cost > bc) {
-        for (int jj = j + 1, ii = i; jj < num_live; ++jj) {
-          ii = ii + 1 < num_live ? ii + 1 : 0;
-          at_mid->positive[live[ii]] = -1;
-        }
-        start = i + 1 < num_live ? i + 1 : 0;
-        break;
-      }
     }
+    if (j < num_live) start = i;  // stopped early: the rest have no summary at this price
+    for (; j < num_live; ++j, i = next(i)) at_mid->positive[live[i]] = -1;
     return cost;
   };
   auto settle = [&] {  // takes out the live sentences whose kept set is now fixed
     int m = 0;
     for (int i = 0; i < num_live; ++i) {
       const int k = live[i];
-      bool fixed;
-      if (lam_lo >= bound[k]) {  // keeps nothing on the whole interval
-        fixed = true;
-      } else if (at_lo->positive[k] < 0) {  // not evaluated at the lower end
-        fixed = false;
-      } else if (lam_hi >= bound[k]) {  // keeps nothing at the upper end: fixed if nothing at the lower
-        fixed = at_lo->positive[k] == 0;
-      } else {
-        const double err4 = 4 * std::max(at_lo->error[k], at_hi->error[k]);
-        fixed = at_lo->positive[k] == at_hi->positive[k] && at_lo->kept[k] == at_hi->kept[k] &&
-                at_lo->margin[k] > err4 && at_hi->margin[k] > err4;
+      if (lam_hi >= bound[k]) {  // keeps nothing at the upper end: fixed when nothing at the lower end
+        if (lam_lo < bound[k] && at_lo->positive[k] != 0) live[m++] = k;
+        continue;
       }
-      if (!fixed) {
-        live[m++] = k;
-      } else if (lam_hi < bound[k]) {
+      const double err4 = 4 * std::max(at_lo->error[k], at_hi->error[k]);
+      if (at_lo->positive[k] >= 0 && at_lo->positive[k] == at_hi->positive[k] && at_lo->kept[k] == at_hi->kept[k] &&
+          at_lo->margin[k] > err4 && at_hi->margin[k] > err4) {
         left_cost += static_cast<std::int64_t>(at_hi->kept[k]);
         left_keeps[k] = at_hi->kept[k] > 0;
+      } else {
+        live[m++] = k;  // not evaluated at the lower end (-1), or not certified
       }
     }
     num_live = m;
