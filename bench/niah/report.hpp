@@ -167,13 +167,15 @@ inline double ms_since(std::chrono::steady_clock::time_point t0) {
 
 //! Scores of one sequence, kept per scorer: presets that share a scorer (type and settings) and the
 //! window get the same scores, so each is computed once per layer and its time is charged to every
-//! policy that uses it.
+//! policy that uses it; and the sequence's fp8 keys.
 struct score_memo {
   struct entry {
     std::vector<float> scores;  // [kv_heads, tokens]
     double ms = 0;
   };
   std::map<std::string, entry> by_key;  // scorer type + bytes + window + layer
+  std::vector<std::vector<kvevict::float8_e4m3>> fp8_keys;  // per layer, when an fp8 policy ran
+  std::vector<float> fp8_scales;
 
   //! Scorers compare by type and bytes, so a preset's scorer must be trivially copyable.
   template <class Scorer>
@@ -202,6 +204,54 @@ inline float quantize_fp8(const std::vector<kvevict::bfloat16>& in, std::vector<
   return scale;
 }
 
+template <class S>
+struct is_pooled_window : std::false_type {};
+template <class R, class Pool>
+struct is_pooled_window<kvevict::window_attention<R, Pool>> : std::bool_constant<Pool::enabled> {};
+
+//! The scores of `p` on layer `l` from the memo, computed on first use. A pooled window-attention
+//! scorer is the same scorer without pooling followed by `pool_1d` over the keys before the window
+//! (window_attention::score_head does exactly that), so its scores are pooled from the unpooled
+//! scorer's memo entry: the attention is computed once per cache for SnapKV, PyramidKV, Ada-KV and
+//! the block policies. Its time is the unpooled scoring's plus the pooling's.
+template <class P, class Exec, class View, class Sig>
+const score_memo::entry& memo_scores(const char* name, Exec exec, const P& p, const View& view, const Sig& sig,
+                                     const std::string& tag, int l, std::vector<unsigned char>& ws,
+                                     score_memo& memo) {
+  auto& e = memo.by_key[tag + score_memo::key(p.scorer, p.selector.window, l)];
+  if (!e.scores.empty()) return e;
+  using S = typename P::scorer_type;
+  const int kvh = view.num_kv_heads(), n = view.seq_len(0, 0);
+  if constexpr (is_pooled_window<S>::value) {
+    auto raw_policy = kvevict::eviction_policy<kvevict::window_attention<typename S::reduce_type, kvevict::no_pool>,
+                                               typename P::granularity_type, typename P::selector_type>{
+        {}, p.granularity, p.selector};
+    const auto& raw = memo_scores(name, exec, raw_policy, view, sig, tag, l, ws, memo);
+    e.scores.resize(static_cast<std::size_t>(kvh) * n);
+    const auto t0 = std::chrono::steady_clock::now();
+    const int m = n - p.selector.window;
+    for (int h = 0; h < kvh; ++h) {
+      const float* in = raw.scores.data() + static_cast<std::size_t>(h) * n;
+      float* out = e.scores.data() + static_cast<std::size_t>(h) * n;
+      if (m > 0) kvevict::host_backend::pool_1d<typename S::pool_type>(in, out, m, p.scorer.pool_kernel);
+      std::copy(in + std::max(m, 0), in + n, out + std::max(m, 0));
+    }
+    e.ms = raw.ms + ms_since(t0);
+  } else {
+    if (ws.size() < kvevict::plan_workspace_bytes(exec, p, view, sig))
+      ws.resize(kvevict::plan_workspace_bytes(exec, p, view, sig));
+    e.scores.resize(static_cast<std::size_t>(kvh) * n);
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto st = kvevict::score(exec, p, view, sig, e.scores.data(), n, ws.data(), ws.size());
+    e.ms = ms_since(t0);
+    if (!st) {
+      std::fprintf(stderr, "%s: %s\n", name, st.message().c_str());
+      std::exit(1);
+    }
+  }
+  return e;
+}
+
 //! All budgets of one policy on one sequence, over the layer views `view_of(l)`; `tag` keeps the
 //! score memo of differently stored caches apart.
 template <class P, class ViewOf>
@@ -218,10 +268,15 @@ void run_policy(const char* name, const P& base, kvevict::synthetic::niah_sequen
   if constexpr (is_fp8_cache<P>::value) {
     const int L = s.cfg.num_layers;
     // Keys only: plans never read V (the evaluator reads the bf16 values), so the fp8 view's values
-    // alias its key codes rather than spend a second quantisation per layer.
-    std::vector<std::vector<kvevict::float8_e4m3>> k(L);
-    std::vector<float> ks(L);
-    for (int l = 0; l < L; ++l) ks[l] = quantize_fp8(s.k[l], k[l]);
+    // alias its key codes rather than spend a second quantisation per layer. Quantised once per
+    // sequence, for every fp8 policy.
+    auto& k = memo.fp8_keys;
+    auto& ks = memo.fp8_scales;
+    if (k.empty()) {
+      k.resize(L);
+      ks.resize(L);
+      for (int l = 0; l < L; ++l) ks[l] = quantize_fp8(s.k[l], k[l]);
+    }
     auto view_of = [&](int l) {
       const auto b = s.layer_view(l);
       return kvevict::block_table_cache<kvevict::float8_e4m3>{
@@ -247,12 +302,11 @@ void run_policy_on(const char* name, const P& base, kvevict::synthetic::niah_seq
     auto view = view_of(l);
     auto sig = s.layer_signals(l);
     if constexpr (std::is_same_v<P, full_cache>) {
-      for (std::size_t b = 0; b < g.budgets.size(); ++b) {
-        kept[b].emplace_back(kvh, n);
-        for (int h = 0; h < kvh; ++h) {
-          kept[b].back().counts[h] = n;
-          for (int t = 0; t < n; ++t) kept[b].back().positions[static_cast<std::size_t>(h) * n + t] = t;
-        }
+      // The same plan at every budget: built and evaluated once (below).
+      kept[0].emplace_back(kvh, n);
+      for (int h = 0; h < kvh; ++h) {
+        kept[0].back().counts[h] = n;
+        for (int t = 0; t < n; ++t) kept[0].back().positions[static_cast<std::size_t>(h) * n + t] = t;
       }
       continue;
     } else {
@@ -264,17 +318,7 @@ void run_policy_on(const char* name, const P& base, kvevict::synthetic::niah_seq
       // One thread per case: the report runs cases in parallel, and its plan time is one thread's.
       const auto exec = kvevict::host.threads(1);
       std::vector<unsigned char> ws(kvevict::plan_workspace_bytes(exec, p, view, sig));
-      auto& memo_entry = memo.by_key[tag + score_memo::key(p.scorer, p.selector.window, l)];
-      if (memo_entry.scores.empty()) {
-        memo_entry.scores.resize(static_cast<std::size_t>(kvh) * n);
-        const auto t0 = std::chrono::steady_clock::now();
-        const auto st = kvevict::score(exec, p, view, sig, memo_entry.scores.data(), n, ws.data(), ws.size());
-        memo_entry.ms = ms_since(t0);
-        if (!st) {
-          std::fprintf(stderr, "%s: %s\n", name, st.message().c_str());
-          std::exit(1);
-        }
-      }
+      const auto& memo_entry = memo_scores(name, exec, p, view, sig, tag, l, ws, memo);
       const std::vector<float>& scores = memo_entry.scores;
       const double score_ms = memo_entry.ms;
       auto t0 = std::chrono::steady_clock::now();
@@ -295,10 +339,13 @@ void run_policy_on(const char* name, const P& base, kvevict::synthetic::niah_seq
       }
     }
   }
+  kvevict::synthetic::niah_quality q;
   for (std::size_t b = 0; b < g.budgets.size(); ++b) {
-    std::vector<kvevict::const_keep_plan> views;
-    for (auto& k : kept[b]) views.push_back(k.const_view());
-    const auto q = ev.evaluate(views);
+    if (b == 0 || !std::is_same_v<P, full_cache>) {
+      std::vector<kvevict::const_keep_plan> views;
+      for (auto& k : kept[b]) views.push_back(k.const_view());
+      q = ev.evaluate(views);
+    }
     out.push_back({g.name, name, g.budgets[b], s.c.context, s.c.depth, s.c.seed, q.success, q.recall, q.fidelity,
                    ms[b] / L, bytes[b]});
   }

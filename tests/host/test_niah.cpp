@@ -319,3 +319,29 @@ TEST_CASE("NIAH report: every task's section runs and the full cache keeps every
     if (r.policy == "streaming_llm") CHECK(!r.success);  // the needle at depth 0.5 is outside sinks and window
   }
 }
+
+TEST_CASE("NIAH report: pooled scores taken from the unpooled memo entry equal the pooled scorer's",
+          "[niah][report]") {
+  // The report computes window attention once per layer and pools it for the pooled presets; this
+  // must give the bits kvevict::score gives for the pooled scorer itself, or the report's plans
+  // would not be the library's.
+  auto s = gen().generate({1800, 0.4, 3, 0});
+  for (int kernel : {5, 4, 1}) {
+    auto p = niah_report::detail::configured(kvevict::snapkv<>{});
+    p.scorer.pool_kernel = kernel;
+    niah_report::detail::score_memo memo;
+    for (int l = 0; l < s.cfg.num_layers; ++l) {
+      auto view = s.layer_view(l);
+      auto sig = s.layer_signals(l);
+      std::vector<unsigned char> ws(kvevict::plan_workspace_bytes(kvevict::host, p, view, sig));
+      const auto& e = niah_report::detail::memo_scores("snapkv", kvevict::host.threads(1), p, view, sig, "", l, ws,
+                                                       memo);
+      std::vector<float> direct(static_cast<size_t>(s.cfg.kv_heads) * s.tokens);
+      REQUIRE(kvevict::score(kvevict::host, p, view, sig, direct.data(), s.tokens, ws.data(), ws.size()).ok());
+      REQUIRE(e.scores.size() == direct.size());
+      CHECK(std::memcmp(e.scores.data(), direct.data(), direct.size() * sizeof(float)) == 0);
+      if (kernel > 1) CHECK(e.scores != window_scores(s, l));  // pooling changed something
+    }
+    CHECK(memo.by_key.size() == 2 * static_cast<size_t>(s.cfg.num_layers));  // unpooled and pooled per layer
+  }
+}
