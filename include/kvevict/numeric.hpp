@@ -56,6 +56,16 @@ KVEVICT_HOST_DEVICE float bits_float(std::uint32_t u) {
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
+KVEVICT_HOST_DEVICE std::uint64_t double_bits(double d) {
+  std::uint64_t u;
+  std::memcpy(&u, &d, sizeof u);
+  return u;
+}
+KVEVICT_HOST_DEVICE double bits_double(std::uint64_t u) {
+  double d;
+  std::memcpy(&d, &u, sizeof d);
+  return d;
+}
 }  // namespace detail
 
 KVEVICT_HOST_DEVICE float to_float(float x) { return x; }

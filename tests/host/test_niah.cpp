@@ -345,3 +345,53 @@ TEST_CASE("NIAH report: pooled scores taken from the unpooled memo entry equal t
     CHECK(memo.by_key.size() == 2 * static_cast<size_t>(s.cfg.num_layers));  // unpooled and pooled per layer
   }
 }
+
+TEST_CASE("NIAH generator: the vectorised Box-Muller path gives the libm's floats", "[niah]") {
+  // normal() is defined by the libm's log and cos; the fast path must give the same floats.
+  rng r(17);
+  double worst_log = 0, worst_cos = 0;
+  long unusable = 0, uncertain = 0;
+  const long draws = 2000000;
+  for (long i = 0; i < draws; ++i) {
+    double u = 1.0 - r.uniform();
+    if (i % 4 == 1) u = 1.0 - std::ldexp(std::floor(r.uniform() * 1e6) + 1, -53);  // next to 1
+    if (i % 4 == 2) u = std::ldexp(1.0 - 0.5 * r.uniform(), -static_cast<int>(r.uniform() * 53));  // every binade
+    const double L = detail::log_unit(u), Lref = std::log(u);
+    worst_log = std::max(worst_log, std::fabs(L - Lref) / std::fabs(Lref));
+    const double a = 6.283185307179586 * r.uniform();
+    std::uint64_t usable = 0;
+    const double c = detail::cos_0_2pi(a, usable);
+    if (usable)
+      worst_cos = std::max(worst_cos, std::fabs(c - std::cos(a)) / std::fabs(std::cos(a)));
+    else
+      ++unusable;
+    bool ok = false;
+    const float f = detail::box_muller_certain(std::sqrt(-2.0 * L), c, usable, ok);
+    uncertain += !ok;
+    if (ok) REQUIRE(f == static_cast<float>(std::sqrt(-2.0 * Lref) * std::cos(a)));
+  }
+  // A few units of 2^-53 (the libm's own error included), far inside the 2^-40 the certificate allows.
+  CHECK(worst_log < 0x1p-49);
+  CHECK(worst_cos < 0x1p-49);
+  CHECK(unusable < draws / 100000);
+  CHECK(uncertain < draws / 10000);  // the fast path serves nearly every draw
+  CHECK(detail::log_unit(1.0) == 0.0);
+  CHECK(detail::log_unit(0x1p-53) == std::log(0x1p-53));
+  std::uint64_t usable = 1;
+  detail::cos_0_2pi(1.5707963267948966, usable);  // the double nearest pi/2: remainder ~6e-17
+  CHECK(usable == 0);
+
+  // normals() and normal() are the definition, bit for bit, in the same order of draws.
+  for (std::uint64_t seed : {1ull, 2ull, 99ull}) {
+    rng a(seed), b(seed), c(seed);
+    std::vector<float> got(300007);
+    a.normals(got.data(), static_cast<int>(got.size()));
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const double u1 = 1.0 - b.uniform(), u2 = b.uniform();
+      const float want = static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+      if (std::memcmp(&got[i], &want, sizeof want) != 0) FAIL("draw " << i << " of seed " << seed);
+      const float one = c.normal();
+      if (std::memcmp(&one, &want, sizeof want) != 0) FAIL("normal() at draw " << i << " of seed " << seed);
+    }
+  }
+}

@@ -24,8 +24,7 @@ KVEVICT_HOST_DEVICE std::uint32_t order_key(float f) {
 //! Order-preserving key of a finite double (-0 and +0 map alike).
 KVEVICT_HOST_DEVICE std::uint64_t order_key64(double d) {
   if (d == 0.0) d = 0.0;
-  std::uint64_t u;
-  std::memcpy(&u, &d, sizeof u);
+  const std::uint64_t u = double_bits(d);
   return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
 }
 

@@ -128,8 +128,76 @@ struct niah_case {
   niah_task task = niah_task::single;
 };
 
-//! Deterministic random numbers (splitmix64, Box-Muller): the same sequence on every platform,
-//! unlike the standard distributions.
+namespace detail {
+using kvevict::detail::bits_double;
+using kvevict::detail::double_bits;
+
+//! log(u) for u in [2^-53, 1]: u = m 2^k with m in [sqrt(1/2), sqrt(2)) (found by integer
+//! arithmetic on the bits, as musl's log does), log m = 2 atanh(s), s = (m - 1) / (m + 1)
+//! (|s| <= 0.172; m - 1 is exact), the series through s^19 (truncation below 2^-58), k ln 2 in two
+//! parts. Relative error a few units of 2^-53, also near u = 1 (measured against std::log in
+//! tests/host/test_niah.cpp). Integer and floating-point arithmetic only, no comparison: a loop
+//! of these vectorises.
+inline double log_unit(double u) {
+  constexpr std::uint64_t sqrt_half = 0x3fe6a09e667f3bcdull, shift = 0x3ff0000000000000ull - sqrt_half;
+  const std::uint64_t b = double_bits(u) + shift;  // the exponent field of b is k + 1023
+  const double m = bits_double((b & 0x000fffffffffffffull) + sqrt_half);
+  const double k = (bits_double(0x4330000000000000ull | (b >> 52)) - 4503599627370496.0) - 1023.0;  // exact
+  const double f = m - 1.0, s = f / (2.0 + f), z = s * s, z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
+  const double p = ((1.0 + z * (1.0 / 3)) + z2 * (1.0 / 5 + z * (1.0 / 7))) +
+                   z4 * ((1.0 / 9 + z * (1.0 / 11)) + z2 * (1.0 / 13 + z * (1.0 / 15))) +
+                   z8 * ((1.0 / 17 + z * (1.0 / 19)));
+  constexpr double ln2_hi = 0x1.62e42fefa3800p-1, ln2_lo = 0x1.ef35793c76730p-45;  // hi: 42 bits
+  return k * ln2_hi + (k * ln2_lo + 2.0 * s * p);
+}
+
+//! cos(angle) for `angle` in [0, 2 pi], relative error a few units of 2^-53 (measured against
+//! std::cos in tests/host/test_niah.cpp); `usable` is 0 where the remainder of a sine quadrant is
+//! below 2^-30 (there a tiny remainder's relative error is not bounded here), else 1.
+//! Cody-Waite reduction by pi/2 in three parts, the first two of 33 bits (k x part is exact for
+//! k <= 4, and the first difference is exact by Sterbenz), then the Taylor polynomials of sin and
+//! cos on [-pi/4, pi/4] through r^17 and r^16 (truncation below 2^-55) in Estrin's scheme, and the
+//! quadrant's choice and sign by bit masks: no branch, so that a loop of these vectorises.
+inline double cos_0_2pi(double angle, std::uint64_t& usable) {
+  constexpr double two_over_pi = 0.63661977236758134308, magic = 6755399441055744.0;  // 1.5 x 2^52
+  constexpr double p1 = 0x1.921fb544p+0, p2 = 0x1.0b4611a6p-34, p3 = 0x1.3198a2e037073p-69;
+  const double t = angle * two_over_pi + magic, kf = t - magic;  // k, the nearest integer (0..4),
+  const std::uint64_t q = double_bits(t) & 3;                          // is t's lowest mantissa bits
+  const double r = ((angle - kf * p1) - kf * p2) - kf * p3;
+  const double z = r * r, z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
+  const double sp = ((1.0 + z * (-1.0 / 6)) + z2 * (1.0 / 120 + z * (-1.0 / 5040))) +
+                    z4 * ((1.0 / 362880 + z * (-1.0 / 39916800)) + z2 * (1.0 / 6227020800.0 + z * (-1.0 / 1307674368000.0))) +
+                    z8 * (1.0 / 355687428096000.0);
+  const double cp = ((1.0 + z * -0.5) + z2 * (1.0 / 24 + z * (-1.0 / 720))) +
+                    z4 * ((1.0 / 40320 + z * (-1.0 / 3628800)) + z2 * (1.0 / 479001600.0 + z * (-1.0 / 87178291200.0))) +
+                    z8 * (1.0 / 20922789888000.0);
+  const std::uint64_t odd = 0 - (q & 1), negative = ((q + 1) >> 1) << 63;  // quadrants 1, 3; 1, 2
+  // Tiny: |r| < 2^-30, i.e. its exponent field below 1023 - 30.
+  const std::uint64_t tiny = ((double_bits(r) & 0x7fffffffffffffffull) - (static_cast<std::uint64_t>(1023 - 30) << 52)) >> 63;
+  usable = 1 ^ (tiny & odd);
+  return bits_double(((double_bits(r * sp) & odd) | (double_bits(cp) & ~odd)) ^ negative);
+}
+
+//! The Box-Muller float `static_cast<float>(radius * c)` where `radius` is the libm's
+//! `std::sqrt(-2.0 * std::log(u1))` and `c` its `std::cos(angle)`, computed from `radius_fast =
+//! std::sqrt(-2.0 * log_unit(u1))` and `c_fast = cos_0_2pi(angle)` where that float is certain:
+//! the two double products differ by far less than 2^-40 of them (both sides are within a few
+//! units of 2^-53 of the true functions), so when both ends of that interval round to the same
+//! float, the libm's product rounds to it too. `ok` false where that fails (about 3e-5 of the
+//! draws) and for a zero product, whose sign needs the libm's; the caller then computes the
+//! libm's. glibc's cos saves and restores the rounding mode on every call, and neither libm
+//! function vectorises; this path does both.
+inline float box_muller_certain(double radius_fast, double c_fast, std::uint64_t usable, bool& ok) {
+  const double y = radius_fast * c_fast, e = std::fabs(y) * 0x1p-40;
+  const float lo = static_cast<float>(y - e), hi = static_cast<float>(y + e);
+  ok = (usable != 0) & (y != 0.0) & (lo == hi);
+  return lo;
+}
+}  // namespace detail
+
+//! Deterministic random numbers (splitmix64, Box-Muller): the same sequence on every platform
+//! whose libm's log and cos give the same doubles (the standard distributions differ between
+//! standard libraries).
 struct rng {
   std::uint64_t s;
   explicit rng(std::uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull) {}
@@ -141,9 +209,38 @@ struct rng {
   }
   double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
   float normal() {  // Box-Muller, one value per call
-    const double u1 = 1.0 - uniform(), u2 = uniform();
-    return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+    float f;
+    normals(&f, 1);
+    return f;
   }
+  //! `n` values of normal() into `out`, in order: each draws u1 = 1 - uniform(), then u2 =
+  //! uniform(), and is `static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(2 pi u2))`
+  //! with the platform's libm (the definition). Computed in blocks of independent draws by
+  //! `detail::log_unit`, `detail::cos_0_2pi` (vectorised) and `detail::box_muller_certain`, and by
+  //! the libm for the few draws where that is not certain to give the same float.
+  void normals(float* out, int n) {
+    constexpr int B = 32;
+    double u1[B], angle[B], radius[B], c[B];
+    std::uint64_t usable[B];
+    bool ok[B];
+    for (int i0 = 0; i0 < n; i0 += B) {
+      const int m = std::min(B, n - i0);
+      for (int i = 0; i < m; ++i) {
+        u1[i] = 1.0 - uniform();
+        angle[i] = 6.283185307179586 * uniform();
+      }
+      // Separate passes: the first and last vectorise; sqrt (errno) and the libm calls do not.
+      for (int i = 0; i < m; ++i) {
+        radius[i] = -2.0 * detail::log_unit(u1[i]);
+        c[i] = detail::cos_0_2pi(angle[i], usable[i]);
+      }
+      for (int i = 0; i < m; ++i) radius[i] = std::sqrt(radius[i]);
+      for (int i = 0; i < m; ++i) out[i0 + i] = detail::box_muller_certain(radius[i], c[i], usable[i], ok[i]);
+      for (int i = 0; i < m; ++i)
+        if (!ok[i]) out[i0 + i] = static_cast<float>(std::sqrt(-2.0 * std::log(u1[i])) * std::cos(angle[i]));
+    }
+  }
+
   int below(int n) { return static_cast<int>(uniform() * n); }
 };
 
@@ -201,7 +298,8 @@ class niah_generator {
     const int d = cfg.head_dim, slots = cfg.num_layers * cfg.kv_heads;
     auto fill = [&](std::vector<float>& x, std::size_t n) {
       x.resize(n);
-      for (auto& e : x) e = r.normal();
+      for (std::size_t i = 0; i < n; i += 1 << 20)
+        r.normals(x.data() + i, static_cast<int>(std::min<std::size_t>(n - i, 1 << 20)));
     };
     fill(words_, static_cast<std::size_t>(slots) * (cfg.vocab + 128) * d);  // ids < 128 too (digits, phrase)
     fill(topics_, static_cast<std::size_t>(slots) * 32 * d);
@@ -484,7 +582,8 @@ class niah_generator {
     for (int j = 0; j < answers; ++j) answer_key[j] = text[s.answers[j]].key;
     const bool distinct_keys = s.c.task == niah_task::multi_key || s.c.task == niah_task::multi_query;
     const int group = cfg_.q_heads / kvh;
-    std::vector<float> kf(static_cast<std::size_t>(n) * d), q(d), keys(static_cast<std::size_t>(max_keys) * d);
+    std::vector<float> kf(static_cast<std::size_t>(n) * d), q(d), keys(static_cast<std::size_t>(max_keys) * d),
+        noise(2 * static_cast<std::size_t>(d));
     for (int l = 0; l < L; ++l)
       for (int h = 0; h < kvh; ++h) {
         const int slot = l * kvh + h;
@@ -499,6 +598,8 @@ class niah_generator {
         for (int t = 0; t < n; ++t) {
           float* k = &kf[static_cast<std::size_t>(t) * d];
           const token& tk = text[t];
+          // A sink's key has no noise; every other key draws d normals, then its value d more.
+          r.normals(noise.data(), tk.what == role::sink ? d : 2 * d);
           const float* E = word_vec(slot, tk.id);
           const float* T = vec(topics_, slot, tk.topic, 32);
           const float* D = slot_vec(slot, tk.slot);
@@ -509,38 +610,40 @@ class niah_generator {
                 k[x] = 1.5f * S[x];
                 break;
               case role::phrase:
-                k[x] = 0.8f * E[x] + 1.25f * tk.strength * Ut[x] + 0.3f * r.normal();
+                k[x] = 0.8f * E[x] + 1.25f * tk.strength * Ut[x] + 0.3f * noise[x];
                 break;
               case role::answer:
-                k[x] = 0.8f * E[x] + 1.5f * D[x] + 0.35f * tk.strength * Ut[x] + 0.3f * r.normal();
+                k[x] = 0.8f * E[x] + 1.5f * D[x] + 0.35f * tk.strength * Ut[x] + 0.3f * noise[x];
                 break;
               case role::other_needle:
               case role::question:
-                k[x] = 0.8f * E[x] + 0.4f * r.normal();
+                k[x] = 0.8f * E[x] + 0.4f * noise[x];
                 break;
               case role::word:
-                k[x] = 0.8f * E[x] + 0.4f * T[x] + 0.4f * r.normal();
+                k[x] = 0.8f * E[x] + 0.4f * T[x] + 0.4f * noise[x];
                 break;
             }
           }
+          const float* vn = noise.data() + (tk.what == role::sink ? 0 : d);
           for (int x = 0; x < d; ++x) {
             s.k[l][s.offset(t, h) + x] = from_float<bfloat16>(k[x]);
-            s.v[l][s.offset(t, h) + x] = from_float<bfloat16>(r.normal());
+            s.v[l][s.offset(t, h) + x] = from_float<bfloat16>(vn[x]);
           }
         }
         const head_kind kind = cfg_.kind(l, h);
         // Retrieval heads: wa * A + wb * B + wn * noise; local heads: mean of the keys p-3..p
         // (p: the query's position) + noise; diffuse heads: small noise.
         auto query = [&](int p, float wa, const float* A, float wb, const float* B, float wn) {
+          r.normals(noise.data(), d);  // one per element, whatever the head
           for (int x = 0; x < d; ++x) {
             if (kind == head_kind::retrieval) {
-              q[x] = wa * A[x] + wb * B[x] + wn * r.normal();
+              q[x] = wa * A[x] + wb * B[x] + wn * noise[x];
             } else if (kind == head_kind::diffuse) {
-              q[x] = 0.3f * r.normal();
+              q[x] = 0.3f * noise[x];
             } else {
               float m = 0;
               for (int t = std::max(0, p - 3); t <= p; ++t) m += kf[static_cast<std::size_t>(t) * d + x];
-              q[x] = m / 4.0f + 0.3f * r.normal();
+              q[x] = m / 4.0f + 0.3f * noise[x];
             }
           }
         };
