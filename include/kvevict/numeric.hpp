@@ -46,26 +46,18 @@ struct int8 {
 };
 
 namespace detail {
-KVEVICT_HOST_DEVICE std::uint32_t float_bits(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
+//! The bytes of `from` as a `To` of the same size (std::bit_cast before C++20).
+template <class To, class From>
+KVEVICT_HOST_DEVICE To bit_copy(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_copy needs two types of one size");
+  To to;
+  std::memcpy(&to, &from, sizeof to);
+  return to;
 }
-KVEVICT_HOST_DEVICE float bits_float(std::uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-KVEVICT_HOST_DEVICE std::uint64_t double_bits(double d) {
-  std::uint64_t u;
-  std::memcpy(&u, &d, sizeof u);
-  return u;
-}
-KVEVICT_HOST_DEVICE double bits_double(std::uint64_t u) {
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
-}
+KVEVICT_HOST_DEVICE std::uint32_t float_bits(float f) { return bit_copy<std::uint32_t>(f); }
+KVEVICT_HOST_DEVICE float bits_float(std::uint32_t u) { return bit_copy<float>(u); }
+KVEVICT_HOST_DEVICE std::uint64_t double_bits(double d) { return bit_copy<std::uint64_t>(d); }
+KVEVICT_HOST_DEVICE double bits_double(std::uint64_t u) { return bit_copy<double>(u); }
 }  // namespace detail
 
 KVEVICT_HOST_DEVICE float to_float(float x) { return x; }
