@@ -211,7 +211,7 @@ struct is_pooled_window<kvevict::window_attention<R, Pool>> : std::bool_constant
 
 //! The scores of `p` on layer `l` from the memo, computed on first use. A pooled window-attention
 //! scorer is the same scorer without pooling followed by `pool_1d` over the keys before the window
-//! (window_attention::score_head does exactly that), so its scores are pooled from the unpooled
+//! (`host_backend::pool_before_window`, which window_attention::score_head calls), so its scores are pooled from the unpooled
 //! scorer's memo entry: the attention is computed once per cache for SnapKV, PyramidKV, Ada-KV and
 //! the block policies. Its time is the unpooled scoring's plus the pooling's.
 template <class P, class Exec, class View, class Sig>
@@ -229,17 +229,13 @@ const score_memo::entry& memo_scores(const char* name, Exec exec, const P& p, co
     const auto& raw = memo_scores(name, exec, raw_policy, view, sig, tag, l, ws, memo);
     e.scores.resize(static_cast<std::size_t>(kvh) * n);
     const auto t0 = std::chrono::steady_clock::now();
-    const int m = n - p.selector.window;
-    for (int h = 0; h < kvh; ++h) {
-      const float* in = raw.scores.data() + static_cast<std::size_t>(h) * n;
-      float* out = e.scores.data() + static_cast<std::size_t>(h) * n;
-      if (m > 0) kvevict::host_backend::pool_1d<typename S::pool_type>(in, out, m, p.scorer.pool_kernel);
-      std::copy(in + std::max(m, 0), in + n, out + std::max(m, 0));
-    }
+    for (int h = 0; h < kvh; ++h)
+      kvevict::host_backend::pool_before_window<typename S::pool_type>(
+          raw.scores.data() + static_cast<std::size_t>(h) * n, e.scores.data() + static_cast<std::size_t>(h) * n, n,
+          p.selector.window, p.scorer.pool_kernel);
     e.ms = raw.ms + ms_since(t0);
   } else {
-    if (ws.size() < kvevict::plan_workspace_bytes(exec, p, view, sig))
-      ws.resize(kvevict::plan_workspace_bytes(exec, p, view, sig));
+    ws.resize(std::max(ws.size(), kvevict::plan_workspace_bytes(exec, p, view, sig)));
     e.scores.resize(static_cast<std::size_t>(kvh) * n);
     const auto t0 = std::chrono::steady_clock::now();
     const auto st = kvevict::score(exec, p, view, sig, e.scores.data(), n, ws.data(), ws.size());

@@ -207,6 +207,20 @@ TEST_CASE("pooling: both padding conventions and max pooling match naive loops",
   CHECK(y == x);
 }
 
+TEST_CASE("pooling: the keys before the window are pooled as one sequence, the window's copied", "[scorer]") {
+  const std::vector<float> x = {3, 1, 4, 1, 5, 9, 2, 6};
+  std::vector<float> y(x.size(), -1.0f);
+  // window 3: inputs [0, 5) pooled without the window's scores (5's neighbour 9 is not read)
+  kvevict::host_backend::pool_before_window<kvevict::max_pool<>>(x.data(), y.data(), 8, 3, 3);
+  CHECK(y == std::vector<float>{3, 4, 4, 5, 5, 9, 2, 6});
+  // a window as long as the sequence: nothing pooled; longer: the same
+  kvevict::host_backend::pool_before_window<kvevict::max_pool<>>(x.data(), y.data(), 8, 8, 3);
+  CHECK(y == x);
+  std::fill(y.begin(), y.end(), -1.0f);
+  kvevict::host_backend::pool_before_window<kvevict::max_pool<>>(x.data(), y.data(), 8, 12, 3);
+  CHECK(y == x);
+}
+
 TEST_CASE("H2O: engine-provided sums reduced over the GQA group, and prefill sums", "[scorer][h2o]") {
   const int kvh = 2, group = 2, d = 8, n = 37;
   const logical L = make_logical(1, kvh, d, {n}, 5);

@@ -68,5 +68,16 @@ void pool_1d(const float* in, float* out, int n, int kernel) {
   for (int i = 0; i < n; ++i) out[i] = detail::pool_at<Pool>(in, n, kernel, i);
 }
 
+//! A pooled scorer's scores from the unpooled ones: the keys before the window, `in[0, n - window)`,
+//! pooled into `out` as one sequence (`pool_1d`); the window's own scores copied as they are.
+//! `in` and `out` hold `n` floats each and are distinct. The pooled window-attention scorer calls
+//! this, so anything that pools unpooled scores this way gets its scores bit for bit.
+template <class Pool>
+void pool_before_window(const float* in, float* out, int n, int window, int kernel) {
+  const int m = n > window ? n - window : 0;
+  if (m > 0) pool_1d<Pool>(in, out, m, kernel);
+  for (int t = m; t < n; ++t) out[t] = in[t];
+}
+
 }  // namespace host_backend
 }  // namespace kvevict

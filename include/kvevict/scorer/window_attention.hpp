@@ -2,6 +2,7 @@
 //! Window-attention scorer (SnapKV): how much the last `window` queries attend to each key.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 
@@ -102,12 +103,9 @@ struct window_attention {
         detail::keys_of(cache, seq, head), n, d, q, static_cast<std::size_t>(rows) * d, group, window, fs,
         [&](int t, const float* col) { out[t] = Reduce::reduce(col, group); }, detail::key_scale_of(cache));
     if constexpr (Pool::enabled) {
-      const int m = n - window;
-      if (m > 0) {
-        float* tmp = fs + host_backend::window_attention_scratch_floats(d, window, group, n);
-        for (int t = 0; t < m; ++t) tmp[t] = out[t];
-        host_backend::pool_1d<Pool>(tmp, out, m, pool_kernel);
-      }
+      float* raw = fs + host_backend::window_attention_scratch_floats(d, window, group, n);
+      std::copy(out, out + n, raw);
+      host_backend::pool_before_window<Pool>(raw, out, n, window, pool_kernel);
     }
   }
 
