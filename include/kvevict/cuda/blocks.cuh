@@ -1,11 +1,15 @@
 //! \file cuda/blocks.cuh
 //! Block, segment and SABlock granularities on the device (ChunkKV, SentenceKV-style, SABlock).
-//! One block of threads per row (a (sequence, KV head), or a sequence for shared heads):
-//! segmentation (parallel delimiter search, then the host's merge / split rules), per-segment
-//! means and refined scores (a thread per segment, sums in token order), SABlock's price bisection
-//! (a thread per segment per step, exact integer costs, no host round trip), the units'
-//! keep-while-it-fits pass, and an exact radix-select fill. The per-segment arithmetic is the
-//! host's own (detail/sablock_core.hpp), so the plans are the host's bit for bit. Not API.
+//! One block of threads per row (a (sequence, KV head), or a sequence for shared heads), in
+//! stages (`row_stages`): the row's scores, segmentation (`device_segmenter<S>`: one
+//! specialisation per segmenter), SABlock's price bisection or the units kept whole, an exact
+//! radix-select fill, the plan row. Every ordered write (delimiter cuts, merged ends, tied fill
+//! entries, plan rows) is one block-wide scan over contiguous per-thread shares
+//! (`enumerate_flagged`), and the merge / split rules run on the whole block (pointer doubling,
+//! detail::merge_successor), so no stage walks the row on one thread but two-level SABlock's
+//! sentence pass and SABlock's score total (both kept in the host's order). The per-segment
+//! arithmetic is the host's own (detail/sablock_core.hpp, segment/segmenters.hpp), so the plans are
+//! the host's bit for bit. Not API.
 #pragma once
 
 #include <cub/block/block_reduce.cuh>
@@ -29,7 +33,94 @@ namespace kvevict::cuda_backend {
 
 inline constexpr int block_threads = 512;
 
-// ---- segmenters on the device ----
+// ---- block-wide building blocks ----
+
+//! Calls `visit(i, rank)` for every `i` in `[0, m)` with `flag(i)`, `rank` being the number of
+//! flagged indices before `i`, and returns their number (in every thread). Each thread takes a
+//! contiguous share (detail::blocked_share) and the block makes one exclusive scan of the shares'
+//! counts, so the work is `m / blockDim.x` per thread plus one scan, whatever `m` is. `flag` is
+//! evaluated twice per index and must not change in between (a visit may change what it reads for
+//! its own index only). Ends with a barrier: `tmp` is free and the visits are visible.
+template <class Scan, class Flag, class Visit>
+__device__ int enumerate_flagged(int m, Flag flag, Visit visit, typename Scan::TempStorage& tmp) {
+  const detail::index_span sh = detail::blocked_share(m, blockDim.x, threadIdx.x);
+  int mine = 0;
+  for (int i = sh.begin; i < sh.end; ++i) mine += flag(i) ? 1 : 0;
+  int at, total;
+  Scan(tmp).ExclusiveSum(mine, at, total);
+  for (int i = sh.begin; i < sh.end; ++i)
+    if (flag(i)) visit(i, at++);
+  __syncthreads();
+  return total;
+}
+
+//! `detail::merge_and_split` on the whole block. In: the raw ends `off[0..count]` (`count >= 1`).
+//! Out: the merged and split ends in `off`, their count returned. The merge marks the chain of
+//! kept ends by pointer doubling (`detail::merge_jump_step`: about log2(kept ends) rounds), the
+//! marked ends are written in order into `merged`, and each thread writes the pieces of its share of
+//! the merged segments at scanned offsets. Scratch: `ja`, `jb` (`count` ints each), `mark` (`count`
+//! bytes, left zero), `merged` (`count + 1` ints).
+template <class Scan>
+__device__ int merge_and_split_block(std::int32_t* off, int count, int min_len, int max_len, std::int32_t* ja,
+                                     std::int32_t* jb, unsigned char* mark, std::int32_t* merged,
+                                     typename Scan::TempStorage& tmp) {
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    ja[i] = detail::merge_successor(off, count, min_len, i);
+    mark[i] = i == 0;
+  }
+  __syncthreads();
+  while (ja[0] != count) {  // the same value in every thread: read after a barrier
+    for (int i = threadIdx.x; i < count; i += blockDim.x) detail::merge_jump_step(ja, jb, mark, count, i);
+    __syncthreads();
+    std::int32_t* t = ja;
+    ja = jb;
+    jb = t;
+  }
+  int mm = enumerate_flagged<Scan>(
+      count, [&](int i) { return mark[i] != 0; }, [&](int i, int k) { merged[k] = off[i]; }, tmp);
+  for (int i = threadIdx.x; i < count; i += blockDim.x) mark[i] = 0;
+  if (threadIdx.x == 0) merged[mm] = off[count];
+  __syncthreads();
+  const bool short_last = mm > 1 && merged[mm] - merged[mm - 1] < min_len;
+  __syncthreads();
+  if (short_last) {
+    if (threadIdx.x == 0) detail::merge_short_last(merged, mm, min_len);
+    --mm;
+    __syncthreads();
+  }
+  // Split: each thread its share of the merged segments, written at the scanned piece offsets.
+  const detail::index_span sh = detail::blocked_share(mm, blockDim.x, threadIdx.x);
+  int mine = 0;
+  for (int i = sh.begin; i < sh.end; ++i)
+    mine += static_cast<int>(detail::split_pieces(merged[i + 1] - merged[i], max_len));
+  int at, total;
+  Scan(tmp).ExclusiveSum(mine, at, total);
+  for (int i = sh.begin; i < sh.end; ++i) {
+    const std::int64_t start = merged[i], n = merged[i + 1] - merged[i], p = detail::split_pieces(n, max_len);
+    for (std::int64_t j = 0; j < p; ++j) off[at++] = detail::split_cut(start, n, p, j);
+  }
+  if (threadIdx.x == 0) off[total] = merged[mm];
+  __syncthreads();
+  return total;
+}
+
+// ---- segmenters on the device: one specialisation each ----
+
+//! Scratch a segmenter may use while it cuts one row of `m` tokens (all of it free then).
+struct segment_scratch {
+  std::int32_t* off;     // [m + 1] the segment ends (the result)
+  std::int32_t* idx;     // [2 m]
+  std::int32_t* spare;   // [2 m]
+  unsigned char* bytes;  // [m], zero on entry and on return
+};
+
+//! The segmentation of one row: clause ends `off[0..count]` relative to the range's start and, with
+//! two levels, sentences as clause ranges `sent[0..num_sentences]` (null with one level).
+struct row_segments {
+  int count;
+  const std::int32_t* sent;
+  int num_sentences;
+};
 
 template <class Segmenter>
 struct device_segmenter {
@@ -37,6 +128,14 @@ struct device_segmenter {
                 "kvevict::cuda: this segmenter has no CUDA implementation (delimiter_segmenter and "
                 "fixed_length_segmenter have)");
 };
+
+//! Fixed units of `len` tokens over [lo, hi): offsets relative to lo. Returns the count.
+__device__ inline int fixed_units(int lo, int hi, int len, std::int32_t* off) {
+  const int m = hi - lo, count = (m + len - 1) / len;
+  for (int u = threadIdx.x; u <= count; u += blockDim.x) off[u] = u < count ? u * len : m;
+  __syncthreads();
+  return count;
+}
 
 template <>
 struct device_segmenter<delimiter_segmenter> {
@@ -52,7 +151,46 @@ struct device_segmenter<delimiter_segmenter> {
     raise(word, ck_token_ids_stride);
     return false;
   }
+  //! The cuts of ids[lo, hi) after delimiters, in order, relative to lo, into `cuts`; their number.
+  template <class Scan>
+  __device__ static int cuts(const delimiter_segmenter& seg, const std::int32_t* ids, int lo, int hi,
+                             std::int32_t* cuts, typename Scan::TempStorage& tmp) {
+    return enumerate_flagged<Scan>(
+        hi - lo - 1, [&](int t) { return seg.is_delimiter(ids[lo + t]); }, [&](int t, int k) { cuts[k] = t + 1; },
+        tmp);
+  }
+  //! One level: the cuts, then the merge / split rules on the block. Two levels (SABlock with
+  //! sentence ids): the cuts into `idx`, then `detail::two_level_segments` (shared with the host)
+  //! on one thread, the sentences after the raw cuts in `idx`.
+  template <bool Levels, class Scan, class T>
+  __device__ static row_segments segment(const delimiter_segmenter& seg, const signals<T>& sig, int s, int lo, int hi,
+                                         const segment_scratch& w, typename Scan::TempStorage& tmp, int* s_pair) {
+    const int m = hi - lo;
+    const std::int32_t* ids = sig.token_ids + static_cast<std::size_t>(s) * sig.token_ids_stride;
+    if (Levels && seg.two_level()) {
+      std::int32_t* raw = w.idx;  // m - 1 raw cuts at most, then m + 1 sentence entries
+      std::int32_t* sent = w.idx + (m > 1 ? m - 1 : 0);
+      const int k = cuts<Scan>(seg, ids, lo, hi, raw, tmp);
+      if (threadIdx.x == 0) {
+        s_pair[0] = detail::two_level_segments(raw, k, 0, m, delimiter_segmenter::sentence_cut{&seg, ids, lo},
+                                               seg.min_len, seg.max_len, seg.sentence_min_len, seg.sentence_max_len,
+                                               w.off, sent, &s_pair[1]);
+      }
+      __syncthreads();
+      return {s_pair[0], sent, s_pair[1]};
+    }
+    const int k = cuts<Scan>(seg, ids, lo, hi, w.off + 1, tmp);
+    if (threadIdx.x == 0) {
+      w.off[0] = 0;
+      w.off[k + 1] = m;
+    }
+    __syncthreads();
+    const int count = merge_and_split_block<Scan>(w.off, k + 1, seg.min_len, seg.max_len, w.idx, w.idx + m, w.bytes,
+                                                  w.spare, tmp);
+    return {count, nullptr, count};
+  }
 };
+
 template <>
 struct device_segmenter<fixed_length_segmenter> {
   template <class Cache, class T>
@@ -63,76 +201,19 @@ struct device_segmenter<fixed_length_segmenter> {
   __device__ static bool check(const fixed_length_segmenter&, const signals<T>&, int, int*) {
     return true;
   }
+  template <bool Levels, class Scan, class T>
+  __device__ static row_segments segment(const fixed_length_segmenter& seg, const signals<T>&, int, int lo, int hi,
+                                         const segment_scratch& w, typename Scan::TempStorage&, int*) {
+    const int count = fixed_units(lo, hi, seg.length, w.off);
+    return {count, nullptr, count};
+  }
 };
-
-//! Fixed units of `len` tokens over [lo, hi): offsets relative to lo. Returns the count.
-__device__ inline int fixed_units(int lo, int hi, int len, std::int32_t* off) {
-  const int m = hi - lo, count = (m + len - 1) / len;
-  for (int u = threadIdx.x; u <= count; u += blockDim.x) off[u] = u < count ? u * len : m;
-  return count;
-}
-
-//! The cuts of ids[lo, hi) after delimiters (parallel, in order), relative to lo, into
-//! `cuts[0..k)`; returns k (also left in `*s_count`).
-template <class Scan>
-__device__ int delimiter_cuts(const delimiter_segmenter& seg, const std::int32_t* ids, int lo, int hi,
-                              std::int32_t* cuts, typename Scan::TempStorage& tmp, int* s_count) {
-  const int m = hi - lo;
-  if (threadIdx.x == 0) *s_count = 0;
-  __syncthreads();
-  for (int t0 = 0; t0 < m - 1; t0 += blockDim.x) {
-    const int t = t0 + threadIdx.x;
-    const int cut = t < m - 1 && seg.is_delimiter(ids[lo + t]) ? 1 : 0;
-    int at, total;
-    Scan(tmp).ExclusiveSum(cut, at, total);
-    if (cut) cuts[*s_count + at] = t + 1;
-    __syncthreads();
-    if (threadIdx.x == 0) *s_count += total;
-    __syncthreads();
-  }
-  return *s_count;
-}
-
-//! Delimiter segmentation of ids[lo, hi): the cuts, then the host's merge / split rules on one
-//! thread. Offsets relative to lo. Returns the count.
-template <class Scan>
-__device__ int delimiter_units(const delimiter_segmenter& seg, const std::int32_t* ids, int lo, int hi,
-                               std::int32_t* off, typename Scan::TempStorage& tmp, int* s_count) {
-  const int k = delimiter_cuts<Scan>(seg, ids, lo, hi, off + 1, tmp, s_count);
-  if (threadIdx.x == 0) {
-    off[0] = 0;
-    off[k + 1] = hi - lo;
-    *s_count = detail::merge_and_split(off, k + 1, seg.min_len, seg.max_len);
-  }
-  __syncthreads();
-  return *s_count;
-}
-
-//! Two-level delimiter segmentation of ids[lo, hi) (SABlock with sentence ids): the cuts into
-//! `raw`, then `detail::two_level_segments` (shared with the host) on one thread. Clause offsets relative to lo in
-//! `off`, sentences as clause ranges in `sent`. Returns the clause count; the sentence count in
-//! `*s_sent`.
-template <class Scan>
-__device__ int delimiter_levels(const delimiter_segmenter& seg, const std::int32_t* ids, int lo, int hi,
-                                std::int32_t* off, std::int32_t* raw, std::int32_t* sent,
-                                typename Scan::TempStorage& tmp, int* s_count, int* s_sent) {
-  const int k = delimiter_cuts<Scan>(seg, ids, lo, hi, raw, tmp, s_count);
-  if (threadIdx.x == 0) {
-    int ns = 0;
-    *s_count = detail::two_level_segments(raw, k, 0, hi - lo, delimiter_segmenter::sentence_cut{&seg, ids, lo},
-                                                seg.min_len, seg.max_len, seg.sentence_min_len, seg.sentence_max_len,
-                                                off, sent, &ns);
-    *s_sent = ns;
-  }
-  __syncthreads();
-  return *s_count;
-}
 
 // ---- exact fill: the k best unmarked entries of v[0, m) by value, ties to the lower index ----
 
 template <class Scan>
 __device__ void fill_best_unmarked(const double* v, int m, int k, unsigned char* keep, typename Scan::TempStorage& tmp,
-                                   unsigned* hist, std::uint64_t* s_prefix, int* s_krem, int* s_eq_base) {
+                                   unsigned* hist, std::uint64_t* s_prefix, int* s_krem) {
   if (k <= 0) return;
   if (threadIdx.x == 0) {
     *s_prefix = 0;
@@ -161,23 +242,16 @@ __device__ void fill_best_unmarked(const double* v, int m, int k, unsigned char*
   }
   const std::uint64_t thr = *s_prefix;
   const int krem = *s_krem;
-  if (threadIdx.x == 0) *s_eq_base = 0;
+  // The first `krem` unmarked entries equal to the threshold, in order, then every one above it.
+  enumerate_flagged<Scan>(
+      m, [&](int t) { return !keep[t] && detail::order_key64(v[t]) == thr; },
+      [&](int t, int rank) {
+        if (rank < krem) keep[t] = 1;
+      },
+      tmp);
+  for (int t = threadIdx.x; t < m; t += blockDim.x)
+    if (detail::order_key64(v[t]) > thr) keep[t] = 1;
   __syncthreads();
-  for (int t0 = 0; t0 < m; t0 += blockDim.x) {
-    const int t = t0 + threadIdx.x;
-    int take = 0, eq = 0;
-    if (t < m && !keep[t]) {
-      const std::uint64_t key = detail::order_key64(v[t]);
-      take = key > thr;
-      eq = key == thr;
-    }
-    int rank, total;
-    Scan(tmp).ExclusiveSum(eq, rank, total);
-    if (take || (eq && *s_eq_base + rank < krem)) keep[t] = 1;
-    __syncthreads();
-    if (threadIdx.x == 0) *s_eq_base += total;
-    __syncthreads();
-  }
 }
 
 //! Orders units by mean (descending, ties to the earlier unit) with a bitonic sort of `pow2`
@@ -227,17 +301,15 @@ template <class Granularity>
 struct block_traits;
 template <class Sharing>
 struct block_traits<fixed_block<Sharing>> {
-  static constexpr bool shared = Sharing::shared, sablock = false, delimiters = false;
+  static constexpr bool shared = Sharing::shared, sablock = false, fixed = true;
 };
 template <class Seg, class Sharing>
 struct block_traits<segment_level<Seg, Sharing>> {
-  static constexpr bool shared = Sharing::shared, sablock = false,
-                        delimiters = std::is_same_v<Seg, delimiter_segmenter>;
+  static constexpr bool shared = Sharing::shared, sablock = false, fixed = false;
 };
 template <class Seg, class Sharing>
 struct block_traits<adaptive_block<Seg, Sharing>> {
-  static constexpr bool shared = Sharing::shared, sablock = true,
-                        delimiters = std::is_same_v<Seg, delimiter_segmenter>;
+  static constexpr bool shared = Sharing::shared, sablock = true, fixed = false;
 };
 
 template <class Granularity, class Cache, class T>
@@ -259,212 +331,297 @@ __device__ block_scratch_ptrs row_scratch(const block_scratch_ptrs& ws, const Ca
           ws.key ? ws.key + 2 * b : nullptr, ws.idx ? ws.idx + 2 * b : nullptr, ws.taken ? ws.taken + b : nullptr};
 }
 
-template <class Granularity, class Cache, class T>
-__global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<Granularity, Cache, T> a) {
-  using traits = block_traits<Granularity>;
+//! The block's shared state: the scan / reduce storage and the broadcast scalars.
+struct row_shared {
   using scan = cub::BlockScan<int, block_threads>;
   using reduce_ll = cub::BlockReduce<long long, block_threads>;
   using reduce_d = cub::BlockReduce<double, block_threads>;
-  __shared__ union {
+  union {
     typename scan::TempStorage scan;
     typename reduce_ll::TempStorage ll;
     typename reduce_d::TempStorage d;
   } tmp;
-  __shared__ unsigned hist[256];
-  __shared__ std::uint64_t s_prefix;
-  __shared__ int s_count, s_krem, s_eq_base, s_left, s_base, s_sent;
-  __shared__ double s_lo, s_hi, s_gamma;
-  __shared__ long long s_cost;
+  unsigned hist[256];
+  std::uint64_t prefix;
+  int flag, krem, left, pair[2];
+  double lo, hi, gamma;
+  long long cost;
+};
 
-  const Cache& c = a.cache;
-  const int kvh = c.num_kv_heads();
-  const int s = traits::shared ? blockIdx.x : blockIdx.x / kvh, h = traits::shared ? 0 : blockIdx.x % kvh;
-  if (block_failed(a.word)) return;
-  const row_rule si = a.rules.info(c, s);
-  const int n = c.seq_len(s, h), r = s * kvh + h, b = si.budget;
-  std::int32_t* out = a.out.row(r);
-  if constexpr (traits::delimiters) {  // the same verdict in every thread: n is the block's
-    if (!device_segmenter<std::decay_t<decltype(a.gran.segmenter)>>::check(a.gran.segmenter, a.sig, n, a.word)) return;
-  }
-  if (si.kept_whole()) {  // every head keeps all of its own tokens, as on the host
-    for (int hh = traits::shared ? 0 : h; hh < (traits::shared ? kvh : h + 1); ++hh) {
-      const int nh = c.seq_len(s, hh);
-      std::int32_t* o = a.out.row(s * kvh + hh);
+//! The stages of one row's selection; `Granularity` picks the segmenter and the marking rule.
+template <class Granularity, class Cache, class T>
+struct row_stages {
+  using traits = block_traits<Granularity>;
+  using scan = row_shared::scan;
+  const block_args<Granularity, Cache, T>& a;
+  row_shared& sh;
+  int s, h;
+
+  __device__ int kvh() const { return a.cache.num_kv_heads(); }
+  //! The heads whose scores and plan rows this row covers.
+  __device__ int head_begin() const { return traits::shared ? 0 : h; }
+  __device__ int head_end() const { return traits::shared ? kvh() : h + 1; }
+
+  //! Every covered head keeps all of its own tokens, as on the host.
+  __device__ void keep_whole() const {
+    for (int hh = head_begin(); hh < head_end(); ++hh) {
+      const int nh = a.cache.seq_len(s, hh);
+      std::int32_t* o = a.out.row(s * kvh() + hh);
       for (int t = threadIdx.x; t < nh; t += blockDim.x) o[t] = t;
-      if (threadIdx.x == 0) a.out.counts[s * kvh + hh] = nh;
-    }
-    return;
-  }
-  {  // non-finite scores fail the call, as on the host (every head this row reads)
-    if (threadIdx.x == 0) s_count = 0;
-    __syncthreads();
-    for (int hh = traits::shared ? 0 : h; hh < (traits::shared ? kvh : h + 1); ++hh) {
-      const float* sc = a.scores + row_base(c, s, hh);
-      for (int t = threadIdx.x, nh = c.seq_len(s, hh); t < nh; t += blockDim.x)
-        if (!isfinite(sc[t])) atomicOr(&s_count, 1);
-    }
-    __syncthreads();
-    if (s_count) {
-      if (threadIdx.x == 0) raise(a.word, ck_score_non_finite);
-      return;
+      if (threadIdx.x == 0) a.out.counts[s * kvh() + hh] = nh;
     }
   }
-  if (n <= b) {
-    for (int t = threadIdx.x; t < n; t += blockDim.x) out[t] = t;
-    if (threadIdx.x == 0) a.out.counts[r] = n;
-  } else {
-    const detail::token_range range = si.range(n);
-    const int lo = range.lo, hi = range.hi;
-    const int m = hi - lo, bc = b - lo - (n - hi);
-    const block_scratch_ptrs w = row_scratch(a.ws, c, s, h);
-    // Row scores over [lo, hi): the head's, or the sum over heads in head order (as the host).
+  //! False (and the call fails) when a score this row reads is not finite, as on the host.
+  __device__ bool scores_finite() const {
+    if (threadIdx.x == 0) sh.flag = 0;
+    __syncthreads();
+    for (int hh = head_begin(); hh < head_end(); ++hh) {
+      const float* sc = a.scores + row_base(a.cache, s, hh);
+      for (int t = threadIdx.x, nh = a.cache.seq_len(s, hh); t < nh; t += blockDim.x)
+        if (!isfinite(sc[t])) atomicOr(&sh.flag, 1);
+    }
+    __syncthreads();
+    if (sh.flag && threadIdx.x == 0) raise(a.word, ck_score_non_finite);
+    return !sh.flag;
+  }
+  //! Row scores over [lo, lo + m): the head's, or the sum over the heads that hold the token in
+  //! head order (as the host). Clears the marks.
+  __device__ void load_scores(const block_scratch_ptrs& w, int lo, int m) const {
     for (int t = threadIdx.x; t < m; t += blockDim.x) {
       double v = 0;
-      if (traits::shared) {  // over the heads that hold the token, as the host
-        for (int hh = 0; hh < kvh; ++hh)
-          if (lo + t < c.seq_len(s, hh))
-            v = detail::add_rn(v, static_cast<double>(a.scores[row_base(c, s, hh) + lo + t]));
-      } else {
-        v = static_cast<double>(a.scores[row_base(c, s, h) + lo + t]);
+      if (traits::shared) {
+        for (int hh = 0; hh < kvh(); ++hh)
+          if (lo + t < a.cache.seq_len(s, hh))
+            v = detail::add_rn(v, static_cast<double>(a.scores[row_base(a.cache, s, hh) + lo + t]));
+      } else {  // the score itself (a -0 stays -0)
+        v = static_cast<double>(a.scores[row_base(a.cache, s, h) + lo + t]);
       }
       w.a[t] = v;
       w.keep[t] = 0;
     }
     __syncthreads();
-    if (bc > 0 && m > 0) {
-      int count;
-      const std::int32_t* sent = nullptr;  // SABlock's sentences as clause ranges (null: one level)
-      int num_units = 0;                   // sentences (SABlock), else segments
-      if constexpr (std::is_same_v<Granularity, fixed_block<typename Granularity::sharing_type>>) {
-        count = fixed_units(lo, hi, a.gran.chunk, w.off);
-      } else if constexpr (std::is_same_v<std::decay_t<decltype(a.gran.segmenter)>, fixed_length_segmenter>) {
-        count = fixed_units(lo, hi, a.gran.segmenter.length, w.off);
-      } else {
-        const std::int32_t* ids = a.sig.token_ids + static_cast<std::size_t>(s) * a.sig.token_ids_stride;
-        if (traits::sablock && a.gran.segmenter.two_level()) {
-          std::int32_t* raw = w.idx;  // m - 1 raw cuts at most, then m + 1 sentence entries
-          std::int32_t* sv = w.idx + (m > 1 ? m - 1 : 0);
-          count = delimiter_levels<scan>(a.gran.segmenter, ids, lo, hi, w.off, raw, sv, tmp.scan, &s_count, &s_sent);
-          sent = sv;
-          num_units = s_sent;
-        } else {
-          count = delimiter_units<scan>(a.gran.segmenter, ids, lo, hi, w.off, tmp.scan, &s_count);
-        }
-      }
-      if (!sent) num_units = count;
-      __syncthreads();
-      if constexpr (traits::sablock) {
-        auto first = [&](int k) { return sent ? sent[k] : k; };
-        const double alpha = a.gran.alpha, beta = a.gran.beta;
-        const bool blocks = a.gran.sentence_blocks;
-        // Refined scores and local prefix sums, a thread per sentence.
-        double my_max = -DBL_MAX;
-        for (int k = threadIdx.x; k < num_units; k += blockDim.x) {
-          detail::refine_sentence(w.a, w.prefix, w.off, 0, first(k), first(k + 1), alpha, beta);
-          for (int t = w.off[first(k)]; t < w.off[first(k + 1)]; ++t) my_max = w.a[t] > my_max ? w.a[t] : my_max;
-        }
-        __syncthreads();
-        const double rmax = reduce_d(tmp.d).Reduce(my_max, [](double x, double y) { return x > y ? x : y; });
-        __syncthreads();
-        if (threadIdx.x == 0) {
-          double rsum = 0;
-          for (int u = 0; u < count; ++u) rsum = detail::add_rn(rsum, w.prefix[w.off[u + 1] - 1]);
-          s_gamma = detail::mul_rn(a.gran.g, rsum / m);
-          s_lo = 0.0;
-          s_hi = detail::add_rn(rmax, s_gamma);
-        }
-        __syncthreads();
-        const double gamma = s_gamma;
-        const int maxc = a.gran.block_size;
-        auto cost_at = [&](double lam) {
-          long long mine = 0;
-          for (int k = threadIdx.x; k < num_units; k += blockDim.x)
-            mine += detail::sentence_cost(w.prefix, w.off, 0, first(k), first(k + 1), lam, gamma, maxc, blocks, nullptr);
-          const long long total = reduce_ll(tmp.ll).Sum(mine);
-          if (threadIdx.x == 0) s_cost = total;
-          __syncthreads();
-          return s_cost;
-        };
-        for (int grow = 0; grow < detail::sablock_max_grow; ++grow) {
-          const double hi_now = s_hi;
-          if (cost_at(hi_now) <= bc) break;
-          __syncthreads();
-          if (threadIdx.x == 0) s_hi = detail::sablock_grow(hi_now);
-          __syncthreads();
-        }
-        __syncthreads();
-        for (int it = 0; it < a.gran.steps; ++it) {
-          const double mid = 0.5 * (s_lo + s_hi);
-          const long long cm = cost_at(mid);
-          __syncthreads();
-          if (threadIdx.x == 0) {
-            if (cm > bc)
-              s_lo = mid;
-            else
-              s_hi = mid;
-          }
-          __syncthreads();
-        }
-        long long mine = 0;
-        for (int k = threadIdx.x; k < num_units; k += blockDim.x)
-          mine += detail::sentence_cost(w.prefix, w.off, 0, first(k), first(k + 1), s_hi, gamma, maxc, blocks, w.keep);
-        const long long kept = reduce_ll(tmp.ll).Sum(mine);
-        if (threadIdx.x == 0) s_left = bc - static_cast<int>(kept < bc ? kept : bc);
-        __syncthreads();
-      } else {
-        // Units kept whole by mean while they fit (descending, ties to the earlier), then the fill.
-        int pow2 = 1;
-        while (pow2 < count) pow2 <<= 1;
-        for (int u = threadIdx.x; u < count; u += blockDim.x) {
-          w.key[u] = detail::order_key64(detail::segment_mean(w.a, w.off[u], w.off[u + 1] - w.off[u]));
-          w.idx[u] = u;
-          w.taken[u] = 0;
-        }
-        __syncthreads();
-        sort_units(w.key, w.idx, count, pow2);
-        if (threadIdx.x == 0) {
-          int left = bc;
-          for (int i = 0; i < count && left > 0; ++i) {
-            const int u = w.idx[i], len = w.off[u + 1] - w.off[u];
-            if (len > left) continue;
-            w.taken[u] = 1;
-            left -= len;
-          }
-          s_left = left;
-        }
-        __syncthreads();
-        for (int u = threadIdx.x; u < count; u += blockDim.x)
-          if (w.taken[u])
-            for (int t = w.off[u]; t < w.off[u + 1]; ++t) w.keep[t] = 1;
-        __syncthreads();
-      }
-      fill_best_unmarked<scan>(w.a, m, s_left, w.keep, tmp.scan, hist, &s_prefix, &s_krem, &s_eq_base);
-      __syncthreads();
-    }
-    // Plan row: protected, marked, protected, in order.
-    if (threadIdx.x == 0) s_base = 0;
-    __syncthreads();
-    for (int t0 = 0; t0 < n; t0 += blockDim.x) {
-      const int t = t0 + threadIdx.x;
-      const int k = t < n && (t < lo || t >= hi || w.keep[t - lo]) ? 1 : 0;
-      int at, total;
-      scan(tmp.scan).ExclusiveSum(k, at, total);
-      if (k) out[s_base + at] = t;
-      __syncthreads();
-      if (threadIdx.x == 0) s_base += total;
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) a.out.counts[r] = s_base;
   }
-  if (traits::shared) {  // one plan for every head of the sequence
+  __device__ row_segments segment(const block_scratch_ptrs& w, int lo, int hi) const {
+    if constexpr (traits::fixed) {
+      const int count = fixed_units(lo, hi, a.gran.chunk, w.off);
+      return {count, nullptr, count};
+    } else {
+      using seg_t = std::decay_t<decltype(a.gran.segmenter)>;
+      // Free while the row is cut: the units' sort keys, or SABlock's prefix sums.
+      std::int32_t* spare = traits::sablock ? reinterpret_cast<std::int32_t*>(w.prefix)
+                                            : reinterpret_cast<std::int32_t*>(w.key);
+      return device_segmenter<seg_t>::template segment<traits::sablock, scan>(
+          a.gran.segmenter, a.sig, s, lo, hi, segment_scratch{w.off, w.idx, spare, w.keep}, sh.tmp.scan, sh.pair);
+    }
+  }
+  //! SABlock: refined scores, the price bisection, the kept blocks marked. Returns the tokens left
+  //! for the fill.
+  __device__ int mark_sablock(const block_scratch_ptrs& w, const row_segments& g, int m, int bc) const {
+    auto first = [&](int k) { return g.sent ? g.sent[k] : k; };
+    const double alpha = a.gran.alpha, beta = a.gran.beta;
+    const bool blocks = a.gran.sentence_blocks;
+    // Refined scores and local prefix sums, a thread per sentence.
+    double my_max = -DBL_MAX;
+    for (int k = threadIdx.x; k < g.num_sentences; k += blockDim.x) {
+      detail::refine_sentence(w.a, w.prefix, w.off, 0, first(k), first(k + 1), alpha, beta);
+      for (int t = w.off[first(k)]; t < w.off[first(k + 1)]; ++t) my_max = w.a[t] > my_max ? w.a[t] : my_max;
+    }
     __syncthreads();
+    const double rmax =
+        row_shared::reduce_d(sh.tmp.d).Reduce(my_max, [](double x, double y) { return x > y ? x : y; });
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      double rsum = 0;  // in clause order, as the host
+      for (int u = 0; u < g.count; ++u) rsum = detail::add_rn(rsum, w.prefix[w.off[u + 1] - 1]);
+      sh.gamma = detail::mul_rn(a.gran.g, rsum / m);
+      sh.lo = 0.0;
+      sh.hi = detail::add_rn(rmax, sh.gamma);
+    }
+    __syncthreads();
+    const double gamma = sh.gamma;
+    const int maxc = a.gran.block_size;
+    // Price bounds, as the host's sablock_select: at or above bound[k] sentence k keeps nothing, so
+    // an evaluation passes over it (and, with two levels, over a clause at or above its own bound);
+    // the plan is the one of evaluating them all. They live in `idx` (free once the row is cut;
+    // with two levels, before the sentences, when they fit there).
+    double* bound = nullptr;
+    double* clause_bound = nullptr;
+    if (!g.sent) {
+      bound = clause_bound = reinterpret_cast<double*>(w.idx);  // count <= m doubles of 2 m ints
+    } else if (2 * (g.num_sentences + g.count) <= m - 1) {
+      bound = reinterpret_cast<double*>(w.idx);
+      clause_bound = bound + g.num_sentences;
+    }
+    if (bound) {
+      for (int u = threadIdx.x; u < g.count; u += blockDim.x)
+        clause_bound[u] = detail::clause_price_bound(w.prefix, w.off[u], w.off[u + 1] - w.off[u], gamma, maxc);
+      __syncthreads();
+      if (g.sent) {
+        for (int k = threadIdx.x; k < g.num_sentences; k += blockDim.x)
+          bound[k] = detail::sentence_price_bound(w.prefix, w.off, 0, first(k), first(k + 1), gamma, maxc, blocks,
+                                                  clause_bound);
+        __syncthreads();
+      }
+    }
+    const double* skip_clauses = g.sent ? clause_bound : nullptr;
+    auto cost_at = [&](double lam, unsigned char* keep) {
+      long long mine = 0;
+      for (int k = threadIdx.x; k < g.num_sentences; k += blockDim.x)
+        if (!bound || lam < bound[k])
+          mine += detail::sentence_cost(w.prefix, w.off, 0, first(k), first(k + 1), lam, gamma, maxc, blocks, keep,
+                                        skip_clauses);
+      const long long total = row_shared::reduce_ll(sh.tmp.ll).Sum(mine);
+      if (threadIdx.x == 0) sh.cost = total;
+      __syncthreads();
+      return sh.cost;
+    };
+    for (int grow = 0; grow < detail::sablock_max_grow; ++grow) {
+      const double hi_now = sh.hi;
+      if (cost_at(hi_now, nullptr) <= bc) break;
+      __syncthreads();
+      if (threadIdx.x == 0) sh.hi = detail::sablock_grow(hi_now);
+      __syncthreads();
+    }
+    __syncthreads();
+    for (int it = 0; it < a.gran.steps; ++it) {
+      const double mid = 0.5 * (sh.lo + sh.hi);
+      const long long cm = cost_at(mid, nullptr);
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        if (cm > bc)
+          sh.lo = mid;
+        else
+          sh.hi = mid;
+      }
+      __syncthreads();
+    }
+    const long long kept = cost_at(sh.hi, w.keep);
+    __syncthreads();
+    return bc - static_cast<int>(kept < bc ? kept : bc);
+  }
+  //! ChunkKV / SentenceKV: units kept whole by mean while they fit (descending, ties to the
+  //! earlier), marked. Returns the tokens left for the fill. The host's greedy, exactly: every unit
+  //! before the first that overflows the budget fits (one scan of the lengths in rank order finds
+  //! it); after it only units no longer than what was then left can still fit, and one thread
+  //! runs the greedy over those alone.
+  __device__ int mark_units(const block_scratch_ptrs& w, int count, int bc) const {
+    int pow2 = 1;
+    while (pow2 < count) pow2 <<= 1;
+    for (int u = threadIdx.x; u < count; u += blockDim.x) {
+      const double mean = detail::segment_mean(w.a, w.off[u], w.off[u + 1] - w.off[u]);
+      w.key[u] = detail::order_key64(mean == 0.0 ? 0.0 : mean);  // -0 ranks as +0, as the host's compare
+      w.idx[u] = u;
+      w.taken[u] = 0;
+    }
+    if (threadIdx.x == 0) sh.pair[0] = count;  // the first rank that overflows (count: none)
+    __syncthreads();
+    sort_units(w.key, w.idx, count, pow2);
+    auto len_at = [&](int i) { return w.off[w.idx[i] + 1] - w.off[w.idx[i]]; };
+    const detail::index_span share = detail::blocked_share(count, blockDim.x, threadIdx.x);
+    int mine = 0;
+    for (int i = share.begin; i < share.end; ++i) mine += len_at(i);
+    int before, total;
+    scan(sh.tmp.scan).ExclusiveSum(mine, before, total);
+    int over = count, left_then = 0;
+    for (int i = share.begin, run = before; i < share.end; ++i) {
+      if (run + len_at(i) > bc) {
+        over = i;
+        left_then = bc - run;
+        break;
+      }
+      run += len_at(i);
+    }
+    if (over < count) atomicMin(&sh.pair[0], over);
+    __syncthreads();
+    const int first_over = sh.pair[0];
+    if (first_over == count && threadIdx.x == 0) sh.left = bc - total;
+    if (first_over < count && over == first_over) sh.left = left_then;
+    __syncthreads();
+    const int left0 = sh.left;
+    for (int i = threadIdx.x; i < first_over; i += blockDim.x) w.taken[w.idx[i]] = 1;
+    // The ranks after it that could still fit, in order, into the sort keys' space (free now).
+    std::int32_t* rest = reinterpret_cast<std::int32_t*>(w.key);
+    const int num_rest = first_over < count ? enumerate_flagged<scan>(
+                                                  count - first_over - 1,
+                                                  [&](int j) { return len_at(first_over + 1 + j) <= left0; },
+                                                  [&](int j, int k) { rest[k] = first_over + 1 + j; }, sh.tmp.scan)
+                                            : 0;
+    if (threadIdx.x == 0) {
+      int left = left0;
+      for (int k = 0; k < num_rest && left > 0; ++k) {
+        const int len = len_at(rest[k]);
+        if (len > left) continue;
+        w.taken[w.idx[rest[k]]] = 1;
+        left -= len;
+      }
+      sh.left = left;
+    }
+    __syncthreads();
+    for (int u = threadIdx.x; u < count; u += blockDim.x)
+      if (w.taken[u])
+        for (int t = w.off[u]; t < w.off[u + 1]; ++t) w.keep[t] = 1;
+    const int left = sh.left;
+    __syncthreads();
+    return left;
+  }
+  //! The plan row: the protected tokens before lo and from hi on, and the marked ones, in order.
+  __device__ int write_row(const block_scratch_ptrs& w, int n, int lo, int hi, std::int32_t* out) const {
+    return enumerate_flagged<scan>(
+        n, [&](int t) { return t < lo || t >= hi || w.keep[t - lo]; }, [&](int t, int k) { out[k] = t; },
+        sh.tmp.scan);
+  }
+  //! Shared heads: the sequence's plan row copied to every head.
+  __device__ void copy_to_heads(int r) const {
+    __syncthreads();
+    const std::int32_t* src = a.out.row(r);
     const int cnt = a.out.counts[r];
-    for (int hh = 1; hh < kvh; ++hh) {
-      std::int32_t* dst = a.out.row(s * kvh + hh);
-      for (int t = threadIdx.x; t < cnt; t += blockDim.x) dst[t] = out[t];
-      if (threadIdx.x == 0) a.out.counts[s * kvh + hh] = cnt;
+    for (int hh = 1; hh < kvh(); ++hh) {
+      std::int32_t* dst = a.out.row(s * kvh() + hh);
+      for (int t = threadIdx.x; t < cnt; t += blockDim.x) dst[t] = src[t];
+      if (threadIdx.x == 0) a.out.counts[s * kvh() + hh] = cnt;
     }
   }
+};
+
+template <class Granularity, class Cache, class T>
+__global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<Granularity, Cache, T> a) {
+  using traits = block_traits<Granularity>;
+  __shared__ row_shared sh;
+  const Cache& c = a.cache;
+  const int kvh = c.num_kv_heads();
+  const int s = traits::shared ? blockIdx.x : blockIdx.x / kvh, h = traits::shared ? 0 : blockIdx.x % kvh;
+  if (block_failed(a.word)) return;
+  const row_stages<Granularity, Cache, T> st{a, sh, s, h};
+  const row_rule si = a.rules.info(c, s);
+  const int n = c.seq_len(s, h), r = s * kvh + h, b = si.budget;
+  if constexpr (!traits::fixed) {  // the same verdict in every thread: n is the block's
+    using seg_t = std::decay_t<decltype(a.gran.segmenter)>;
+    if (!device_segmenter<seg_t>::check(a.gran.segmenter, a.sig, n, a.word)) return;
+  }
+  if (si.kept_whole()) return st.keep_whole();
+  if (!st.scores_finite()) return;
+  std::int32_t* out = a.out.row(r);
+  if (n <= b) {
+    for (int t = threadIdx.x; t < n; t += blockDim.x) out[t] = t;
+    if (threadIdx.x == 0) a.out.counts[r] = n;
+  } else {
+    const detail::token_range range = si.range(n);
+    const int lo = range.lo, hi = range.hi, m = hi - lo, bc = b - lo - (n - hi);
+    const block_scratch_ptrs w = row_scratch(a.ws, c, s, h);
+    st.load_scores(w, lo, m);
+    if (bc > 0 && m > 0) {
+      const row_segments g = st.segment(w, lo, hi);
+      int left;
+      if constexpr (traits::sablock)
+        left = st.mark_sablock(w, g, m, bc);
+      else
+        left = st.mark_units(w, g.count, bc);
+      fill_best_unmarked<row_shared::scan>(w.a, m, left, w.keep, sh.tmp.scan, sh.hist, &sh.prefix, &sh.krem);
+    }
+    const int kept = st.write_row(w, n, lo, hi, out);
+    if (threadIdx.x == 0) a.out.counts[r] = kept;
+  }
+  if (traits::shared) st.copy_to_heads(r);
 }
 
 // ---- granularities on the device ----

@@ -30,12 +30,31 @@ inline constexpr int no_max_len = INT_MAX;
 // The segment arithmetic the host segmenters and the CUDA kernels share (not API).
 namespace detail {
 
+//! Pieces a segment of `n` tokens splits into under `max_len`: `ceil(n / max_len)`, 1 when it fits.
+KVEVICT_HOST_DEVICE std::int64_t split_pieces(std::int64_t n, int max_len) {
+  return n > max_len ? (n + max_len - 1) / max_len : 1;
+}
+//! Where piece `j` of `p` of the segment `[start, start + n)` starts.
+KVEVICT_HOST_DEVICE std::int32_t split_cut(std::int64_t start, std::int64_t n, std::int64_t p, std::int64_t j) {
+  return static_cast<std::int32_t>(start + n * j / p);
+}
+//! The merge's last rule on merged ends `offsets[0..m]`: a short last segment joins the one before
+//! it. Returns the new count.
+KVEVICT_HOST_DEVICE int merge_short_last(std::int32_t* offsets, int m, int min_len) {
+  if (m > 1 && offsets[m] - offsets[m - 1] < min_len) {
+    offsets[m - 1] = offsets[m];
+    --m;
+  }
+  return m;
+}
+
 //! Applies `min_len` merging then `max_len` splitting to the raw segment ends in `offsets[0..count]`
 //! (in place; `offsets` must hold `2 * (hi - lo) + 1` entries) and returns the new count.
 //! Merging: a segment shorter than `min_len` merges into the following one (repeatedly, so the
 //! merged segment is checked again); a short last segment merges into the one before it.
 //! Splitting: a segment of `n > max_len` tokens becomes `p = ceil(n / max_len)` pieces cut at
-//! `start + floor(n * j / p)`.
+//! `start + floor(n * j / p)`. (The CUDA kernels compute the same ends on a whole block of threads:
+//! `merge_successor` and `merge_jump_step` below.)
 KVEVICT_HOST_DEVICE int merge_and_split(std::int32_t* offsets, int count, int min_len, int max_len) {
   if (count == 0) return 0;
   // Merge (in place, forward).
@@ -43,25 +62,59 @@ KVEVICT_HOST_DEVICE int merge_and_split(std::int32_t* offsets, int count, int mi
   for (int i = 1; i <= count; ++i) {
     if (offsets[i] - offsets[m] >= min_len || i == count) offsets[++m] = offsets[i];
   }
-  if (m > 1 && offsets[m] - offsets[m - 1] < min_len) {
-    offsets[m - 1] = offsets[m];
-    --m;
-  }
+  m = merge_short_last(offsets, m, min_len);
   // Split (backwards into the tail so it is in place: count can only grow).
   int total = 0;
-  for (int i = 0; i < m; ++i) {
-    const int n = offsets[i + 1] - offsets[i];
-    total += n > max_len ? (n + max_len - 1) / max_len : 1;
-  }
+  for (int i = 0; i < m; ++i) total += static_cast<int>(split_pieces(offsets[i + 1] - offsets[i], max_len));
   int w = total;
   for (int i = m - 1; i >= 0; --i) {
-    const std::int64_t start = offsets[i], n = offsets[i + 1] - offsets[i];
-    const std::int64_t p = n > max_len ? (n + max_len - 1) / max_len : 1;
+    const std::int64_t start = offsets[i], n = offsets[i + 1] - offsets[i], p = split_pieces(n, max_len);
     const std::int32_t end = offsets[i + 1];
     offsets[w--] = end;
-    for (std::int64_t j = p - 1; j >= 1; --j) offsets[w--] = static_cast<std::int32_t>(start + n * j / p);
+    for (std::int64_t j = p - 1; j >= 1; --j) offsets[w--] = split_cut(start, n, p, j);
   }
   return total;
+}
+
+// The merge on many threads. The ends the forward merge keeps form a chain: from a kept end `j`,
+// the next kept end is the first `i > j` at least `min_len` tokens on (`merge_successor`), or the
+// last end. A block marks the chain from end 0 by pointer doubling: `ja` holds each end's 2^r-th
+// successor; every marked end marks its entry, and `jb` gets the 2^(r+1)-th successors. After r
+// rounds the first 2^r ends of the chain are marked, and an end is only ever marked when it is on
+// the chain, in whatever order the threads run. The rounds stop when `ja[0]` is the last end.
+
+//! The merge's successor of end `j < count` of `offsets[0..count]` (strictly increasing): the first
+//! `i > j` with `offsets[i] - offsets[j] >= min_len`, or `count`. Binary search.
+KVEVICT_HOST_DEVICE int merge_successor(const std::int32_t* offsets, int count, int min_len, int j) {
+  const std::int64_t want = static_cast<std::int64_t>(offsets[j]) + min_len;
+  int lo = j + 1, hi = count;
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (offsets[mid] < want)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+//! One round of the doubling for end `i < count` (`count` itself, the last end, is its own
+//! successor and is not stored): marks `ja[i]` when `i` is marked, and writes `jb[i] = ja[ja[i]]`.
+KVEVICT_HOST_DEVICE void merge_jump_step(const std::int32_t* ja, std::int32_t* jb, unsigned char* mark, int count,
+                                         int i) {
+  const int j = ja[i];
+  if (mark[i] && j < count) mark[j] = 1;
+  jb[i] = j < count ? ja[j] : count;
+}
+
+//! Thread `t`'s share of `[0, m)` among `threads` (blocked arrangement): contiguous, in thread
+//! order, covering `[0, m)`, lengths differing by at most one.
+struct index_span {
+  int begin, end;
+};
+KVEVICT_HOST_DEVICE index_span blocked_share(int m, int threads, int t) {
+  const int q = m / threads, r = m % threads, begin = t * q + (t < r ? t : r);
+  return {begin, begin + q + (t < r ? 1 : 0)};
 }
 
 //! Two-level segmentation (sentences made of clauses) from raw cuts. `raw[0..nraw)`: ascending cut

@@ -1,0 +1,366 @@
+// The row selection the CUDA kernels run on a whole block of threads (cuda/blocks.cuh), emulated
+// on the host from the same pieces. Segmentation: the pieces (segment/segmenters.hpp: blocked_share, merge_successor,
+// merge_jump_step, merge_short_last, split_pieces, split_cut) and compared with the host's
+// sequential merge_and_split. The emulation runs every parallel phase's indices in a random order
+// (a block's threads may run them in any), and its ordered writes as the kernels make them: one
+// count per thread's contiguous share, an exclusive scan of the counts, the writes in each share.
+// SABlock: the kernel's bisection (every step evaluates every sentence below its price bound, in
+// parallel, no certificate) against the host's sablock_select.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include <kvevict/detail/radix_select.hpp>
+#include <kvevict/detail/sablock_core.hpp>
+#include <kvevict/host/block_select.hpp>
+#include <kvevict/segment/segmenters.hpp>
+
+namespace {
+
+using kvevict::detail::blocked_share;
+
+//! `enumerate_flagged` of cuda/blocks.cuh with `threads` threads.
+template <class Flag, class Visit>
+int enumerate_flagged(int m, int threads, Flag flag, Visit visit) {
+  std::vector<int> counts(threads, 0), at(threads, 0);
+  for (int t = 0; t < threads; ++t) {
+    const auto sh = blocked_share(m, threads, t);
+    for (int i = sh.begin; i < sh.end; ++i) counts[t] += flag(i) ? 1 : 0;
+  }
+  std::exclusive_scan(counts.begin(), counts.end(), at.begin(), 0);
+  for (int t = threads - 1; t >= 0; --t) {  // shares in any order
+    const auto sh = blocked_share(m, threads, t);
+    int k = at[t];
+    for (int i = sh.begin; i < sh.end; ++i)
+      if (flag(i)) visit(i, k++);
+  }
+  return std::accumulate(counts.begin(), counts.end(), 0);
+}
+
+std::vector<int> shuffled(int n, std::mt19937& rng) {
+  std::vector<int> p(n);
+  std::iota(p.begin(), p.end(), 0);
+  std::shuffle(p.begin(), p.end(), rng);
+  return p;
+}
+
+//! `merge_and_split_block` of cuda/blocks.cuh: raw ends off[0..count] in, the ends out.
+std::vector<std::int32_t> merge_and_split_block(std::vector<std::int32_t> off, int count, int min_len, int max_len,
+                                                int threads, std::mt19937& rng, int* rounds) {
+  std::vector<std::int32_t> ja(count), jb(count), merged(count + 1, -1);
+  std::vector<unsigned char> mark(count);
+  for (int i : shuffled(count, rng)) {
+    ja[i] = kvevict::detail::merge_successor(off.data(), count, min_len, i);
+    mark[i] = i == 0;
+  }
+  *rounds = 0;
+  while (ja[0] != count) {
+    for (int i : shuffled(count, rng)) kvevict::detail::merge_jump_step(ja.data(), jb.data(), mark.data(), count, i);
+    std::swap(ja, jb);
+    ++*rounds;
+  }
+  int mm = enumerate_flagged(
+      count, threads, [&](int i) { return mark[i] != 0; }, [&](int i, int k) { merged[k] = off[i]; });
+  merged[mm] = off[count];
+  mm = kvevict::detail::merge_short_last(merged.data(), mm, min_len);
+  std::vector<int> pieces(threads, 0), at(threads, 0);
+  for (int t = 0; t < threads; ++t) {
+    const auto sh = blocked_share(mm, threads, t);
+    for (int i = sh.begin; i < sh.end; ++i)
+      pieces[t] += static_cast<int>(kvevict::detail::split_pieces(merged[i + 1] - merged[i], max_len));
+  }
+  std::exclusive_scan(pieces.begin(), pieces.end(), at.begin(), 0);
+  const int total = std::accumulate(pieces.begin(), pieces.end(), 0);
+  std::vector<std::int32_t> out(total + 1, -1);
+  for (int t : shuffled(threads, rng)) {
+    const auto sh = blocked_share(mm, threads, t);
+    int k = at[t];
+    for (int i = sh.begin; i < sh.end; ++i) {
+      const std::int64_t start = merged[i], n = merged[i + 1] - merged[i];
+      const std::int64_t p = kvevict::detail::split_pieces(n, max_len);
+      for (std::int64_t j = 0; j < p; ++j) out[k++] = kvevict::detail::split_cut(start, n, p, j);
+    }
+  }
+  out[total] = merged[mm];
+  return out;
+}
+
+std::vector<std::int32_t> host_merge_and_split(const std::vector<std::int32_t>& raw, int count, int m, int min_len,
+                                               int max_len) {
+  std::vector<std::int32_t> off(2 * static_cast<std::size_t>(m) + 1, -1);
+  std::copy(raw.begin(), raw.end(), off.begin());
+  const int c = kvevict::detail::merge_and_split(off.data(), count, min_len, max_len);
+  off.resize(c + 1);
+  return off;
+}
+
+}  // namespace
+
+TEST_CASE("device segmentation: blocked shares are contiguous, in order, and cover the range", "[segment][cuda]") {
+  for (int threads : {1, 2, 3, 7, 32, 512})
+    for (int m = 0; m <= 1100; m += m < 40 ? 1 : 97) {
+      int next = 0, lo = m, hi = 0;
+      for (int t = 0; t < threads; ++t) {
+        const auto sh = blocked_share(m, threads, t);
+        REQUIRE(sh.begin == next);
+        REQUIRE(sh.end >= sh.begin);
+        lo = std::min(lo, sh.end - sh.begin);
+        hi = std::max(hi, sh.end - sh.begin);
+        next = sh.end;
+      }
+      REQUIRE(next == m);
+      REQUIRE(hi - lo <= 1);
+    }
+}
+
+TEST_CASE("device segmentation: the block's merge and split equal the host's merge_and_split", "[segment][cuda]") {
+  std::mt19937 rng(20261129);
+  int cases = 0, max_rounds = 0;
+  for (int rep = 0; rep < 3000; ++rep) {
+    const int m = 1 + static_cast<int>(rng() % (rep % 10 == 0 ? 5000 : 300));
+    // Raw ends: 0 < cuts < m, strictly increasing, at a random density (every token a cut too).
+    const int density = 1 + static_cast<int>(rng() % 20);
+    std::vector<std::int32_t> raw = {0};
+    for (int t = 1; t < m; ++t)
+      if (density == 1 || static_cast<int>(rng() % density) == 0) raw.push_back(t);
+    raw.push_back(m);
+    const int count = static_cast<int>(raw.size()) - 1;
+    const int min_len = 1 + static_cast<int>(rng() % (rep % 3 == 0 ? 3 : 40));
+    const int max_len = rep % 7 == 0 ? kvevict::no_max_len : 1 + static_cast<int>(rng() % 80);
+    const int threads = std::vector<int>{1, 3, 32, 512}[rng() % 4];
+    int rounds = 0;
+    const auto got = merge_and_split_block(raw, count, min_len, max_len, threads, rng, &rounds);
+    const auto want = host_merge_and_split(raw, count, m, min_len, max_len);
+    REQUIRE(got == want);
+    max_rounds = std::max(max_rounds, rounds);
+    ++cases;
+  }
+  CHECK(cases == 3000);
+  CHECK(max_rounds >= 10);  // long chains were among the cases (every end kept: 2^10 ends and more)
+}
+
+TEST_CASE("device segmentation: delimiter cuts, merged and split on a block, equal the host segmenter's",
+          "[segment][cuda]") {
+  std::mt19937 rng(7);
+  const std::vector<std::int32_t> delims = {1, 2, 3};
+  kvevict::delimiter_segmenter seg;
+  seg.delimiter_ids = delims.data();
+  seg.num_delimiters = 3;
+  for (int rep = 0; rep < 500; ++rep) {
+    const int n = 1 + static_cast<int>(rng() % 2000);
+    std::vector<std::int32_t> ids(n);
+    for (auto& x : ids) x = rng() % 9 == 0 ? 1 + static_cast<int>(rng() % 3) : 4 + static_cast<int>(rng() % 50);
+    const int lo = static_cast<int>(rng() % n), hi = lo + 1 + static_cast<int>(rng() % (n - lo));
+    seg.min_len = 1 + static_cast<int>(rng() % 8);
+    seg.max_len = 1 + static_cast<int>(rng() % 100);
+    std::vector<std::int32_t> want(2 * static_cast<std::size_t>(hi - lo) + 1);
+    const int c = seg.segment_ids(ids.data(), lo, hi, want.data());
+    want.resize(c + 1);
+    for (auto& x : want) x -= lo;  // the kernels' ends are relative to lo
+    // device_segmenter<delimiter_segmenter>::cuts, then the block's merge and split
+    const int m = hi - lo, threads = 512;
+    std::vector<std::int32_t> off(m + 1, -1);
+    const int k = enumerate_flagged(
+        m - 1, threads, [&](int t) { return seg.is_delimiter(ids[lo + t]); }, [&](int t, int j) { off[1 + j] = t + 1; });
+    off[0] = 0;
+    off[k + 1] = m;
+    off.resize(k + 2);
+    int rounds = 0;
+    REQUIRE(merge_and_split_block(off, k + 1, seg.min_len, seg.max_len, threads, rng, &rounds) == want);
+  }
+}
+
+namespace {
+
+//! `row_stages::mark_sablock` of cuda/blocks.cuh and the fill after it, sentence by sentence (the
+//! kernel's threads each take whole sentences; every sum stays inside one). `use_bounds` as the
+//! kernel decides from the scratch it has. Returns the kept positions relative to lo.
+std::vector<int> device_sablock(const std::vector<double>& a, int lo, int hi, const std::vector<std::int32_t>& off_abs,
+                                int count, const std::int32_t* sent, int num_sentences, int bc,
+                                const kvevict::host_backend::sablock_params& prm, bool use_bounds) {
+  namespace d = kvevict::detail;
+  const int m = hi - lo, S = sent ? num_sentences : count;
+  std::vector<std::int32_t> off(count + 1);
+  for (int u = 0; u <= count; ++u) off[u] = off_abs[u] - lo;  // the kernel's ends are relative to lo
+  std::vector<double> r(a.begin() + lo, a.begin() + hi), prefix(m);
+  auto first = [&](int k) { return sent ? sent[k] : k; };
+  double rmax = -DBL_MAX;
+  for (int k = S - 1; k >= 0; --k) {  // sentences in any order
+    d::refine_sentence(r.data(), prefix.data(), off.data(), 0, first(k), first(k + 1), prm.alpha, prm.beta);
+    for (int t = off[first(k)]; t < off[first(k + 1)]; ++t) rmax = std::max(rmax, r[t]);
+  }
+  double rsum = 0;
+  for (int u = 0; u < count; ++u) rsum = d::add_rn(rsum, prefix[off[u + 1] - 1]);
+  const double gamma = d::mul_rn(prm.g, rsum / m);
+  std::vector<double> bound, clause_bound;
+  if (use_bounds) {
+    clause_bound.resize(count);
+    for (int u = 0; u < count; ++u)
+      clause_bound[u] = d::clause_price_bound(prefix.data(), off[u], off[u + 1] - off[u], gamma, prm.max_candidates);
+    bound = clause_bound;
+    if (sent) {
+      bound.resize(S);
+      for (int k = 0; k < S; ++k)
+        bound[k] = d::sentence_price_bound(prefix.data(), off.data(), 0, first(k), first(k + 1), gamma,
+                                           prm.max_candidates, prm.sentence_blocks, clause_bound.data());
+    }
+  }
+  const double* skip = sent && use_bounds ? clause_bound.data() : nullptr;
+  std::vector<unsigned char> keep(m, 0);
+  auto cost_at = [&](double lam, unsigned char* mark) {
+    long long total = 0;
+    for (int k = 0; k < S; ++k)
+      if (!use_bounds || lam < bound[k])
+        total += d::sentence_cost(prefix.data(), off.data(), 0, first(k), first(k + 1), lam, gamma, prm.max_candidates,
+                                  prm.sentence_blocks, mark, skip);
+    return total;
+  };
+  double lam_lo = 0.0, lam_hi = d::add_rn(rmax, gamma);
+  for (int grow = 0; grow < d::sablock_max_grow; ++grow) {
+    if (cost_at(lam_hi, nullptr) <= bc) break;
+    lam_hi = d::sablock_grow(lam_hi);
+  }
+  for (int it = 0; it < prm.steps; ++it) {
+    const double mid = 0.5 * (lam_lo + lam_hi);
+    (cost_at(mid, nullptr) > bc ? lam_lo : lam_hi) = mid;
+  }
+  const long long kept = cost_at(lam_hi, keep.data());
+  // The fill: the best unmarked refined scores, ties to the lower position.
+  std::vector<int> rest;
+  for (int t = 0; t < m; ++t)
+    if (!keep[t]) rest.push_back(t);
+  std::sort(rest.begin(), rest.end(), [&](int x, int y) {
+    const std::uint64_t kx = d::order_key64(r[x]), ky = d::order_key64(r[y]);
+    return kx > ky || (kx == ky && x < y);
+  });
+  const int need = bc - static_cast<int>(std::min<long long>(kept, bc));
+  for (int i = 0; i < need; ++i) keep[rest[i]] = 1;
+  std::vector<int> out;
+  for (int t = 0; t < m; ++t)
+    if (keep[t]) out.push_back(t);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("device SABlock: the kernel's bisection, with and without price bounds, equals sablock_select",
+          "[sablock][cuda]") {
+  const std::vector<std::int32_t> delims = {1, 2, 3}, ends = {1};
+  std::mt19937 rng(29);
+  std::uniform_real_distribution<double> u(0, 1);
+  int not_top_k = 0;
+  for (int trial = 0; trial < 240; ++trial) {
+    const int n = 40 + static_cast<int>(rng() % 600), lo = 4, hi = n - 16, kind = trial % 5;
+    std::vector<std::int32_t> ids(n);
+    const double rate = 0.05 + 0.15 * u(rng);
+    for (auto& x : ids) x = u(rng) < rate ? 1 + static_cast<int>(rng() % 3) : 4 + static_cast<int>(rng() % 37);
+    std::vector<double> a(n);
+    for (auto& x : a) {
+      const double v = u(rng);
+      x = kind == 0 ? v * v : kind == 1 ? static_cast<double>(rng() % 4) : kind == 2 ? v - 0.5 : kind == 3 ? 1e-300 * v
+                                                                                                 : std::pow(v, 8) * (v > 0.97 ? 50 : 1);
+    }
+    const bool two = trial % 3 != 0;
+    kvevict::host_backend::sablock_params prm;
+    prm.alpha = (trial % 4) * 0.2;
+    prm.beta = two ? (trial % 3) * 0.15 : 0.0;
+    prm.g = (trial % 6) * 0.8;
+    prm.sentence_blocks = trial % 4 != 3;
+    prm.max_candidates = trial % 7 == 6 ? 4 : 0;
+    const int bc = 1 + static_cast<int>(rng() % static_cast<unsigned>(hi - lo - 1));
+    kvevict::delimiter_segmenter seg{delims.data(), 3};
+    seg.sentence_ids = ends.data();
+    seg.num_sentence_ids = 1;
+    seg.sentence_max_len = 30 + trial % 50;
+    std::vector<std::int32_t> off(2 * n + 4), sent(n + 2), raw(n);
+    int num_sentences = -1;
+    const int count = two ? seg.segment_levels_ids(ids.data(), lo, hi, off.data(), sent.data(), &num_sentences, raw.data())
+                          : seg.segment_ids(ids.data(), lo, hi, off.data());
+    const std::int32_t* sp = two ? sent.data() : nullptr;
+    std::vector<unsigned char> keep(hi - lo);
+    std::vector<double> r(hi - lo + 1), prefix(hi - lo + 1), bound(kvevict::host_backend::sablock_bound_doubles(hi - lo));
+    std::vector<std::int32_t> idx(hi - lo);
+    kvevict::host_backend::sablock_select(a.data(), lo, hi, off.data(), count, sp, num_sentences, bc, prm, keep.data(),
+                                          r.data(), prefix.data(), idx.data(), bound.data());
+    std::vector<int> want;
+    for (int t = 0; t < hi - lo; ++t)
+      if (keep[t]) want.push_back(t);
+    INFO("trial " << trial << " kind " << kind << " n " << n << " bc " << bc << " two " << two);
+    REQUIRE(static_cast<int>(want.size()) == bc);
+    REQUIRE(device_sablock(a, lo, hi, off, count, sp, num_sentences, bc, prm, true) == want);
+    REQUIRE(device_sablock(a, lo, hi, off, count, sp, num_sentences, bc, prm, false) == want);
+    std::vector<int> order(hi - lo);
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int x, int y) { return a[lo + x] > a[lo + y] || (a[lo + x] == a[lo + y] && x < y); });
+    order.resize(bc);
+    std::sort(order.begin(), order.end());
+    not_top_k += order != want;
+  }
+  CHECK(not_top_k > 150);  // the blocks matter: most plans are not the token top-k
+}
+
+TEST_CASE("device units: the first overflow and the greedy over the units that could still fit equal the host's greedy",
+          "[chunkkv][sentencekv][cuda]") {
+  // `row_stages::mark_units` of cuda/blocks.cuh after the sort: lengths in rank order, budget bc.
+  std::mt19937 rng(5);
+  int skipped_then_taken = 0;
+  for (int rep = 0; rep < 4000; ++rep) {
+    const int count = 1 + static_cast<int>(rng() % 300), threads = std::vector<int>{1, 3, 32, 512}[rng() % 4];
+    const int maxlen = 1 + static_cast<int>(rng() % (rep % 2 ? 8 : 70));
+    std::vector<int> len(count);
+    for (auto& x : len) x = rep % 5 == 0 ? maxlen : 1 + static_cast<int>(rng() % maxlen);  // ChunkKV: equal
+    if (rep % 5 == 0) len.back() = 1 + static_cast<int>(rng() % maxlen);
+    const int sum = std::accumulate(len.begin(), len.end(), 0), bc = 1 + static_cast<int>(rng() % (sum + 5));
+    // The host's greedy (host_backend::select_units_then_fill).
+    std::vector<char> want(count, 0);
+    int want_left = bc;
+    for (int i = 0; i < count && want_left > 0; ++i) {
+      if (len[i] > want_left) continue;
+      want[i] = 1;
+      want_left -= len[i];
+    }
+    // The kernel's: per-thread sums, an exclusive scan, each thread's first overflow, the minimum.
+    std::vector<int> sums(threads, 0), before(threads, 0);
+    for (int t = 0; t < threads; ++t) {
+      const auto sh = blocked_share(count, threads, t);
+      for (int i = sh.begin; i < sh.end; ++i) sums[t] += len[i];
+    }
+    std::exclusive_scan(sums.begin(), sums.end(), before.begin(), 0);
+    int first_over = count, left0 = bc - sum;
+    for (int t = 0; t < threads; ++t) {
+      const auto sh = blocked_share(count, threads, t);
+      for (int i = sh.begin, run = before[t]; i < sh.end; ++i) {
+        if (run + len[i] > bc) {
+          if (i < first_over) first_over = i, left0 = bc - run;
+          break;
+        }
+        run += len[i];
+      }
+    }
+    std::vector<char> got(count, 0);
+    for (int i = 0; i < first_over; ++i) got[i] = 1;
+    std::vector<int> rest(count, -1);
+    const int num_rest = first_over < count ? enumerate_flagged(
+                                                  count - first_over - 1, threads,
+                                                  [&](int j) { return len[first_over + 1 + j] <= left0; },
+                                                  [&](int j, int k) { rest[k] = first_over + 1 + j; })
+                                            : 0;
+    int left = left0;
+    for (int k = 0; k < num_rest && left > 0; ++k) {
+      if (len[rest[k]] > left) continue;
+      got[rest[k]] = 1;
+      left -= len[rest[k]];
+      ++skipped_then_taken;
+    }
+    INFO("rep " << rep << " count " << count << " bc " << bc << " threads " << threads);
+    REQUIRE(got == want);
+    REQUIRE(left == want_left);
+  }
+  CHECK(skipped_then_taken > 1000);  // units after the first that overflowed were taken
+}
