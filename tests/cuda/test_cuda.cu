@@ -290,10 +290,11 @@ void test_exact_scorers(layout_kind kind, std::uint32_t seed) {
 }
 
 // 3. Window attention (SnapKV and variants): plans agree with the host's up to near-ties, and
-// scores (through precomputed host scores) agree to rounding.
-template <class T, class Policy>
+// scores (through precomputed host scores) agree to rounding. T: the cache's element type; Q: the
+// queries' (T, or a 16-bit or float type over a quantised cache, whose keys are k_scale x codes).
+template <class T, class Policy, class Q = T>
 void test_window_attention(layout_kind kind, int head_dim, int nq, int budget, int window, std::uint32_t seed,
-                           const char* what) {
+                           const char* what, float k_scale = 1.0f) {
   std::mt19937 rng(seed);
   const int seqs = 2, kvh = 2;
   auto L = testing::make_logical(seqs, kvh, head_dim, random_lens(rng, seqs, window + 3, g_small ? 700 : 5000), seed,
@@ -301,21 +302,22 @@ void test_window_attention(layout_kind kind, int head_dim, int nq, int budget, i
   auto hc = testing::build<T>(L, kind, 16, seed + 1);
   device_cache<T> dc(hc);
   const int rows = window;
-  std::vector<T> q(static_cast<std::size_t>(seqs) * nq * rows * head_dim);
+  std::vector<Q> q(static_cast<std::size_t>(seqs) * nq * rows * head_dim);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (auto& x : q) x = kvevict::from_float<T>(nd(rng));
-  kvevict::signals<T> sig{};
+  for (auto& x : q) x = kvevict::from_float<Q>(nd(rng));
+  kvevict::signals<Q> sig{};
   sig.queries = q.data();
   sig.num_q_heads = nq;
   sig.query_rows = rows;
   sig.layer = 1;
   sig.num_layers = 4;
-  device_signals<T> ds(sig, q.size(), 0, seqs);
+  device_signals<Q> ds(sig, q.size(), 0, seqs);
   Policy p;
   p.selector.budget.entries = budget;
   p.selector.window = window;
   p.selector.sinks = 4;
   dc.visit([&](auto hv, auto dv) {
+    hv.k_scale_ = dv.k_scale_ = k_scale;
     kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(p, hv));
     const auto hs = kvevict::plan(kvevict::host, p, hv, sig, hp.view());
     device_plan out(seqs * kvh, hp.capacity);
@@ -881,6 +883,29 @@ void run_for_type(const char* tname) {
   test_errors<T>(++seed);
 }
 
+// Quantised caches (fp8 e4m3 / e5m2, int8 with a per-tensor k_scale, 16-bit or float queries):
+// window-attention plans against the host's up to near-ties, compaction byte for byte.
+void run_quantised() {
+  std::printf("-- quantised caches\n");
+  std::uint32_t seed = 700;
+  using kvevict::bfloat16;
+  for (auto kind : {layout_kind::block_nhd, layout_kind::csr_hnd, layout_kind::head_rows}) {
+    test_window_attention<kvevict::float8_e4m3, kvevict::snapkv<>, bfloat16>(kind, 128, 8, 120, 16, ++seed,
+                                                                           "snapkv e4m3 d128 gqa4", 0.02f);
+    test_window_attention<kvevict::float8_e5m2, kvevict::snapkv<>, kvevict::half>(kind, 64, 4, 90, 12, ++seed,
+                                                                                "snapkv e5m2 d64, fp16 queries", 0.5f);
+    test_window_attention<kvevict::int8, kvevict::pyramidkv<>, bfloat16>(kind, 40, 4, 90, 12, ++seed,
+                                                                         "pyramidkv int8 d40 (not 16-byte rows)", 0.03f);
+    test_window_attention<kvevict::float8_e4m3, kvevict::snapkv<kvevict::gqa_mean, kvevict::no_pool>, float>(
+        kind, 64, 16, 200, 40, ++seed, "snapkv e4m3, float queries", 0.1f);
+  }
+  for (auto kind : testing::all_layouts)
+    for (int ps : {7, 16}) {
+      test_compaction<kvevict::float8_e4m3>(kind, ps, g_small ? 100 : 600, 0.5, ++seed);
+      test_compaction<kvevict::int8>(kind, ps, g_small ? 100 : 600, 0.05, ++seed);
+    }
+}
+
 
 // ---------------------------------------------------------------------------------------------
 // 0. Host-side parts of the CUDA backend (run with or without a device): the device-check table,
@@ -983,6 +1008,7 @@ int main(int argc, char** argv) {
     run_for_type<kvevict::half>("half");
   }
   run_for_type<kvevict::bfloat16>("bfloat16");
+  run_quantised();
   test_graph_capture(7);
   test_benchmark_shape(g_small ? 2048 : 32768, 11);
   if (!g_small) test_benchmark_shape(131072, 13);

@@ -155,3 +155,27 @@ TEST_CASE("fp8: the host's decode table and the arithmetic decode give the same 
   static_assert(kvevict::detail::fp8_decoded<4, 3, false>.bits[0x38] == 0x3f800000u, "e4m3 0x38 is 1.0");
   static_assert(kvevict::detail::fp8_decoded<5, 2, true>.bits[0x3c] == 0x3f800000u, "e5m2 0x3c is 1.0");
 }
+
+TEST_CASE("fp8 and int8: every value is exactly a bf16 and an fp16 (the CUDA key tiles decode into them)",
+          "[numeric][quantized]") {
+  // cuda/window_attention.cuh decodes quantised keys into the queries' type; exact only if every
+  // finite code survives from_float<bf16 / half> unchanged (NaN stays NaN, infinities stay).
+  auto exact = [](float f) {
+    const float b = kvevict::to_float(kvevict::from_float<kvevict::bfloat16>(f));
+    const float h = kvevict::to_float(kvevict::from_float<kvevict::half>(f));
+    if (std::isnan(f)) return std::isnan(b) && std::isnan(h);
+    return kvevict::detail::float_bits(b) == kvevict::detail::float_bits(f) &&
+           kvevict::detail::float_bits(h) == kvevict::detail::float_bits(f);
+  };
+  int checked = 0;
+  for (int b = 0; b < 256; ++b) {
+    const auto code = static_cast<std::uint8_t>(b);
+    INFO("code " << b);
+    CHECK(exact(kvevict::to_float(kvevict::float8_e4m3{code})));
+    CHECK(exact(kvevict::to_float(kvevict::float8_e5m2{code})));
+    CHECK(exact(kvevict::to_float(kvevict::int8{static_cast<std::int8_t>(code)})));
+    checked += 3;
+  }
+  CHECK(checked == 768);
+  CHECK(!exact(1.0f + 1.0f / 1024));  // a value bf16 cannot hold fails the check
+}

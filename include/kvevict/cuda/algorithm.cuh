@@ -123,12 +123,7 @@ struct plan_dispatch {
   }
   status check_scalars() const {
     detail::static_check_plan_types<Policy, Cache, T>();
-    static_assert(!is_quantized<typename Cache::value_type>::value,
-                  "kvevict: the CUDA backend does not score quantised (fp8 / int8) caches yet; plan them on the host");
-    KVEVICT_TRY(check_device_shape(c));
-    if (detail::key_scale_of(c) != 1.0f)
-      return make_error(errc::invalid_argument, "cache.k_scale",
-                        "the CUDA backend does not apply key scales yet (it must be 1); plan on the host");
+    KVEVICT_TRY(check_device_shape(c));  // the scales too: finite and positive
     KVEVICT_TRY(check_no_token_scales(c));
     KVEVICT_TRY(p.selector.validate());
     if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");

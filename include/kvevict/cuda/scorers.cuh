@@ -250,7 +250,7 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     a.num_q_heads = sig.num_q_heads;
     a.query_rows = sig.query_rows;
     a.group = sig.num_q_heads / c.num_kv_heads();
-    a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim()));
+    a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim())) * detail::key_scale_of(c);  // k_scale folded in
     a.rules = rules;
     a.sm = smem_of(c, sig, rules.src.window);
     a.part_m = static_cast<float*>(buf[0]);
@@ -281,7 +281,7 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     a.query_rows = sig.query_rows;
     a.group = sig.num_q_heads / c.num_kv_heads();
     a.slice = wa_mma_slice(c);
-    a.scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(c.head_dim()));
+    a.scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(c.head_dim())) * detail::key_scale_of(c);
     a.rules = rules;
     a.part = static_cast<float2*>(buf[0]);
     a.stat = static_cast<float2*>(buf[1]);
@@ -316,7 +316,8 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     device_info info;
     KVEVICT_TRY(current_device_info(info));
     bool tensor = false;
-    if constexpr (std::is_same_v<T, bfloat16> || std::is_same_v<T, half>) {
+    if constexpr ((std::is_same_v<T, bfloat16> || std::is_same_v<T, half>) &&
+                  std::is_same_v<typename Cache::value_type, T>) {  // quantised keys: the CUDA-core kernels
       tensor = use_mma(c, sig, rules.src.window, info);
       if (tensor) KVEVICT_TRY(enqueue_tensor_core(st, c, sig, rules, l, zeroed, buf[1], raw, word));
     }

@@ -92,11 +92,35 @@ struct wa_args {
 //! hot spot. The row statistics and their merge keep the exact `exp_nonpositive`. NaN stays NaN.
 __device__ __forceinline__ float fast_exp(float x) { return __expf(x); }
 
+//! A stored key element as the queries' type `T`: itself, or a quantised code decoded (exactly: every
+//! e4m3, e5m2 and int8 value is a bf16, an fp16 and a float; the view's k_scale is applied to the
+//! logits, as the host folds it into the queries' scale).
+template <class T, class E>
+__device__ __forceinline__ T key_as(E e) {
+  if constexpr (std::is_same_v<T, E>)
+    return e;
+  else
+    return from_float<T>(to_float(e));
+}
+
 //! Copies keys [t0, t0 + tile) of (s, h) into shared rows of `dpad` elements (zeros past `n`).
 template <bool Vec, class Cache, class T>
 __device__ void load_key_tile(const Cache& c, int s, int h, int t0, int n, T* ks, int dpad) {
+  using E = typename Cache::value_type;
   const int d = c.head_dim(), ps = c.page_size();
-  if constexpr (Vec) {
+  if constexpr (Vec && !std::is_same_v<E, T>) {  // 16 one-byte codes per load, decoded into T
+    static_assert(sizeof(E) == 1, "kvevict: quantised key elements are one byte");
+    const int per_row = d / 16;
+    for (int i = threadIdx.x; i < wa_key_tile * per_row; i += blockDim.x) {
+      const int r = i / per_row, v = i % per_row, t = t0 + r;
+      uint4 x = make_uint4(0, 0, 0, 0);
+      if (t < n) x = reinterpret_cast<const uint4*>(c.key(c.page(s, h, t / ps), t % ps, h))[v];
+      const unsigned char* b = reinterpret_cast<const unsigned char*>(&x);
+      T* dst = ks + static_cast<std::size_t>(r) * dpad + v * 16;
+#pragma unroll
+      for (int e = 0; e < 16; ++e) dst[e] = key_as<T>(detail::bit_copy<E>(b[e]));
+    }
+  } else if constexpr (Vec) {
     const int per_row = d * static_cast<int>(sizeof(T)) / 16;
     for (int i = threadIdx.x; i < wa_key_tile * per_row; i += blockDim.x) {
       const int r = i / per_row, v = i % per_row, t = t0 + r;
@@ -108,7 +132,7 @@ __device__ void load_key_tile(const Cache& c, int s, int h, int t0, int n, T* ks
     for (int i = threadIdx.x; i < wa_key_tile * d; i += blockDim.x) {
       const int r = i / d, x = i % d, t = t0 + r;
       T val{};
-      if (t < n) val = c.key(c.page(s, h, t / ps), t % ps, h)[x];
+      if (t < n) val = key_as<T>(c.key(c.page(s, h, t / ps), t % ps, h)[x]);
       ks[static_cast<std::size_t>(r) * dpad + x] = val;
     }
   }

@@ -327,7 +327,8 @@ __global__ void __launch_bounds__(Cfg::threads) wa_mma_pass2_kernel(wa_mma_args<
 //! most 256, 16-byte aligned K and queries, and the group's padded window rows within a block.
 template <class Cache, class T>
 bool wa_mma_eligible(const Cache& c, const signals<T>& sig, int window) {
-  if constexpr (!(std::is_same_v<T, bfloat16> || std::is_same_v<T, half>)) {
+  if constexpr (!(std::is_same_v<T, bfloat16> || std::is_same_v<T, half>) ||
+                !std::is_same_v<typename Cache::value_type, T>) {  // keys stored as the queries' type only
     return false;
   } else {
     const int d = c.head_dim();
