@@ -291,10 +291,11 @@ void test_exact_scorers(layout_kind kind, std::uint32_t seed) {
 
 // 3. Window attention (SnapKV and variants): plans agree with the host's up to near-ties, and
 // scores (through precomputed host scores) agree to rounding. T: the cache's element type; Q: the
-// queries' (T, or a 16-bit or float type over a quantised cache, whose keys are k_scale x codes).
+// queries' (T, or a 16-bit or float type over a quantised cache, whose keys are k_scale x codes);
+// with `token_scales`, a random scale per (token, head) stored beside the pages.
 template <class T, class Policy, class Q = T>
 void test_window_attention(layout_kind kind, int head_dim, int nq, int budget, int window, std::uint32_t seed,
-                           const char* what, float k_scale = 1.0f) {
+                           const char* what, float k_scale = 1.0f, bool token_scales = false) {
   std::mt19937 rng(seed);
   const int seqs = 2, kvh = 2;
   auto L = testing::make_logical(seqs, kvh, head_dim, random_lens(rng, seqs, window + 3, g_small ? 700 : 5000), seed,
@@ -312,12 +313,16 @@ void test_window_attention(layout_kind kind, int head_dim, int nq, int budget, i
   sig.layer = 1;
   sig.num_layers = 4;
   device_signals<Q> ds(sig, q.size(), 0, seqs);
+  std::vector<float> ts(token_scales ? hc.k.size() / head_dim : 0);  // one per K row slot
+  for (float& x : ts) x = std::uniform_real_distribution<float>(0.25f, 4.0f)(rng);
+  dbuf<float> dts(ts);
   Policy p;
   p.selector.budget.entries = budget;
   p.selector.window = window;
   p.selector.sinks = 4;
   dc.visit([&](auto hv, auto dv) {
     hv.k_scale_ = dv.k_scale_ = k_scale;
+    if (token_scales) hv.k_token_scales = ts.data(), dv.k_token_scales = dts.p;
     kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(p, hv));
     const auto hs = kvevict::plan(kvevict::host, p, hv, sig, hp.view());
     device_plan out(seqs * kvh, hp.capacity);
@@ -349,9 +354,11 @@ void test_window_attention(layout_kind kind, int head_dim, int nq, int budget, i
   });
 }
 
-// 4. Compaction: byte for byte the host's, with the host's lengths and freed pages.
+// 4. Compaction: byte for byte the host's, with the host's lengths and freed pages (and, with
+// `token_scales`, the K and V scales per (token, head) moved with their rows).
 template <class T>
-void test_compaction(layout_kind kind, int page_size, int maxn, double keep, std::uint32_t seed) {
+void test_compaction(layout_kind kind, int page_size, int maxn, double keep, std::uint32_t seed,
+                     bool token_scales = false) {
   std::mt19937 rng(seed);
   const int seqs = 3, kvh = 2;
   auto L = testing::make_logical(seqs, kvh, kind == layout_kind::dense ? 24 : 64, random_lens(rng, seqs, 1, maxn),
@@ -379,7 +386,16 @@ void test_compaction(layout_kind kind, int page_size, int maxn, double keep, std
     }
   }
   dbuf<std::int32_t> dpos(hp.positions), dcnt(hp.counts);
+  const std::size_t rows_k = hc.k.size() / L.head_dim;
+  std::vector<float> tk(token_scales ? rows_k : 0), tv(tk.size());
+  for (auto* t : {&tk, &tv})
+    for (float& x : *t) x = std::uniform_real_distribution<float>(0.25f, 4.0f)(rng);
+  dbuf<float> dtk(tk), dtv(tv);
   dc.visit([&](auto hv, auto dv) {
+    if (token_scales) {
+      hv.k_token_scales = tk.data(), hv.v_token_scales = tv.data();
+      dv.k_token_scales = dtk.p, dv.v_token_scales = dtv.p;
+    }
     kvevict::compact_result hr;
     std::vector<std::int32_t> hlens(seqs * kvh), hfreed(std::max(1, hc.num_pages));
     hr.new_lens = hlens.data();
@@ -402,6 +418,12 @@ void test_compaction(layout_kind kind, int page_size, int maxn, double keep, std
     CHECK(num == hr.num_freed, "freed %d vs %d", num, hr.num_freed);
     auto df = dfreed.download();
     CHECK(std::equal(df.begin(), df.begin() + std::min(num, hr.num_freed), hfreed.begin()), "freed pages differ");
+    if (token_scales) {
+      const auto gk = dtk.download(), gv = dtv.download();
+      CHECK(std::memcmp(gk.data(), tk.data(), sizeof(float) * tk.size()) == 0 &&
+                std::memcmp(gv.data(), tv.data(), sizeof(float) * tv.size()) == 0,
+            "%s: token scales differ after compaction", testing::name(kind).c_str());
+    }
   });
 }
 
@@ -890,6 +912,7 @@ void run_quantised() {
   std::uint32_t seed = 700;
   using kvevict::bfloat16;
   for (auto kind : {layout_kind::block_nhd, layout_kind::csr_hnd, layout_kind::head_rows}) {
+    if (g_small && kind != layout_kind::block_nhd) continue;  // the sanitizer runs: one layout
     test_window_attention<kvevict::float8_e4m3, kvevict::snapkv<>, bfloat16>(kind, 128, 8, 120, 16, ++seed,
                                                                            "snapkv e4m3 d128 gqa4", 0.02f);
     test_window_attention<kvevict::float8_e5m2, kvevict::snapkv<>, kvevict::half>(kind, 64, 4, 90, 12, ++seed,
@@ -898,11 +921,18 @@ void run_quantised() {
                                                                          "pyramidkv int8 d40 (not 16-byte rows)", 0.03f);
     test_window_attention<kvevict::float8_e4m3, kvevict::snapkv<kvevict::gqa_mean, kvevict::no_pool>, float>(
         kind, 64, 16, 200, 40, ++seed, "snapkv e4m3, float queries", 0.1f);
+    test_window_attention<kvevict::float8_e4m3, kvevict::snapkv<>, bfloat16>(kind, 128, 8, 120, 16, ++seed,
+                                                                           "snapkv e4m3 token scales", 0.02f, true);
+    test_window_attention<bfloat16, kvevict::snapkv<>>(kind, 64, 4, 90, 12, ++seed, "snapkv bf16 token scales", 1.0f,
+                                                       true);
   }
   for (auto kind : testing::all_layouts)
     for (int ps : {7, 16}) {
+      if (g_small && ps == 7) continue;
       test_compaction<kvevict::float8_e4m3>(kind, ps, g_small ? 100 : 600, 0.5, ++seed);
       test_compaction<kvevict::int8>(kind, ps, g_small ? 100 : 600, 0.05, ++seed);
+      test_compaction<kvevict::float8_e4m3>(kind, ps, g_small ? 100 : 600, 0.3, ++seed, true);
+      test_compaction<kvevict::bfloat16>(kind, ps, g_small ? 100 : 600, 0.3, ++seed, true);
     }
 }
 

@@ -43,17 +43,6 @@ using device_compact_result = cuda_backend::compact_outputs;
 
 namespace cuda_backend {
 
-//! The CUDA backend neither reads nor moves per-(token, head) scales yet: a view holding them is
-//! refused (the host backend handles them).
-template <class Cache>
-status check_no_token_scales(const Cache& c) {
-  if (detail::holds_token_scales(c, true) || detail::holds_token_scales(c, false))
-    return make_error(errc::invalid_argument, "cache.k_token_scales / v_token_scales",
-                      "the CUDA backend does not read or move per-token scales yet (they must be null); use the "
-                      "host backend");
-  return ok_status();
-}
-
 //! The call's workspace: the status word and every agent's zeroed scratch first, so that one
 //! memset resets them all, then the agents' plain scratch. Sized and carved by the same function.
 template <int Agents>
@@ -124,7 +113,6 @@ struct plan_dispatch {
   status check_scalars() const {
     detail::static_check_plan_types<Policy, Cache, T>();
     KVEVICT_TRY(check_device_shape(c));  // the scales too: finite and positive
-    KVEVICT_TRY(check_no_token_scales(c));
     KVEVICT_TRY(p.selector.validate());
     if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");
     if (sig.layer < 0 || sig.layer >= sig.num_layers)
@@ -162,7 +150,6 @@ struct compact_dispatch {
                   "kvevict: compact moves K and V in place: pass a view over mutable keys and values (a view over "
                   "const elements serves plan only)");
     KVEVICT_TRY(check_device_shape(c));
-    KVEVICT_TRY(check_no_token_scales(c));
     KVEVICT_TRY(detail::check_plan_arrays(c, plan));
     KVEVICT_TRY(detail::check_new_lens(c, out.new_lens, out.new_lens_capacity));
     if (out.num_freed == nullptr) return make_error(errc::invalid_argument, "result.num_freed", "null output");

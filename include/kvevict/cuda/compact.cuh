@@ -201,6 +201,7 @@ __global__ void __launch_bounds__(compact_threads) compact_kernel(compact_args<C
   constexpr bool vec = sizeof(Unit) == 16;
   extern __shared__ __align__(16) unsigned char compact_smem[];
   __shared__ int s_row, s_tile, s_wait;
+  __shared__ float s_scale[compact_tile][2];  // the tile's K and V token scales, when the view holds them
   if (block_failed(a.word)) return;
   const Cache& c = a.cache;
   const int kvh = c.num_kv_heads(), rows = c.num_seqs() * kvh, ps = c.page_size();
@@ -241,6 +242,8 @@ __global__ void __launch_bounds__(compact_threads) compact_kernel(compact_args<C
       Unit* b = buf + static_cast<std::size_t>(j - j0) * 2 * units;
       copy_kv<vec>(b, b + units, reinterpret_cast<const Unit*>(c.key(pg, p % ps, h)),
                    reinterpret_cast<const Unit*>(c.value(pg, p % ps, h)), units);
+      if (lane < 2)
+        if (const float* sc = detail::token_scale_ptr(c, lane == 0, pg, p % ps, h)) s_scale[j - j0][lane] = *sc;
     }
     if constexpr (vec) cp_async_commit();
     if (warp == 0) {  // while the loads fly: the first earlier tile that reads a slot this tile writes
@@ -268,6 +271,8 @@ __global__ void __launch_bounds__(compact_threads) compact_kernel(compact_args<C
       const Unit* b = buf + static_cast<std::size_t>(j - j0) * 2 * units;
       copy_kv<false>(reinterpret_cast<Unit*>(c.key(pg, j % ps, h)), reinterpret_cast<Unit*>(c.value(pg, j % ps, h)), b,
                      b + units, units);
+      if (lane < 2)
+        if (auto* sc = detail::token_scale_ptr(c, lane == 0, pg, j % ps, h)) *sc = s_scale[j - j0][lane];
     }
     __syncthreads();
   }

@@ -185,7 +185,8 @@ struct device_scorer<window_attention<Reduce, Pool>> {
   template <class Cache, class T>
   static bool use_mma(const Cache& c, const signals<T>& sig, int window, const device_info& info) {
     const std::size_t bytes = mma_smem(c, sig, window);
-    return bytes > 0 && info.cc_major >= 8 && bytes <= static_cast<std::size_t>(info.max_smem_optin);
+    return bytes > 0 && info.cc_major >= 8 && bytes <= static_cast<std::size_t>(info.max_smem_optin) &&
+           !detail::holds_token_scales(c, true);  // token scales: the CUDA-core kernels apply them
   }
   template <class Cache, class T>
   static status host_check(const scorer& sc, const Cache& c, const signals<T>& sig, int window) {

@@ -45,7 +45,7 @@ struct mma_element<half> {
 //! Shared-memory layout of the scoring kernels (byte offsets, 128-aligned).
 struct wa_smem {
   int dpad, rows_pad, group;
-  std::size_t q, k, s, m, l, col, total;
+  std::size_t q, k, s, m, l, col, ksc, total;
 
   __host__ __device__ static std::size_t up(std::size_t b) { return (b + 127) / 128 * 128; }
   __host__ __device__ static wa_smem make(int head_dim, int group, int max_window, int elem_bytes, bool vec) {
@@ -67,6 +67,8 @@ struct wa_smem {
     o += up(sizeof(float) * p.rows_pad);
     p.col = o;
     o += up(sizeof(float) * 2 * group * wa_key_tile);
+    p.ksc = o;
+    o += up(sizeof(float) * wa_key_tile);
     p.total = o;
     return p;
   }
@@ -103,11 +105,16 @@ __device__ __forceinline__ T key_as(E e) {
     return from_float<T>(to_float(e));
 }
 
-//! Copies keys [t0, t0 + tile) of (s, h) into shared rows of `dpad` elements (zeros past `n`).
+//! Copies keys [t0, t0 + tile) of (s, h) into shared rows of `dpad` elements (zeros past `n`), and
+//! each key's token scale into `ksc` (1 without: a logit times 1 is the same logit).
 template <bool Vec, class Cache, class T>
-__device__ void load_key_tile(const Cache& c, int s, int h, int t0, int n, T* ks, int dpad) {
+__device__ void load_key_tile(const Cache& c, int s, int h, int t0, int n, T* ks, int dpad, float* ksc) {
   using E = typename Cache::value_type;
   const int d = c.head_dim(), ps = c.page_size();
+  for (int r = threadIdx.x; r < wa_key_tile; r += blockDim.x) {
+    const int t = t0 + r;
+    ksc[r] = t < n ? detail::key_token_scale_of(c, c.page(s, h, t / ps), t % ps, h) : 1.0f;
+  }
   if constexpr (Vec && !std::is_same_v<E, T>) {  // 16 one-byte codes per load, decoded into T
     static_assert(sizeof(E) == 1, "kvevict: quantised key elements are one byte");
     const int per_row = d / 16;
@@ -198,6 +205,7 @@ __global__ void __launch_bounds__(wa_threads) window_attention_kernel(wa_args<Ca
   float* rm = reinterpret_cast<float*>(smem + a.sm.m);
   float* rl = reinterpret_cast<float*>(smem + a.sm.l);  // pass 1: running sum; pass 2: 1 / (window * sum)
   float* col = reinterpret_cast<float*>(smem + a.sm.col);
+  float* ksc = reinterpret_cast<float*>(smem + a.sm.ksc);  // the tile's token scales (1 without)
   const std::size_t stat_row = (static_cast<std::size_t>(s) * c.num_kv_heads() + h) * a.sm.rows_pad;
 
   // The group's window queries, row r = j * w + i (query head j, window query i); zero rows pad.
@@ -227,7 +235,7 @@ __global__ void __launch_bounds__(wa_threads) window_attention_kernel(wa_args<Ca
   const std::size_t base = row_base(c, s, h);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int t0 = t_begin; t0 < t_end; t0 += wa_key_tile) {
-    load_key_tile<Vec>(c, s, h, t0, n, ks, dpad);
+    load_key_tile<Vec>(c, s, h, t0, n, ks, dpad, ksc);
     if (Pass == 2)
       for (int i = threadIdx.x; i < 2 * group * wa_key_tile; i += blockDim.x) col[i] = 0.0f;
     __syncthreads();
@@ -245,7 +253,7 @@ __global__ void __launch_bounds__(wa_threads) window_attention_kernel(wa_args<Ca
 #pragma unroll
           for (int q = 0; q < 4; ++q) {
             const int cc = lane + 32 * q;
-            x[q] = t0 + cc <= last ? st[i * wa_s_ld + cc] * a.scale : -FLT_MAX;
+            x[q] = t0 + cc <= last ? st[i * wa_s_ld + cc] * ksc[cc] * a.scale : -FLT_MAX;
             tmax = x[q] > tmax ? x[q] : tmax;
           }
 #pragma unroll
@@ -274,7 +282,7 @@ __global__ void __launch_bounds__(wa_threads) window_attention_kernel(wa_args<Ca
           const int r = rt + i;
           if (r >= rows) break;
           if (t > n - w + r % w) continue;
-          const float p = fast_exp(st[i * wa_s_ld + cc] * a.scale - rm[r]) * rl[r];
+          const float p = fast_exp(st[i * wa_s_ld + cc] * ksc[cc] * a.scale - rm[r]) * rl[r];
           col[(half * group + r / w) * wa_key_tile + cc] += p;
         }
       }
