@@ -364,3 +364,81 @@ TEST_CASE("device units: the first overflow and the greedy over the units that c
   }
   CHECK(skipped_then_taken > 1000);  // units after the first that overflowed were taken
 }
+
+TEST_CASE("device segmentation: two levels (sentences of clauses) on a block equal the host's two_level_segments",
+          "[segment][sablock][cuda]") {
+  // device_segmenter<delimiter_segmenter>::segment with sentence ids, step by step.
+  std::mt19937 rng(13);
+  const std::vector<std::int32_t> delims = {1, 2, 3}, ends = {1, 2};
+  kvevict::delimiter_segmenter seg;
+  seg.delimiter_ids = delims.data();
+  seg.num_delimiters = 3;
+  seg.sentence_ids = ends.data();
+  seg.num_sentence_ids = rng() % 2 ? 1 : 2;
+  int multi_clause = 0;
+  for (int rep = 0; rep < 600; ++rep) {
+    const int n = 2 + static_cast<int>(rng() % (rep % 10 == 0 ? 4000 : 600));
+    std::vector<std::int32_t> ids(n);
+    const int rate = 2 + static_cast<int>(rng() % 12);
+    for (auto& x : ids) x = static_cast<int>(rng() % rate) == 0 ? 1 + static_cast<int>(rng() % 3) : 4 + static_cast<int>(rng() % 50);
+    const int lo = static_cast<int>(rng() % (n / 2 + 1)), hi = lo + 1 + static_cast<int>(rng() % (n - lo));
+    seg.min_len = 1 + static_cast<int>(rng() % 6);
+    seg.max_len = rep % 9 == 0 ? kvevict::no_max_len : 1 + static_cast<int>(rng() % 40);
+    seg.sentence_min_len = 1 + static_cast<int>(rng() % 10);
+    seg.sentence_max_len = 1 + static_cast<int>(rng() % 120);
+    seg.num_sentence_ids = 1 + static_cast<int>(rng() % 2);
+    const int m = hi - lo;
+    // The host.
+    std::vector<std::int32_t> want_off(m + 1), want_sent(m + 1), raw_h(m);
+    int want_s = -1;
+    const int want_c =
+        seg.segment_levels_ids(ids.data(), lo, hi, want_off.data(), want_sent.data(), &want_s, raw_h.data());
+    for (int i = 0; i <= want_c; ++i) want_off[i] -= lo;
+    // The block, emulated: raw cuts, sentence ends among them, the sentences merged and split.
+    const int threads = std::vector<int>{1, 7, 512}[rng() % 3];
+    std::vector<std::int32_t> raw(m), sent(m + 1, -1), spare(2 * static_cast<std::size_t>(m), -1), off(m + 1, -1);
+    const int k = enumerate_flagged(
+        m - 1, threads, [&](int t) { return seg.is_delimiter(ids[lo + t]); }, [&](int t, int j) { raw[j] = t + 1; });
+    const kvevict::delimiter_segmenter::sentence_cut ends_sentence{&seg, ids.data(), lo};
+    const int e = enumerate_flagged(
+        k, threads, [&](int i) { return ends_sentence(raw[i]); }, [&](int i, int j) { sent[1 + j] = raw[i]; });
+    sent[0] = 0;
+    sent[e + 1] = m;
+    int rounds = 0;
+    const std::vector<std::int32_t> merged = merge_and_split_block(
+        std::vector<std::int32_t>(sent.begin(), sent.begin() + e + 2), e + 1, seg.sentence_min_len,
+        seg.sentence_max_len, threads, rng, &rounds);
+    const int S = static_cast<int>(merged.size()) - 1;
+    std::copy(merged.begin(), merged.end(), sent.begin());
+    // Each thread its share of sentences: clauses in the sentence's region, then written in order.
+    auto region = [&](int q) { return spare.data() + sent[q] + q; };
+    std::vector<int> mine(threads, 0), at(threads, 0);
+    for (int t : shuffled(threads, rng)) {
+      const auto sh = blocked_share(S, threads, t);
+      for (int q = sh.begin; q < sh.end; ++q)
+        mine[t] += kvevict::detail::sentence_clauses(raw.data(), k, sent[q], sent[q + 1], seg.min_len, seg.max_len,
+                                                     region(q));
+    }
+    std::exclusive_scan(mine.begin(), mine.end(), at.begin(), 0);
+    const int total = std::accumulate(mine.begin(), mine.end(), 0);
+    for (int t : shuffled(threads, rng)) {
+      const auto sh = blocked_share(S, threads, t);
+      int a = at[t];
+      for (int q = sh.begin; q < sh.end; ++q)
+        for (const std::int32_t *r = region(q), end = sent[q + 1]; *r != end; ++r) off[a++] = *r;
+    }
+    off[total] = m;
+    for (int q = 0; q < S; ++q)
+      sent[q] = static_cast<int>(std::lower_bound(off.begin(), off.begin() + total, sent[q]) - off.begin());
+    sent[S] = total;
+    INFO("rep " << rep << " m " << m << " threads " << threads);
+    REQUIRE(S == want_s);
+    REQUIRE(total == want_c);
+    REQUIRE(std::vector<std::int32_t>(off.begin(), off.begin() + total + 1) ==
+            std::vector<std::int32_t>(want_off.begin(), want_off.begin() + want_c + 1));
+    REQUIRE(std::vector<std::int32_t>(sent.begin(), sent.begin() + S + 1) ==
+            std::vector<std::int32_t>(want_sent.begin(), want_sent.begin() + want_s + 1));
+    multi_clause += want_c > want_s;
+  }
+  CHECK(multi_clause > 300);  // sentences of several clauses were among the cases
+}

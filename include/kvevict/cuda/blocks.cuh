@@ -6,8 +6,8 @@
 //! radix-select fill, the plan row. Every ordered write (delimiter cuts, merged ends, tied fill
 //! entries, plan rows) is one block-wide scan over contiguous per-thread shares
 //! (`enumerate_flagged`), and the merge / split rules run on the whole block (pointer doubling,
-//! detail::merge_successor), so no stage walks the row on one thread but two-level SABlock's
-//! sentence pass and SABlock's score total (both kept in the host's order). The per-segment
+//! detail::merge_successor), so no stage walks the row on one thread but SABlock's score total
+//! (kept in the host's clause order). The per-segment
 //! arithmetic is the host's own (detail/sablock_core.hpp, segment/segmenters.hpp), so the plans are
 //! the host's bit for bit. Not API.
 #pragma once
@@ -160,24 +160,56 @@ struct device_segmenter<delimiter_segmenter> {
         tmp);
   }
   //! One level: the cuts, then the merge / split rules on the block. Two levels (SABlock with
-  //! sentence ids): the cuts into `idx`, then `detail::two_level_segments` (shared with the host)
-  //! on one thread, the sentences after the raw cuts in `idx`.
+  //! sentence ids), `detail::two_level_segments` on the block: the raw cuts into `idx`, the sentence
+  //! ends among them after the raw cuts, merged and split on the block; each thread cuts its share
+  //! of the sentences into clauses (`detail::sentence_clauses`, in a region of `spare` of the
+  //! sentence's length + 1 at its start + its index), the clauses are written in order at scanned
+  //! offsets, and each sentence's first clause is found in them by binary search.
   template <bool Levels, class Scan, class T>
   __device__ static row_segments segment(const delimiter_segmenter& seg, const signals<T>& sig, int s, int lo, int hi,
-                                         const segment_scratch& w, typename Scan::TempStorage& tmp, int* s_pair) {
+                                         const segment_scratch& w, typename Scan::TempStorage& tmp) {
     const int m = hi - lo;
     const std::int32_t* ids = sig.token_ids + static_cast<std::size_t>(s) * sig.token_ids_stride;
     if (Levels && seg.two_level()) {
       std::int32_t* raw = w.idx;  // m - 1 raw cuts at most, then m + 1 sentence entries
       std::int32_t* sent = w.idx + (m > 1 ? m - 1 : 0);
       const int k = cuts<Scan>(seg, ids, lo, hi, raw, tmp);
+      const delimiter_segmenter::sentence_cut ends_sentence{&seg, ids, lo};
+      const int e = enumerate_flagged<Scan>(
+          k, [&](int i) { return ends_sentence(raw[i]); }, [&](int i, int j) { sent[1 + j] = raw[i]; }, tmp);
       if (threadIdx.x == 0) {
-        s_pair[0] = detail::two_level_segments(raw, k, 0, m, delimiter_segmenter::sentence_cut{&seg, ids, lo},
-                                               seg.min_len, seg.max_len, seg.sentence_min_len, seg.sentence_max_len,
-                                               w.off, sent, &s_pair[1]);
+        sent[0] = 0;
+        sent[e + 1] = m;
       }
       __syncthreads();
-      return {s_pair[0], sent, s_pair[1]};
+      // Sentence ends merged and split (scratch: spare [0, 2 m), the marks, off as the merged copy).
+      const int S = merge_and_split_block<Scan>(sent, e + 1, seg.sentence_min_len, seg.sentence_max_len, w.spare,
+                                                w.spare + m, w.bytes, w.off, tmp);
+      const detail::index_span sh = detail::blocked_share(S, blockDim.x, threadIdx.x);
+      auto region = [&](int q) { return w.spare + sent[q] + q; };  // len + 1 entries, disjoint, within 2 m
+      int mine = 0;
+      for (int q = sh.begin; q < sh.end; ++q)
+        mine += detail::sentence_clauses(raw, k, sent[q], sent[q + 1], seg.min_len, seg.max_len, region(q));
+      int at, total;
+      Scan(tmp).ExclusiveSum(mine, at, total);
+      for (int q = sh.begin; q < sh.end; ++q)
+        for (const std::int32_t *r = region(q), end = sent[q + 1]; *r != end; ++r) w.off[at++] = *r;
+      if (threadIdx.x == 0) w.off[total] = m;
+      __syncthreads();
+      for (int q = sh.begin; q < sh.end; ++q) {  // sentence q's first clause: its start among the clauses
+        int a = 0, b = total;
+        while (a < b) {
+          const int mid = a + (b - a) / 2;
+          if (w.off[mid] < sent[q])
+            a = mid + 1;
+          else
+            b = mid;
+        }
+        sent[q] = a;
+      }
+      if (threadIdx.x == 0) sent[S] = total;
+      __syncthreads();
+      return {total, sent, S};
     }
     const int k = cuts<Scan>(seg, ids, lo, hi, w.off + 1, tmp);
     if (threadIdx.x == 0) {
@@ -203,7 +235,7 @@ struct device_segmenter<fixed_length_segmenter> {
   }
   template <bool Levels, class Scan, class T>
   __device__ static row_segments segment(const fixed_length_segmenter& seg, const signals<T>&, int, int lo, int hi,
-                                         const segment_scratch& w, typename Scan::TempStorage&, int*) {
+                                         const segment_scratch& w, typename Scan::TempStorage&) {
     const int count = fixed_units(lo, hi, seg.length, w.off);
     return {count, nullptr, count};
   }
@@ -343,7 +375,7 @@ struct row_shared {
   } tmp;
   unsigned hist[256];
   std::uint64_t prefix;
-  int flag, krem, left, pair[2];
+  int flag, krem, left, first_over;
   double lo, hi, gamma;
   long long cost;
 };
@@ -411,7 +443,7 @@ struct row_stages {
       std::int32_t* spare = traits::sablock ? reinterpret_cast<std::int32_t*>(w.prefix)
                                             : reinterpret_cast<std::int32_t*>(w.key);
       return device_segmenter<seg_t>::template segment<traits::sablock, scan>(
-          a.gran.segmenter, a.sig, s, lo, hi, segment_scratch{w.off, w.idx, spare, w.keep}, sh.tmp.scan, sh.pair);
+          a.gran.segmenter, a.sig, s, lo, hi, segment_scratch{w.off, w.idx, spare, w.keep}, sh.tmp.scan);
     }
   }
   //! SABlock: refined scores, the price bisection, the kept blocks marked. Returns the tokens left
@@ -513,7 +545,7 @@ struct row_stages {
       w.idx[u] = u;
       w.taken[u] = 0;
     }
-    if (threadIdx.x == 0) sh.pair[0] = count;  // the first rank that overflows (count: none)
+    if (threadIdx.x == 0) sh.first_over = count;  // the first rank that overflows (count: none)
     __syncthreads();
     sort_units(w.key, w.idx, count, pow2);
     auto len_at = [&](int i) { return w.off[w.idx[i] + 1] - w.off[w.idx[i]]; };
@@ -531,9 +563,9 @@ struct row_stages {
       }
       run += len_at(i);
     }
-    if (over < count) atomicMin(&sh.pair[0], over);
+    if (over < count) atomicMin(&sh.first_over, over);
     __syncthreads();
-    const int first_over = sh.pair[0];
+    const int first_over = sh.first_over;
     if (first_over == count && threadIdx.x == 0) sh.left = bc - total;
     if (first_over < count && over == first_over) sh.left = left_then;
     __syncthreads();

@@ -117,6 +117,26 @@ KVEVICT_HOST_DEVICE index_span blocked_share(int m, int threads, int t) {
   return {begin, begin + q + (t < r ? 1 : 0)};
 }
 
+//! The clauses of the sentence `[start, end)`: the raw cuts strictly inside it (`raw[0..nraw)`
+//! ascending), merged and split with (`min_len`, `max_len`), written to `region[0..c]` (which holds
+//! `end - start + 1` entries; `region[c] == end`). Returns c.
+KVEVICT_HOST_DEVICE int sentence_clauses(const std::int32_t* raw, int nraw, std::int32_t start, std::int32_t end,
+                                         int min_len, int max_len, std::int32_t* region) {
+  int j = 0, hi = nraw;  // the first raw cut after start
+  while (j < hi) {
+    const int mid = j + (hi - j) / 2;
+    if (raw[mid] <= start)
+      j = mid + 1;
+    else
+      hi = mid;
+  }
+  int c = 0;
+  region[0] = start;
+  while (j < nraw && raw[j] < end) region[++c] = raw[j++];
+  region[++c] = end;
+  return merge_and_split(region, c, min_len, max_len);
+}
+
 //! Two-level segmentation (sentences made of clauses) from raw cuts. `raw[0..nraw)`: ascending cut
 //! positions in (lo, hi), a cut at p ending a segment before token p (after a delimiter);
 //! `sentence_cut(p)`: whether the cut at p ends a sentence. Sentences are cut at the sentence cuts
@@ -137,17 +157,12 @@ KVEVICT_HOST_DEVICE int two_level_segments(const std::int32_t* raw, int nraw, in
     if (sentence_cut(raw[i])) sent[++ns] = raw[i];
   sent[++ns] = hi;
   const int S = merge_and_split(sent, ns, smin, smax);
-  int cur = 0, j = 0;
+  int cur = 0;
   std::int32_t start = sent[0];
   for (int k = 0; k < S; ++k) {
     const std::int32_t end = sent[k + 1];
-    int c = 0;
-    off[cur] = start;
-    while (j < nraw && raw[j] <= start) ++j;
-    while (j < nraw && raw[j] < end) off[cur + ++c] = raw[j++];
-    off[cur + ++c] = end;
     sent[k] = cur;  // token offset k (== start) is read; it becomes sentence k's first clause
-    cur += merge_and_split(off + cur, c, min_len, max_len);
+    cur += sentence_clauses(raw, nraw, start, end, min_len, max_len, off + cur);  // off + cur holds end - start + 1
     start = end;
   }
   sent[S] = cur;
