@@ -81,7 +81,7 @@ __device__ int merge_and_split_block(std::int32_t* off, int count, int min_len, 
   for (int i = threadIdx.x; i < count; i += blockDim.x) mark[i] = 0;
   if (threadIdx.x == 0) merged[mm] = off[count];
   __syncthreads();
-  const bool short_last = mm > 1 && merged[mm] - merged[mm - 1] < min_len;
+  const bool short_last = detail::merge_last_is_short(merged, mm, min_len);
   __syncthreads();
   if (short_last) {
     if (threadIdx.x == 0) detail::merge_short_last(merged, mm, min_len);
@@ -196,17 +196,8 @@ struct device_segmenter<delimiter_segmenter> {
         for (const std::int32_t *r = region(q), end = sent[q + 1]; *r != end; ++r) w.off[at++] = *r;
       if (threadIdx.x == 0) w.off[total] = m;
       __syncthreads();
-      for (int q = sh.begin; q < sh.end; ++q) {  // sentence q's first clause: its start among the clauses
-        int a = 0, b = total;
-        while (a < b) {
-          const int mid = a + (b - a) / 2;
-          if (w.off[mid] < sent[q])
-            a = mid + 1;
-          else
-            b = mid;
-        }
-        sent[q] = a;
-      }
+      for (int q = sh.begin; q < sh.end; ++q)  // sentence q's first clause: its start among the clauses
+        sent[q] = detail::first_at_least(w.off, 0, total, sent[q]);
       if (threadIdx.x == 0) sent[S] = total;
       __syncthreads();
       return {total, sent, S};

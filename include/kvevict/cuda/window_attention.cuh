@@ -111,9 +111,10 @@ template <bool Vec, class Cache, class T>
 __device__ void load_key_tile(const Cache& c, int s, int h, int t0, int n, T* ks, int dpad, float* ksc) {
   using E = typename Cache::value_type;
   const int d = c.head_dim(), ps = c.page_size();
+  const bool scaled = detail::holds_token_scales(c, true);
   for (int r = threadIdx.x; r < wa_key_tile; r += blockDim.x) {
     const int t = t0 + r;
-    ksc[r] = t < n ? detail::key_token_scale_of(c, c.page(s, h, t / ps), t % ps, h) : 1.0f;
+    ksc[r] = scaled && t < n ? detail::key_token_scale_of(c, c.page(s, h, t / ps), t % ps, h) : 1.0f;
   }
   if constexpr (Vec && !std::is_same_v<E, T>) {  // 16 one-byte codes per load, decoded into T
     static_assert(sizeof(E) == 1, "kvevict: quantised key elements are one byte");

@@ -12,21 +12,14 @@
 #include <cstdint>
 
 #include "../config.hpp"
+#include "math.hpp"
 
 namespace kvevict::detail {
 
 //! The first tile of the row that reads a slot >= `j0` (the tile's first rank): the tile of the
 //! first rank whose position is >= j0, or j0's own tile when no earlier rank reads there.
 KVEVICT_HOST_DEVICE int first_blocking_tile(const std::int32_t* pos, int j0, int tile) {
-  int lo = 0, hi = j0;  // first rank in [0, j0) with pos >= j0, else j0
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (pos[mid] >= j0)
-      hi = mid;
-    else
-      lo = mid + 1;
-  }
-  return lo / tile;
+  return first_at_least(pos, 0, j0, j0) / tile;  // first rank in [0, j0) with pos >= j0, else j0
 }
 
 //! Index of the lowest set bit of a non-zero mask (`__ffs(m) - 1` on the device).

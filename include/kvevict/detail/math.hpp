@@ -81,4 +81,16 @@ KVEVICT_HOST_DEVICE_ALWAYS_INLINE void exp_nonpositive_parts(const V& arg, V& t,
   }
 }
 
+//! The first index in `[lo, hi)` with `a[i] >= v` (`a` ascending there), or `hi`.
+KVEVICT_HOST_DEVICE int first_at_least(const std::int32_t* a, int lo, int hi, std::int64_t v) {
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (a[mid] < v)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 }  // namespace kvevict::detail

@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "../detail/checks.hpp"
+#include "../detail/math.hpp"
 #include "../numeric.hpp"
 #include "../signals.hpp"
 #include "../status.hpp"
@@ -38,10 +39,14 @@ KVEVICT_HOST_DEVICE std::int64_t split_pieces(std::int64_t n, int max_len) {
 KVEVICT_HOST_DEVICE std::int32_t split_cut(std::int64_t start, std::int64_t n, std::int64_t p, std::int64_t j) {
   return static_cast<std::int32_t>(start + n * j / p);
 }
+//! Whether the last of the merged segments `offsets[0..m]` is short and joins the one before it.
+KVEVICT_HOST_DEVICE bool merge_last_is_short(const std::int32_t* offsets, int m, int min_len) {
+  return m > 1 && offsets[m] - offsets[m - 1] < min_len;
+}
 //! The merge's last rule on merged ends `offsets[0..m]`: a short last segment joins the one before
 //! it. Returns the new count.
 KVEVICT_HOST_DEVICE int merge_short_last(std::int32_t* offsets, int m, int min_len) {
-  if (m > 1 && offsets[m] - offsets[m - 1] < min_len) {
+  if (merge_last_is_short(offsets, m, min_len)) {
     offsets[m - 1] = offsets[m];
     --m;
   }
@@ -86,16 +91,7 @@ KVEVICT_HOST_DEVICE int merge_and_split(std::int32_t* offsets, int count, int mi
 //! The merge's successor of end `j < count` of `offsets[0..count]` (strictly increasing): the first
 //! `i > j` with `offsets[i] - offsets[j] >= min_len`, or `count`. Binary search.
 KVEVICT_HOST_DEVICE int merge_successor(const std::int32_t* offsets, int count, int min_len, int j) {
-  const std::int64_t want = static_cast<std::int64_t>(offsets[j]) + min_len;
-  int lo = j + 1, hi = count;
-  while (lo < hi) {
-    const int mid = lo + (hi - lo) / 2;
-    if (offsets[mid] < want)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo;
+  return first_at_least(offsets, j + 1, count, static_cast<std::int64_t>(offsets[j]) + min_len);
 }
 
 //! One round of the doubling for end `i < count` (`count` itself, the last end, is its own
@@ -122,14 +118,7 @@ KVEVICT_HOST_DEVICE index_span blocked_share(int m, int threads, int t) {
 //! `end - start + 1` entries; `region[c] == end`). Returns c.
 KVEVICT_HOST_DEVICE int sentence_clauses(const std::int32_t* raw, int nraw, std::int32_t start, std::int32_t end,
                                          int min_len, int max_len, std::int32_t* region) {
-  int j = 0, hi = nraw;  // the first raw cut after start
-  while (j < hi) {
-    const int mid = j + (hi - j) / 2;
-    if (raw[mid] <= start)
-      j = mid + 1;
-    else
-      hi = mid;
-  }
+  int j = first_at_least(raw, 0, nraw, static_cast<std::int64_t>(start) + 1);  // the first raw cut after start
   int c = 0;
   region[0] = start;
   while (j < nraw && raw[j] < end) region[++c] = raw[j++];
