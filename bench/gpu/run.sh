@@ -9,8 +9,10 @@
 # into .gpu/ (git-ignored, never committed): .gpu/bin/{kvevict_cuda_tests,kvevict_bench_cuda},
 # Google Benchmark's shared library (the bench finds it through $ORIGIN), and the torch baseline
 # copied from ../shared/bench. Then, on the device, with `carry: [".gpu"]`:
-#   bash bench/gpu/run.sh [all|test|bench]
+#   bash bench/gpu/run.sh [all|test|bench|python]
 # `test` runs the tests and the sanitizers, `bench` the benchmarks and the torch path, `all` both.
+# `python` builds the Python package with CUDA there (its python3 has torch, nanobind and
+# scikit-build-core; about 1 to 2 minutes) and runs python/tests/test_cuda.py and test_api.py.
 # Without prepared binaries it builds them on the device first (slow: minutes of device time).
 # Needs on the device: python3 with torch, compute-sanitizer. Writes logs and JSON to $OUT (or
 # out/gpu when OUT is unset). The binaries read tests/fixtures relative to the repository root.
@@ -51,6 +53,21 @@ mkdir -p "$out" "$bin"
 status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
 date -u +"%Y-%m-%d %H:%M UTC" | tee -a "$out/card.txt"
+
+if [[ "$stage" == python ]]; then
+  echo "== Python package with CUDA: build =="
+  py=$(mktemp -d)
+  start=$(date +%s)
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) timeout 400 python3 -m pip install --no-build-isolation --no-deps \
+    --target "$py/site" ./python -C cmake.define.KVEVICT_PY_CUDA=ON -C build-dir="$py/build" \
+    > "$out/python_build.log" 2>&1 || { echo "package build failed"; tail -30 "$out/python_build.log"; exit 1; }
+  echo "built in $(( $(date +%s) - start )) s"
+  echo "== Python package with CUDA: tests =="
+  PYTHONPATH="$py/site" timeout 300 python3 -m pytest -q -p no:cacheprovider -rs python/tests/test_cuda.py \
+    python/tests/test_api.py > "$out/python_tests.log" 2>&1; rc=$?
+  tail -30 "$out/python_tests.log"; echo "python tests rc=$rc"
+  exit $rc
+fi
 
 echo "== binaries =="
 if [[ "$stage" != bench && ! -x $bin/kvevict_cuda_tests ]]; then

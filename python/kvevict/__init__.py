@@ -1,7 +1,9 @@
 """kvevict: KV-cache eviction policies over your own tensors.
 
-Tensors cross into C++ by DLPack without copies (numpy arrays, and torch tensors on the CPU; this
-build has the host backend only). Three cache layouts::
+Tensors cross into C++ by DLPack without copies: numpy arrays and torch tensors on the CPU run on
+the host backend; torch tensors on a GPU run on the CUDA backend when the package was built with
+CUDA (``kvevict.has_cuda``; ``pip install ./python -C cmake.define.KVEVICT_PY_CUDA=ON``), on the
+tensors' device and PyTorch's current stream. Three cache layouts::
 
     DenseCache(k, v, seq_lens)                               # HF: [batch, kv_heads, tokens, head_dim]
     BlockTableCache(k, v, block_table, seq_lens)             # vLLM: [num_pages, page_size, kv_heads, head_dim]
@@ -154,10 +156,20 @@ def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-def _i32(x, name: str):
-    """An int32, contiguous version of an index table (tables are small; K/V are never copied)."""
+def _i32(x, name: str, like=None):
+    """An int32, contiguous version of an index table, on the device of ``like`` (K) when K is a torch
+    tensor (tables are small and may be copied; K and V never are)."""
     if x is None:
         return None
+    if like is not None and _is_torch(like):
+        import torch
+        if not _is_torch(x):
+            a = np.asarray(x)
+            if a.dtype.kind not in "iu":
+                raise KvevictError(f"kvevict: invalid argument in '{name}': must hold integers", "invalid argument",
+                                   name)
+            x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32))
+        return x.to(device=like.device, dtype=torch.int32).contiguous()
     if _is_torch(x):
         import torch
         return x.to(torch.int32).contiguous()
@@ -177,7 +189,7 @@ class DenseCache:
         self.k, self.v = k, v
         if seq_lens is None:
             seq_lens = np.full(k.shape[0], k.shape[2], dtype=np.int32)
-        self.seq_lens = _i32(seq_lens, "seq_lens")
+        self.seq_lens = _i32(seq_lens, "seq_lens", k)
 
     def _tensors(self):
         return (self.k, self.v, self.seq_lens)
@@ -191,8 +203,8 @@ class BlockTableCache:
 
     def __init__(self, k, v, block_table, seq_lens):
         self.k, self.v = k, v
-        self.block_table = _i32(block_table, "block_table")
-        self.seq_lens = _i32(seq_lens, "seq_lens")
+        self.block_table = _i32(block_table, "block_table", k)
+        self.seq_lens = _i32(seq_lens, "seq_lens", k)
 
     def _tensors(self):
         return (self.k, self.v, self.block_table, self.seq_lens)
@@ -206,9 +218,9 @@ class CSRPageCache:
 
     def __init__(self, k, v, indptr, indices, last_page_len):
         self.k, self.v = k, v
-        self.indptr = _i32(indptr, "indptr")
-        self.indices = _i32(indices, "indices")
-        self.last_page_len = _i32(last_page_len, "last_page_len")
+        self.indptr = _i32(indptr, "indptr", k)
+        self.indices = _i32(indices, "indices", k)
+        self.last_page_len = _i32(last_page_len, "last_page_len", k)
 
     def _tensors(self):
         return (self.k, self.v, self.indptr, self.indices, self.last_page_len)
@@ -246,7 +258,8 @@ def _check_policy(policy):
                            "invalid argument", "policy")
 
 
-def _signals(queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows, threads):
+def _signals(cache, queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows,
+             threads):
     sig = {"layer": int(layer), "num_layers": int(num_layers), "threads": int(threads or 0)}
     if queries is not None:
         sig["queries"] = queries
@@ -255,16 +268,44 @@ def _signals(queries, attention_sums, token_ids, layer, num_layers, seq_budgets,
     for name, table in (("token_ids", token_ids), ("seq_budgets", seq_budgets), ("seq_sinks", seq_sinks),
                         ("seq_windows", seq_windows)):
         if table is not None:
-            sig[name] = _i32(table, name)
+            sig[name] = _i32(table, name, cache.k)
     return sig
 
 
 def _like(cache, a):
     """Outputs as torch tensors when the cache is torch's (zero-copy), numpy arrays otherwise."""
-    if a is None or not _is_torch(cache.k):
+    if a is None or not _is_torch(cache.k) or _is_torch(a):
         return a
     import torch
     return torch.from_numpy(a)
+
+
+def _on_cuda(cache) -> bool:
+    return _is_torch(cache.k) and cache.k.is_cuda and has_cuda
+
+
+def _call(kind, params, cache, sig, do_plan, do_compact, positions=None, counts=None):
+    """One call on the cache's device: the host backend, or (CUDA tensors) the CUDA backend with its
+    outputs and workspace allocated by PyTorch on that device, on PyTorch's current stream. A CUDA
+    call waits for its stream, so that a bad argument found on the device raises here."""
+    args = (cache.layout, kind, params, cache._tensors(), sig, do_plan, do_compact, positions, counts)
+    if not _on_cuda(cache):
+        return _ext.call(*args)
+    import torch
+    dev = cache.k.device
+    with torch.cuda.device(dev):
+        rows, capacity, max_freed, workspace_bytes = _ext.cuda_sizes(*args)
+        i32 = {"dtype": torch.int32, "device": dev}
+        pos = torch.empty((rows, capacity), **i32) if do_plan else None
+        cnt = torch.empty((rows,), **i32) if do_plan else None
+        lens = torch.empty((rows,), **i32) if do_compact else None
+        freed = torch.empty((max(max_freed, 1),), **i32) if do_compact else None
+        num_freed = torch.zeros((1,), **i32) if do_compact else None
+        workspace = torch.empty((max(workspace_bytes, 1),), dtype=torch.uint8, device=dev)
+        _ext.cuda_call(*args, (pos, cnt, lens, freed, num_freed), workspace, torch.cuda.current_stream(dev).cuda_stream)
+    if do_compact:
+        freed = freed[: int(num_freed.item())]
+    return pos, cnt, lens, freed
 
 
 def plan(policy: Policy, cache, *, queries=None, attention_sums=None, token_ids=None, layer: int = 0,
@@ -281,9 +322,9 @@ def plan(policy: Policy, cache, *, queries=None, attention_sums=None, token_ids=
     """
     _check_policy(policy)
     _check_cache(cache)
-    sig = _signals(queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows, threads)
-    pos, cnt, _, _ = _ext.call(cache.layout, policy.kind, policy.params, cache._tensors(), sig, True, False, None,
-                               None)
+    sig = _signals(cache, queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows,
+                   threads)
+    pos, cnt, _, _ = _call(policy.kind, policy.params, cache, sig, True, False)
     return KeepPlan(_like(cache, pos), _like(cache, cnt))
 
 
@@ -297,8 +338,8 @@ def compact(cache, plan: KeepPlan) -> CompactResult:
     if not isinstance(plan, KeepPlan):
         raise KvevictError("kvevict: invalid argument in 'plan': must be a KeepPlan (from kvevict.plan)",
                            "invalid argument", "plan")
-    positions, counts = _i32(plan.positions, "plan.positions"), _i32(plan.counts, "plan.counts")
-    _, _, lens, freed = _ext.call(cache.layout, "", {}, cache._tensors(), {}, False, True, positions, counts)
+    positions, counts = _i32(plan.positions, "plan.positions", cache.k), _i32(plan.counts, "plan.counts", cache.k)
+    _, _, lens, freed = _call("", {}, cache, {}, False, True, positions, counts)
     return CompactResult(_like(cache, lens), _like(cache, freed))
 
 
@@ -307,7 +348,7 @@ def evict(policy: Policy, cache, *, queries=None, attention_sums=None, token_ids
     """``plan`` then ``compact`` in one call; returns ``(KeepPlan, CompactResult)``."""
     _check_policy(policy)
     _check_cache(cache)
-    sig = _signals(queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows, threads)
-    pos, cnt, lens, freed = _ext.call(cache.layout, policy.kind, policy.params, cache._tensors(), sig, True, True,
-                                      None, None)
+    sig = _signals(cache, queries, attention_sums, token_ids, layer, num_layers, seq_budgets, seq_sinks, seq_windows,
+                   threads)
+    pos, cnt, lens, freed = _call(policy.kind, policy.params, cache, sig, True, True)
     return (KeepPlan(_like(cache, pos), _like(cache, cnt)), CompactResult(_like(cache, lens), _like(cache, freed)))

@@ -20,7 +20,9 @@ of queries that could see it); ``SentenceKV`` and ``SABlock`` read the prompt's 
 the press takes from the language model's ``input_ids`` (a forward pre-hook). ``AdaSnapKV`` keeps
 a different number of entries per head, which a dense HF cache cannot hold: like kvpress's
 AdaKVPress it leaves the cache whole and masks the evicted keys through kvpress's attention patch
-(``module.masked_key_indices``; not with eager attention).
+(``module.masked_key_indices``; not with eager attention); its per-head budgets have no CUDA
+implementation, so on a GPU model it plans over a CPU copy of the layer. On a GPU model with a
+package built with CUDA, every other policy runs on the CUDA backend, on the layer's device.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class KvevictPress(BasePress):
                 raise kvevict.KvevictError(
                     "kvevict: shape mismatch in 'token_ids': the press saw no input_ids of this prefill's length "
                     "(call the model with input_ids, not inputs_embeds)", "shape mismatch", "token_ids")
-            sig["token_ids"] = ids.reshape(bsz, k_len).to("cpu", torch.int32).contiguous()
+            sig["token_ids"] = ids.reshape(bsz, k_len).to(torch.int32).contiguous()
         return sig
 
     def compress(self, module, hidden_states, keys, values, attentions, kwargs):
@@ -133,6 +135,9 @@ class KvevictPress(BasePress):
             values = values.contiguous()
         cache = kvevict.DenseCache(keys, values, torch.full((bsz,), k_len, dtype=torch.int32))
         if self.policy.kind == "ada_snapkv":
+            if keys.is_cuda:  # per-head budgets plan on the host backend only (the cache is not written)
+                cache = kvevict.DenseCache(keys.cpu(), values.cpu(), cache.seq_lens.cpu())
+                sig = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in sig.items()}
             plan = kvevict.plan(self.policy, cache, **sig)
             keep = torch.zeros(bsz * kv_heads, k_len, dtype=torch.bool)
             rows = torch.arange(bsz * kv_heads).repeat_interleave(plan.counts.long())

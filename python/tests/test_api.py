@@ -279,3 +279,26 @@ def test_sablock_sentence_level():
                        queries=q, token_ids=ids)
     assert all(len(two.kept(h)) == 80 for h in range(KVH))
     assert any(two.kept(h).tolist() != one.kept(h).tolist() for h in range(KVH))
+
+
+def test_knobs_are_numbers_and_integer_knobs_whole_numbers():
+    k, v, q = dense(100)
+    cache = kvevict.DenseCache(k, v)
+    expect_error(lambda: kvevict.plan(kvevict.SnapKV(budget=40.5, window=W), cache, queries=q), "budget", cache)
+    expect_error(lambda: kvevict.plan(kvevict.SnapKV(budget="40", window=W), cache, queries=q), "budget", cache)
+    expect_error(lambda: kvevict.plan(kvevict.SnapKV(budget=2**40, window=W), cache, queries=q), "budget", cache)
+    # a whole float is the integer; a float knob takes an int
+    assert (kvevict.plan(kvevict.SnapKV(budget=40.0, window=W), cache, queries=q).counts == 40).all()
+    plan = kvevict.plan(kvevict.SABlock(budget=40, window=W, g=2, delimiter_ids=[1]), cache, queries=q,
+                        token_ids=np.ones((1, 100), np.int32))
+    assert (plan.counts == 40).all()
+
+
+def test_index_tables_follow_k_into_torch():
+    torch = pytest.importorskip("torch")
+    k, v, q = dense(100)
+    cache = kvevict.DenseCache(torch.from_numpy(k), torch.from_numpy(v), [100])
+    assert isinstance(cache.seq_lens, torch.Tensor) and cache.seq_lens.dtype == torch.int32
+    plan = kvevict.plan(kvevict.SnapKV(budget=40, window=W), cache, queries=torch.from_numpy(q),
+                        seq_budgets=np.array([30]))
+    assert isinstance(plan.positions, torch.Tensor) and (plan.counts == 30).all()

@@ -1,0 +1,119 @@
+// The CUDA half of the binding (compiled by nvcc when the package is built with KVEVICT_PY_CUDA,
+// one translation unit per cache layout: device_<layout>.cu): builds the library's cache view,
+// signals and policy from a `call_desc` and runs the CUDA backend's front doors on the caller's
+// stream and workspace. The host half (ext.cpp) has checked the tensors' devices, dtypes, shapes and
+// contiguity; the library checks everything else, on the host before it enqueues anything and on
+// the device before it writes.
+#pragma once
+
+#include <kvevict/cuda.cuh>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "call.hpp"
+
+namespace kvevict_py {
+namespace device_detail {
+
+template <class T>
+struct adaptive_budget_policy : std::false_type {};
+template <class S, class G, class B>
+struct adaptive_budget_policy<kvevict::eviction_policy<S, G, kvevict::selector<B>>>
+    : std::is_same<B, kvevict::adaptive_budget> {};
+
+inline cudaStream_t stream_of(const call_desc& c) { return static_cast<cudaStream_t>(c.stream); }
+
+inline void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    fail(kvevict::errc::invalid_argument, "device", std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+//! One int of device memory, read back (waits for the stream).
+inline int read_int(const std::int32_t* p, cudaStream_t st) {
+  int v = 0;
+  check_cuda(cudaMemcpyAsync(&v, p, sizeof v, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync");
+  check_cuda(cudaStreamSynchronize(st), "cudaStreamSynchronize");
+  return v;
+}
+
+//! Calls `f(policy, cache, signals)` for the call `c` describes, with `f` instantiated only for the
+//! policies the CUDA backend runs (Ada-KV's per-head budgets are host-only: refused here).
+template <layout_id L, class F>
+void with_call(const config& cfg, const call_desc& c, bool do_plan, F&& f) {
+  with_dtype(c.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    with_layout_view<L, T>(c, [&](const auto& cache) {
+      const kvevict::signals<T> sig = signals_of<T>(c);
+      if (!do_plan) return f(kvevict::streaming_llm{}, cache, sig);  // compact: no policy
+      with_policy(cfg, [&](const auto& p) {
+        if constexpr (adaptive_budget_policy<std::decay_t<decltype(p)>>::value)
+          fail(kvevict::errc::invalid_argument, "policy",
+               "AdaSnapKV's per-head budgets have no CUDA implementation yet: plan on the CPU (the host "
+               "backend) or use SnapKV / PyramidKV on CUDA tensors");
+        else
+          f(p, cache, sig);
+      });
+    });
+  });
+}
+
+//! The largest plan row a sequence can need with per-sequence budgets (read back from the device).
+template <class Policy, class Cache>
+int capacity_with_budgets(const Policy&, const Cache& cache, const std::int32_t* seq_budgets, cudaStream_t st) {
+  using budget = typename Policy::selector_type::budget_type;
+  std::vector<std::int32_t> b(static_cast<std::size_t>(std::max(cache.num_seqs(), 0)));
+  if (!b.empty()) {
+    check_cuda(cudaMemcpyAsync(b.data(), seq_budgets, b.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost, st),
+               "cudaMemcpyAsync");
+    check_cuda(cudaStreamSynchronize(st), "cudaStreamSynchronize");
+  }
+  const int row_cap = kvevict::cuda_backend::max_row_cap(cache);
+  int cap = 1;
+  for (std::int32_t x : b) cap = std::max(cap, std::min(row_cap, budget::max_budget(x, cache.num_kv_heads())));
+  return cap;
+}
+
+}  // namespace device_detail
+
+template <layout_id L>
+device_sizes cuda_sizes(const config& cfg, const call_desc& c, bool do_plan, bool do_compact) {
+  using namespace device_detail;
+  if (L == layout_id::csr && c.num_seqs > 0 && read_int(c.t0 + c.num_seqs, stream_of(c)) > c.indices)
+    fail(kvevict::errc::shape_mismatch, "indices", "must hold indptr[num_seqs] entries");
+  device_sizes out;
+  with_call<L>(cfg, c, do_plan, [&](const auto& p, const auto& cache, const auto& sig) {
+    const auto exec = kvevict::cuda.on(stream_of(c));
+    raise_if_error(kvevict::cuda_backend::check_device_shape(cache));
+    out.rows = kvevict::plan_rows(cache);
+    if (do_plan)
+      out.capacity = sig.seq_budgets != nullptr ? capacity_with_budgets(p, cache, sig.seq_budgets, stream_of(c))
+                                                : kvevict::plan_capacity(exec, p, cache);
+    if (do_compact)
+      out.max_freed = kvevict::frees_pages<std::decay_t<decltype(cache)>>::value ? cache.num_pages() : 0;
+    out.workspace_bytes = do_plan && do_compact ? kvevict::evict_workspace_bytes(exec, p, cache, sig)
+                          : do_plan             ? kvevict::plan_workspace_bytes(exec, p, cache, sig)
+                                                : kvevict::compact_workspace_bytes(exec, cache);
+  });
+  return out;
+}
+
+template <layout_id L>
+void cuda_run(const config& cfg, const call_desc& c, bool do_plan, bool do_compact) {
+  using namespace device_detail;
+  with_call<L>(cfg, c, do_plan, [&](const auto& p, const auto& cache, const auto& sig) {
+    const auto exec = kvevict::cuda.on(stream_of(c));
+    const kvevict::keep_plan plan{c.positions, c.counts, c.plan_capacity, c.plan_rows};
+    const kvevict::device_compact_result res{c.new_lens, c.new_lens_capacity, c.freed_pages, c.freed_capacity,
+                                             c.num_freed};
+    if (do_plan && do_compact)
+      raise_if_error(kvevict::evict(exec, p, cache, sig, plan, res, c.workspace, c.workspace_bytes));
+    else if (do_plan)
+      raise_if_error(kvevict::plan(exec, p, cache, sig, plan, c.workspace, c.workspace_bytes));
+    else
+      raise_if_error(kvevict::compact(exec, cache, kvevict::as_const(plan), res, c.workspace, c.workspace_bytes));
+    raise_if_error(kvevict::device_status(exec, c.workspace));
+  });
+}
+
+}  // namespace kvevict_py
