@@ -12,7 +12,8 @@
 #   bash bench/gpu/run.sh [all|test|bench|python]
 # `test` runs the tests and the sanitizers, `bench` the benchmarks and the torch path, `all` both.
 # `python` builds the Python package with CUDA there (its python3 has torch, nanobind and
-# scikit-build-core; about 1 to 2 minutes) and runs python/tests/test_cuda.py and test_api.py.
+# scikit-build-core; about 1 to 2 minutes), runs python/tests/test_cuda.py and test_api.py, and the
+# press benchmark (bench/python/bench_press.py --device cuda) with the kvpress wheels carried in .gpu/wheels.
 # Without prepared binaries it builds them on the device first (slow: minutes of device time).
 # Needs on the device: python3 with torch, compute-sanitizer. Writes logs and JSON to $OUT (or
 # out/gpu when OUT is unset). The binaries read tests/fixtures relative to the repository root.
@@ -32,6 +33,12 @@ if [[ "${1:-}" == "--prepare" ]]; then
   cp -L /usr/lib/x86_64-linux-gnu/libbenchmark.so.1debian .gpu/gbench/lib/libbenchmark.so.1debian
   ln -sf libbenchmark.so.1debian .gpu/gbench/lib/libbenchmark.so
   cp ../shared/bench/torch_path_baseline.py .gpu/torch_path_baseline.py
+  # kvpress and what its import needs beyond the device image's packages (pure-Python wheels, about
+  # 1 MB), for the `python` stage's press benchmark; the image's torch and transformers are used.
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform manylinux2014_x86_64 -d .gpu/wheels kvpress==0.5.5 datasets==5.2.0 dill==0.4.1 \
+    multiprocess==0.70.19 cachetools==5.5.2 termcolor==3.3.0 fire \
+    || echo "could not download kvpress's wheels: the python stage will skip the press benchmark"
   echo "building the CUDA tests and benchmarks into .gpu/bin (several minutes on 2 cores)"
   build_tests .gpu/bin > .gpu/build_tests.log 2>&1 &
   p1=$!
@@ -66,6 +73,19 @@ if [[ "$stage" == python ]]; then
   PYTHONPATH="$py/site" timeout 300 python3 -m pytest -q -p no:cacheprovider -rs python/tests/test_cuda.py \
     python/tests/test_api.py > "$out/python_tests.log" 2>&1; rc=$?
   tail -30 "$out/python_tests.log"; echo "python tests rc=$rc"
+  echo "== Python press benchmark (kvpress beside kvevict, CUDA) =="
+  if ls .gpu/wheels/kvpress-*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-deps --target "$py/site" .gpu/wheels/*.whl > "$out/python_wheels.log" 2>&1
+    if PYTHONPATH="$py/site" python3 -c "import kvevict.kvpress" > "$out/python_import.log" 2>&1; then
+      PYTHONPATH="$py/site" timeout 240 python3 bench/python/bench_press.py --device cuda --dtype bfloat16 \
+        --lengths 8192 32768 --repeats 5 --presses snapkv chunkkv knorm streaming_llm sablock \
+        --json "$out/bench_press_cuda.json" 2>&1 | tail -16 || rc=1
+    else
+      echo "kvpress does not import here:"; tail -5 "$out/python_import.log"
+    fi
+  else
+    echo "no kvpress wheels in .gpu/wheels (bash bench/gpu/run.sh --prepare downloads them)"
+  fi
   exit $rc
 fi
 

@@ -1,4 +1,5 @@
-"""kvpress's presses beside kvevict's press: time per compression and peak extra memory, CPU.
+"""kvpress's presses beside kvevict's press: time per compression and peak extra memory, on the CPU
+or (``--device cuda``, a package built with KVEVICT_PY_CUDA=ON) on a GPU.
 
 One attention layer of a Llama-3-8B-shaped model (32 query heads, 8 KV heads, head_dim 128,
 hidden 4096; random weights) and one prompt per length: each press's `compress` runs on the same
@@ -6,9 +7,11 @@ hidden states, keys, values and rotary embeddings. Every (press, length) runs in
 the time is the median of `--repeats` calls (fresh copies of K and V before each, not timed), and
 the peak extra memory is the process's resident high-water mark during one call minus its resident
 size before it (Linux: VmHWM reset through /proc/self/clear_refs), so it counts every temporary a
-press makes, whoever allocates it.
+press makes, whoever allocates it. On a GPU the time is between two device synchronisations and the
+peak extra memory is PyTorch's allocator high-water mark during the call minus what it held before
+(kvevict's CUDA outputs and workspace are PyTorch allocations, so both presses are counted alike).
 
-    python bench/python/bench_press.py [--lengths 2048 8192 32768] [--repeats 5] [--json out.json]
+    python bench/python/bench_press.py [--lengths 2048 8192 32768] [--repeats 5] [--device cuda] [--json out.json]
 """
 
 import argparse
@@ -57,7 +60,7 @@ def rss_kib(field):
     raise RuntimeError(field)
 
 
-def child(name, impl, n, repeats, dtype):
+def child(name, impl, n, repeats, dtype, device):
     import torch
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
@@ -66,13 +69,14 @@ def child(name, impl, n, repeats, dtype):
     dt = getattr(torch, dtype)
     config = LlamaConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                          num_hidden_layers=32, max_position_embeddings=max(n, 8192), intermediate_size=14336)
-    module = LlamaAttention(config, layer_idx=16).to(dt).eval()
-    rotary = LlamaRotaryEmbedding(config)
-    hidden = torch.randn(1, n, 4096, dtype=dt)
-    cos, sin = rotary(hidden, torch.arange(n).unsqueeze(0))
+    module = LlamaAttention(config, layer_idx=16).to(dt).eval().to(device)
+    rotary = LlamaRotaryEmbedding(config).to(device)
+    hidden = torch.randn(1, n, 4096, dtype=dt).to(device)
+    cos, sin = rotary(hidden, torch.arange(n, device=device).unsqueeze(0))
     kwargs = {"position_embeddings": (cos.to(dt), sin.to(dt))}
-    keys = torch.randn(1, 8, n, 128, dtype=dt)
-    values = torch.randn(1, 8, n, 128, dtype=dt)
+    keys = torch.randn(1, 8, n, 128, dtype=dt).to(device)
+    values = torch.randn(1, 8, n, 128, dtype=dt).to(device)
+    cuda = device == "cuda"
     press = make_press(name, impl)
     if impl == "kvevict" and "token_ids" in press.policy.needs:
         ids = torch.randint(10, 32000, (1, n))
@@ -82,13 +86,20 @@ def child(name, impl, n, repeats, dtype):
     with torch.no_grad():
         for r in range(repeats + 1):
             k, v = keys.clone(), values.clone()
-            before = rss_kib("VmRSS")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated() / 1024
+            else:
+                before = rss_kib("VmRSS")
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # reset VmHWM to the current RSS
             t0 = time.perf_counter()
             k2, v2 = press.compress(module, hidden, k, v, None, kwargs)
+            if cuda:
+                torch.cuda.synchronize()
             t1 = time.perf_counter()
-            peak = rss_kib("VmHWM") - before
+            peak = (torch.cuda.max_memory_allocated() / 1024 if cuda else rss_kib("VmHWM")) - before
             kept = k2.shape[2]
             del k2, v2, k, v
             if r > 0:  # the first call warms up
@@ -96,7 +107,7 @@ def child(name, impl, n, repeats, dtype):
     return {"press": name, "impl": impl, "tokens": n, "dtype": dtype, "kept": kept,
             "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
             "peak_extra_mib": peak / 1024, "kv_mib": 2 * keys.numel() * keys.element_size() / 2**20,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
 def main():
@@ -104,20 +115,22 @@ def main():
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--presses", nargs="+", default=PRESSES)
     ap.add_argument("--json")
     ap.add_argument("--child", nargs=3)
     a = ap.parse_args()
     if a.child:
         name, impl, n = a.child
-        print(json.dumps(child(name, impl, int(n), a.repeats, a.dtype)))
+        print(json.dumps(child(name, impl, int(n), a.repeats, a.dtype, a.device)))
         return
     rows = []
     for n in a.lengths:
         for name in a.presses:
             for impl in (["kvpress", "kvevict"] if name != "sablock" else ["kvevict"]):
                 out = subprocess.run([sys.executable, __file__, "--child", name, impl, str(n), "--repeats",
-                                      str(a.repeats), "--dtype", a.dtype], capture_output=True, text=True)
+                                      str(a.repeats), "--dtype", a.dtype, "--device", a.device],
+                                     capture_output=True, text=True)
                 if out.returncode != 0:
                     print(out.stderr, file=sys.stderr)
                     raise SystemExit(f"{name}/{impl}/{n} failed")
@@ -125,8 +138,12 @@ def main():
                 rows.append(row)
                 print(f"  {n:6d} {name:14s} {impl:8s} {row['median_ms']:9.2f} ms  peak +{row['peak_extra_mib']:8.1f} MiB",
                       flush=True)
-    print(f"\nOne Llama-3-8B-shaped layer ({a.dtype}, keep {1 - RATIO:.0%}), CPU, torch threads "
-          f"{rows[0]['torch_threads']}, kvevict host backend on all threads; {os.cpu_count()} CPUs\n")
+    if a.device == "cuda":
+        print(f"\nOne Llama-3-8B-shaped layer ({a.dtype}, keep {1 - RATIO:.0%}), {rows[0]['device']}, "
+              f"kvevict's CUDA backend\n")
+    else:
+        print(f"\nOne Llama-3-8B-shaped layer ({a.dtype}, keep {1 - RATIO:.0%}), CPU, torch threads "
+              f"{rows[0]['torch_threads']}, kvevict host backend on all threads; {os.cpu_count()} CPUs\n")
     print("| tokens | press | kvpress ms | kvevict ms | time ratio | kvpress peak extra MiB | kvevict peak extra MiB |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     by = {(r["tokens"], r["press"], r["impl"]): r for r in rows}
@@ -142,7 +159,7 @@ def main():
                 print(f"| {n} | {name} | - | {ours['median_ms']:.1f} | - | - | {ours['peak_extra_mib']:.1f} |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=1)
+            json.dump({"date": time.strftime("%Y-%m-%d"), "device": a.device, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
