@@ -13,3 +13,4 @@
 #include "kvevict.hpp"
 #include "cuda/algorithm.cuh"
 #include "cuda/backend.cuh"
+#include "cuda/shard.cuh"

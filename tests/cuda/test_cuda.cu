@@ -10,6 +10,7 @@
 #include <cstring>
 #include <functional>
 #include <iterator>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -19,6 +20,8 @@
 #include <kvevict/cuda.cuh>
 
 #include "common/fixtures.hpp"
+#include "common/presets.hpp"
+#include "common/shards.hpp"
 #include "common/test_cache.hpp"
 
 namespace {
@@ -879,6 +882,194 @@ void test_graph_capture(std::uint32_t seed) {
   cudaStreamDestroy(stream);
 }
 
+// 9. Tensor-parallel shards: each shard scores its own heads on the device (the host's scores to
+// float rounding), the all-gather is a device copy, and each shard's device selection from the
+// gathered scores equals the host's selection from the same scores, exactly, for every preset the
+// CUDA backend runs (Ada-KV's per-head budgets it does not); bad shard arguments are named and
+// nothing is written.
+template <class P>
+P with_device_ids(P p, const std::int32_t* delims, const std::int32_t* ends) {
+  if constexpr (testing::cuts_at_delimiters<decltype(p.granularity)>::value) {
+    p.granularity.segmenter.delimiter_ids = delims;
+    if (p.granularity.segmenter.num_sentence_ids > 0) p.granularity.segmenter.sentence_ids = ends;
+  }
+  return p;
+}
+
+template <class T>
+void test_shards(layout_kind kind, std::uint32_t seed) {
+  const int seqs = 2, total = 8, group = 2, dim = 64, window = 8, stride = g_small ? 300 : 1500;
+  const int q_heads = total * group;
+  std::mt19937 rng(seed);
+  const auto L = testing::make_logical(seqs, total, dim, random_lens(rng, seqs, 3 * window, stride), seed,
+                                       kind == layout_kind::head_rows);
+  std::normal_distribution<float> nd;
+  std::vector<T> q(static_cast<std::size_t>(seqs) * q_heads * window * dim);
+  for (auto& x : q) x = kvevict::from_float<T>(2.0f * nd(rng));
+  std::vector<float> sums(static_cast<std::size_t>(seqs) * q_heads * stride);
+  for (auto& x : sums) x = std::fabs(nd(rng));
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(seqs) * stride);
+  for (std::size_t i = 0; i < ids.size(); ++i)  // 1 ends a clause, 2 a sentence (testing::preset_delimiters)
+    ids[i] = i % 37 == 0 ? 2 : i % 7 == 0 ? 1 : 5 + static_cast<int>(rng() % 50);
+  dbuf<std::int32_t> dids(ids), ddelims(std::vector<std::int32_t>{1, 2}), dends(std::vector<std::int32_t>{2});
+  const std::vector<std::int32_t> all_lens(L.lens.begin(), L.lens.end());  // [seqs, total]
+  dbuf<std::int32_t> dlens(all_lens);
+
+  testing::for_each_preset(4, window, 60, [&](const auto& pr) {
+    using P = std::decay_t<decltype(pr.policy)>;
+    if constexpr (std::is_same_v<typename P::selector_type::budget_type, kvevict::adaptive_budget>) {
+      return;  // no CUDA implementation of per-head budgets
+    } else {
+      const P hp = pr.policy;
+      const P dp = with_device_ids(pr.policy, ddelims.p, dends.p);
+      for (int shards : {2, 4}) {
+        const int kvh = total / shards;
+        std::vector<testing::test_cache<T>> parts;
+        parts.reserve(static_cast<std::size_t>(shards));
+        for (int i = 0; i < shards; ++i) parts.push_back(testing::build<T>(testing::slice(L, i * kvh, kvh), kind, 16, 5 + i));
+        std::vector<std::unique_ptr<device_cache<T>>> dparts;
+        for (auto& part : parts) dparts.push_back(std::make_unique<device_cache<T>>(part));
+        auto signals_of = [&](int i, const std::vector<T>& qi, const std::vector<float>& si) {
+          kvevict::signals<T> g{};
+          g.queries = qi.data();
+          g.num_q_heads = kvh * group;
+          g.query_rows = window;
+          g.attention_sums = si.data();
+          g.sums_stride = stride;
+          g.token_ids = ids.data();
+          g.token_ids_stride = stride;
+          g.layer = 1;
+          g.num_layers = 4;
+          (void)i;
+          return g;
+        };
+        dbuf<float> dgathered(static_cast<std::size_t>(seqs) * total * stride);
+        cuda_ok(cudaMemset(dgathered.p, 0, sizeof(float) * dgathered.n), "memset");
+        for (int i = 0; i < shards; ++i) {  // score on the device, against the host's scores
+          const auto qi = testing::heads_of(q, seqs, q_heads, window * dim, i * kvh * group, kvh * group);
+          const auto si = testing::heads_of(sums, seqs, q_heads, stride, i * kvh * group, kvh * group);
+          const auto sig = signals_of(i, qi, si);
+          device_signals<T> ds(sig, qi.size(), si.size(), seqs);
+          ds.sig.token_ids = dids.p;
+          dparts[i]->visit([&](auto hv, auto dv) {
+            std::vector<float> hs(static_cast<std::size_t>(seqs) * kvh * stride, 0.0f);
+            const auto hst = kvevict::score(kvevict::host, hp, hv, sig, hs.data(), stride);
+            dbuf<float> mine(hs.size());
+            const std::size_t bytes = kvevict::score_workspace_bytes(kvevict::cuda, dp, dv, ds.sig);
+            dbuf<unsigned char> ws(bytes);
+            REQUIRE_OK(hst);
+            REQUIRE_OK(kvevict::score(kvevict::cuda, dp, dv, ds.sig, mine.p, stride, ws.p, bytes));
+            REQUIRE_OK(kvevict::device_status(kvevict::cuda, ws.p));
+            const auto got = mine.download();
+            int off = 0;
+            for (int s = 0; s < seqs; ++s)
+              for (int h = 0; h < kvh; ++h)
+                for (int t = 0, n = hv.seq_len(s, h); t < n; ++t) {
+                  const std::size_t j = (static_cast<std::size_t>(s) * kvh + h) * stride + t;
+                  off += std::fabs(got[j] - hs[j]) > 2e-3f * std::fabs(hs[j]) + 1e-6f;
+                }
+            CHECK(off == 0, "%s %s, %d shards, shard %d: %d device scores differ from the host's", pr.name,
+                  testing::name(kind).c_str(), shards, i, off);
+            for (int s = 0; s < seqs; ++s)  // the all-gather
+              cuda_ok(cudaMemcpy(dgathered.p + (static_cast<std::size_t>(s) * total + i * kvh) * stride,
+                                 mine.p + static_cast<std::size_t>(s) * kvh * stride, sizeof(float) * kvh * stride,
+                                 cudaMemcpyDeviceToDevice),
+                      "gather");
+          });
+        }
+        const auto gathered = dgathered.download();
+        for (int i = 0; i < shards; ++i) {  // select on the device, against the host's selection
+          const auto qi = testing::heads_of(q, seqs, q_heads, window * dim, i * kvh * group, kvh * group);
+          const auto si = testing::heads_of(sums, seqs, q_heads, stride, i * kvh * group, kvh * group);
+          const auto sig = signals_of(i, qi, si);
+          device_signals<T> ds(sig, qi.size(), si.size(), seqs);
+          ds.sig.token_ids = dids.p;
+          dparts[i]->visit([&](auto hv, auto dv) {
+            const kvevict::head_shard hshard{i * kvh, total, all_lens.data()};
+            // caches whose heads share a page table may pass no lengths: every head has the shard's
+            const bool no_lens = kind != layout_kind::head_rows && i % 2 == 1;
+            const kvevict::head_shard dshard{i * kvh, total, no_lens ? nullptr : dlens.p};
+            kvevict::keep_plan_buffer want(kvevict::plan_rows(hv), kvevict::select_capacity(hp, hv, sig, hshard));
+            REQUIRE_OK(kvevict::select(kvevict::host, hp, hv, sig, hshard, gathered.data(), stride, want.view()));
+            const int cap = kvevict::select_capacity(kvevict::cuda, dp, dv, dshard, stride);
+            device_plan out(kvevict::plan_rows(dv), cap);
+            const std::size_t bytes = kvevict::select_workspace_bytes(kvevict::cuda, dp, dv, ds.sig, dshard, stride);
+            dbuf<unsigned char> ws(bytes);
+            REQUIRE_OK(kvevict::select(kvevict::cuda, dp, dv, ds.sig, dshard, dgathered.p, stride, out.view(), ws.p,
+                                       bytes));
+            REQUIRE_OK(kvevict::device_status(kvevict::cuda, ws.p));
+            for (int r = 0; r < kvevict::plan_rows(hv); ++r) {
+              const auto a = out.kept(r);
+              const std::vector<std::int32_t> b(want.positions.begin() + static_cast<std::ptrdiff_t>(r) * want.capacity,
+                                                want.positions.begin() + static_cast<std::ptrdiff_t>(r) * want.capacity +
+                                                    want.counts[r]);
+              CHECK(a == b, "%s %s, %d shards, shard %d, row %d: %zu vs %zu kept", pr.name,
+                    testing::name(kind).c_str(), shards, i, r, a.size(), b.size());
+            }
+          });
+        }
+      }
+    }
+  });
+}
+
+// Bad shard arguments: named as the host names them, nothing written to the plan or the scores.
+void test_shard_errors(std::uint32_t seed) {
+  using T = kvevict::bfloat16;
+  const int stride = 128;
+  const auto L = testing::make_logical(1, 2, 64, {100}, seed);
+  auto hc = testing::build<T>(L, layout_kind::block_nhd, 16, seed + 1);
+  device_cache<T> dc(hc);
+  kvevict::chunkkv<> p;
+  p.selector = {2, 4, kvevict::uniform_budget{30}};
+  std::vector<float> scores(4 * stride, 1.0f);
+  dbuf<float> dscores(scores);
+  std::vector<T> q(static_cast<std::size_t>(4) * 4 * 64, kvevict::from_float<T>(0.5f));
+  kvevict::signals<T> sig{};
+  sig.num_q_heads = 4;
+  device_signals<T> ds(sig, 0, 0, 1);
+  dbuf<T> dq(q);
+  dc.visit([&](auto, auto dv) {
+    device_plan out(2, 64);
+    const std::vector<std::int32_t> before(out.pos.n, -7);
+    out.pos.upload(before);
+    auto arg = [&](kvevict::head_shard shard, const float* sc, std::size_t st) {
+      const std::size_t bytes = kvevict::select_workspace_bytes(kvevict::cuda, p, dv, ds.sig, shard, st);
+      dbuf<unsigned char> ws(bytes + 256);
+      auto r = kvevict::select(kvevict::cuda, p, dv, ds.sig, shard, sc, st, out.view(), ws.p, bytes + 256);
+      if (r.ok()) r = kvevict::device_status(kvevict::cuda, ws.p);
+      CHECK(out.pos.download() == before, "a failed select wrote the plan (%s)", r.message().c_str());
+      return r.ok() ? std::string("ok") : std::string(r.argument);
+    };
+    CHECK(arg({0, 1, nullptr}, dscores.p, stride) == "shard.total_kv_heads", "total");
+    CHECK(arg({3, 4, nullptr}, dscores.p, stride) == "shard.first_head", "first");
+    CHECK(arg({0, 4, nullptr}, nullptr, stride) == "scores", "null scores");
+    CHECK(arg({0, 4, nullptr}, dscores.p, 50) == "stride", "stride");
+    dbuf<std::int32_t> wrong(std::vector<std::int32_t>{100, 99, 100, 100});
+    CHECK(arg({0, 4, wrong.p}, dscores.p, stride) == "shard.seq_lens", "lengths differ");
+    dbuf<std::int32_t> negative(std::vector<std::int32_t>{100, 100, 100, -1});
+    CHECK(arg({0, 4, negative.p}, dscores.p, stride) == "shard.seq_lens", "negative length");
+    scores[3 * stride + 7] = std::nanf("");  // another shard's head: still checked
+    dscores.upload(scores);
+    CHECK(arg({0, 4, nullptr}, dscores.p, stride) == "scores", "NaN");
+    scores[3 * stride + 7] = 1.0f;
+    dscores.upload(scores);
+    CHECK(arg({2, 4, nullptr}, dscores.p, stride) == "ok", "a good call");
+    // score: a row longer than the stride is reported and no score is written
+    kvevict::streaming_llm sl;
+    sl.selector = {2, 4, kvevict::uniform_budget{30}};
+    dbuf<float> mine(2 * 50);
+    const std::vector<float> sentinel(mine.n, -3.0f);
+    mine.upload(sentinel);
+    const std::size_t bytes = kvevict::score_workspace_bytes(kvevict::cuda, sl, dv, ds.sig);
+    dbuf<unsigned char> ws(bytes);
+    auto st = kvevict::score(kvevict::cuda, sl, dv, ds.sig, mine.p, 50, ws.p, bytes);
+    if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
+    CHECK(!st.ok() && std::string(st.argument) == "stride", "score stride: %s", st.message().c_str());
+    CHECK(mine.download() == sentinel, "a failed score wrote scores");
+  });
+}
+
 template <class T>
 void run_for_type(const char* tname) {
   std::printf("-- element type %s\n", tname);
@@ -1039,6 +1230,9 @@ int main(int argc, char** argv) {
   }
   run_for_type<kvevict::bfloat16>("bfloat16");
   run_quantised();
+  test_shards<kvevict::bfloat16>(layout_kind::block_nhd, 31);
+  test_shards<kvevict::bfloat16>(layout_kind::head_rows, 32);
+  test_shard_errors(34);
   test_graph_capture(7);
   test_benchmark_shape(g_small ? 2048 : 32768, 11);
   if (!g_small) test_benchmark_shape(131072, 13);

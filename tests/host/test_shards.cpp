@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/presets.hpp"
+#include "common/shards.hpp"
 #include "common/test_cache.hpp"
 
 using namespace testing;
@@ -19,39 +20,6 @@ using namespace testing;
 namespace {
 
 constexpr int kSeqs = 2, kKvHeads = 8, kGroup = 2, kDim = 16, kWindow = 8, kStride = 300;
-
-// Heads [h0, h0 + count) of `L`, as their own logical cache.
-logical slice(const logical& L, int h0, int count) {
-  logical S;
-  S.num_seqs = L.num_seqs;
-  S.kv_heads = count;
-  S.head_dim = L.head_dim;
-  S.max_len = L.max_len;
-  for (int s = 0; s < L.num_seqs; ++s)
-    for (int h = 0; h < count; ++h) S.lens.push_back(L.lens[static_cast<std::size_t>(s) * L.kv_heads + h0 + h]);
-  S.kvals.resize(static_cast<std::size_t>(S.num_seqs) * count * S.max_len * S.head_dim);
-  S.vvals.resize(S.kvals.size());
-  for (int s = 0; s < L.num_seqs; ++s)
-    for (int h = 0; h < count; ++h)
-      for (int t = 0; t < L.max_len; ++t)
-        for (int x = 0; x < L.head_dim; ++x) {
-          S.kvals[S.idx(s, h, t, x)] = L.key(s, h0 + h, t, x);
-          S.vvals[S.idx(s, h, t, x)] = L.val(s, h0 + h, t, x);
-        }
-  return S;
-}
-
-// Rows [q0, q0 + count) of the query-head axis of a [seqs, heads, inner] array.
-template <class V>
-std::vector<V> heads_of(const std::vector<V>& a, int heads, int inner, int q0, int count) {
-  std::vector<V> out;
-  for (int s = 0; s < kSeqs; ++s)
-    for (int j = 0; j < count; ++j) {
-      const auto b = a.begin() + (static_cast<std::ptrdiff_t>(s) * heads + q0 + j) * inner;
-      out.insert(out.end(), b, b + inner);
-    }
-  return out;
-}
 
 struct inputs {
   std::vector<float> q, sums;
@@ -98,8 +66,8 @@ void check_shards(const char* what, const Policy& p, bool needs_gather, layout_k
     std::vector<test_cache<T>> parts;
     for (int i = 0; i < shards; ++i) parts.push_back(build<T>(slice(L, i * kvh, kvh), kind, 16, 5 + i));
     for (int i = 0; i < shards; ++i) {
-      const auto q = heads_of(in.q, q_heads, kWindow * kDim, i * kvh * kGroup, kvh * kGroup);
-      const auto sums = heads_of(in.sums, q_heads, kStride, i * kvh * kGroup, kvh * kGroup);
+      const auto q = heads_of(in.q, kSeqs, q_heads, kWindow * kDim, i * kvh * kGroup, kvh * kGroup);
+      const auto sums = heads_of(in.sums, kSeqs, q_heads, kStride, i * kvh * kGroup, kvh * kGroup);
       const auto sig = in.sig(q, sums, kvh * kGroup);
       parts[i].visit([&](auto view) {
         std::vector<float> mine(static_cast<std::size_t>(kSeqs) * kvh * kStride);
@@ -111,8 +79,8 @@ void check_shards(const char* what, const Policy& p, bool needs_gather, layout_k
     }
     for (int i = 0; i < shards; ++i) {
       INFO(shards << " shards, shard " << i);
-      const auto q = heads_of(in.q, q_heads, kWindow * kDim, i * kvh * kGroup, kvh * kGroup);
-      const auto sums = heads_of(in.sums, q_heads, kStride, i * kvh * kGroup, kvh * kGroup);
+      const auto q = heads_of(in.q, kSeqs, q_heads, kWindow * kDim, i * kvh * kGroup, kvh * kGroup);
+      const auto sums = heads_of(in.sums, kSeqs, q_heads, kStride, i * kvh * kGroup, kvh * kGroup);
       const auto sig = in.sig(q, sums, kvh * kGroup);
       parts[i].visit([&](auto view) {
         const kvevict::head_shard shard{i * kvh, kKvHeads, all_lens.data()};

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../backend.hpp"
+#include "../config.hpp"
 #include "../keep_plan.hpp"
 #include "../segment/segmenters.hpp"
 #include "../status.hpp"
@@ -46,9 +47,11 @@ struct gathered_heads {
   const Cache* shard;
   head_shard info;
 
-  int num_seqs() const { return shard->num_seqs(); }
-  int num_kv_heads() const { return info.total_kv_heads; }
-  int seq_len(int s, int h) const {
+  // Host only (host memory); marked for both so that translation units nvcc compiles instantiate
+  // the shared host/device helpers (detail::longest_head) over it without a warning.
+  KVEVICT_HOST_DEVICE int num_seqs() const { return shard->num_seqs(); }
+  KVEVICT_HOST_DEVICE int num_kv_heads() const { return info.total_kv_heads; }
+  KVEVICT_HOST_DEVICE int seq_len(int s, int h) const {
     return info.seq_lens ? info.seq_lens[static_cast<std::size_t>(s) * info.total_kv_heads + h] : shard->seq_len(s, 0);
   }
 };
