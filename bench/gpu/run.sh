@@ -22,12 +22,12 @@ cd "$(dirname "$0")/../.."
 
 flags=(-O3 -std=c++17 -arch=sm_90 -Iinclude -Itests -lineinfo "-DKVEVICT_FIXTURES_DIR=\"tests/fixtures\"")
 build_tests() { nvcc "${flags[@]}" -o "$1/kvevict_cuda_tests" tests/cuda/test_cuda.cu; }
-# The NCCL example (tensor parallelism over this machine's GPUs): NCCL's headers and library from the
-# pip package nvidia-nccl-cu13 (the device image has it; --prepare downloads it here).
+# The NCCL example (tensor parallelism over this machine's GPUs), built against NCCL's headers and
+# library (the CUDA toolkit's here, or PyPI's nvidia-nccl-cu13); on the device it runs with the
+# image's NCCL (python3's nvidia.nccl package).
 nccl_dir() { python3 -c "import nvidia.nccl as n; print(list(n.__path__)[0])" 2>/dev/null; }
-build_nccl() {
-  nvcc "${flags[@]}" -I"$2/include" -o "$1/tensor_parallel_nccl" examples/cuda/tensor_parallel_nccl.cu \
-    -Xlinker "$2/lib/libnccl.so.2"
+build_nccl() {  # out_dir include_dir libnccl.so.2
+  nvcc "${flags[@]}" -I"$2" -o "$1/tensor_parallel_nccl" examples/cuda/tensor_parallel_nccl.cu -Xlinker "$3"
 }
 build_bench() {
   nvcc "${flags[@]}" -I.gpu/gbench/include -o "$1/kvevict_bench_cuda" bench/gpu/bench_cuda.cu \
@@ -46,18 +46,23 @@ if [[ "${1:-}" == "--prepare" ]]; then
     --platform manylinux2014_x86_64 -d .gpu/wheels kvpress==0.5.5 datasets==5.2.0 dill==0.4.1 \
     multiprocess==0.70.19 cachetools==5.5.2 termcolor==3.3.0 fire \
     || echo "could not download kvpress's wheels: the python stage will skip the press benchmark"
-  nccl_tmp=$(mktemp -d)
-  if python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-       --platform manylinux_2_27_x86_64 -d "$nccl_tmp" nvidia-nccl-cu13 \
-     && python3 -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+  if [[ -f /usr/local/include/nccl.h && -f /usr/local/lib64/libnccl.so.2 ]]; then
+    nccl_inc=/usr/local/include nccl_lib=/usr/local/lib64/libnccl.so.2
+  else  # PyPI's package: headers and library only
+    nccl_tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --platform manylinux_2_27_x86_64 -d "$nccl_tmp" nvidia-nccl-cu13 \
+      && python3 -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
 z.extractall(sys.argv[2], [n for n in z.namelist() if '/include/' in n or n.endswith('libnccl.so.2')])" \
-       "$nccl_tmp"/nvidia_nccl_cu13-*.whl "$nccl_tmp/x" \
-     && build_nccl .gpu/bin "$nccl_tmp/x/nvidia/nccl" > .gpu/build_nccl.log 2>&1; then
+        "$nccl_tmp"/nvidia_nccl_cu13-*.whl "$nccl_tmp/x"
+    nccl_inc="$nccl_tmp/x/nvidia/nccl/include" nccl_lib="$nccl_tmp/x/nvidia/nccl/lib/libnccl.so.2"
+  fi
+  if build_nccl .gpu/bin "$nccl_inc" "$nccl_lib" > .gpu/build_nccl.log 2>&1; then
     echo "built .gpu/bin/tensor_parallel_nccl (NCCL's library is the device image's, found at run time)"
   else
     echo "NCCL example not built (see .gpu/build_nccl.log)"
   fi
-  rm -rf "$nccl_tmp"
+  [[ -z "${nccl_tmp:-}" ]] || rm -rf "$nccl_tmp"
   echo "building the CUDA tests and benchmarks into .gpu/bin (several minutes on 2 cores)"
   build_tests .gpu/bin > .gpu/build_tests.log 2>&1 &
   p1=$!
