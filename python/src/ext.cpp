@@ -16,28 +16,20 @@ constexpr bool has_cuda = true;
 constexpr bool has_cuda = false;
 #endif
 
-//! The CUDA half's sizes of a call (never reached without CUDA: the module then has no cuda_sizes
-//! and cuda_call, and `describe` refuses CUDA tensors).
-device_sizes cuda_sizes_any(const config& cfg, const call_desc& c, bool do_plan, bool do_compact) {
+//! Calls `f(std::integral_constant<layout_id, L>{})` for the layout of `c`: the CUDA half's
+//! instantiations (never reached without CUDA: the module then has no cuda_sizes and cuda_call,
+//! and `describe` refuses CUDA tensors).
+template <class F>
+decltype(auto) on_cuda_layout(const call_desc& c, F&& f) {
 #ifdef KVEVICT_PY_HAS_CUDA
-  if (c.layout == layout_id::dense) return cuda_sizes<layout_id::dense>(cfg, c, do_plan, do_compact);
-  if (c.layout == layout_id::block_table) return cuda_sizes<layout_id::block_table>(cfg, c, do_plan, do_compact);
-  return cuda_sizes<layout_id::csr>(cfg, c, do_plan, do_compact);
+  if (c.layout == layout_id::dense) return f(std::integral_constant<layout_id, layout_id::dense>{});
+  if (c.layout == layout_id::block_table) return f(std::integral_constant<layout_id, layout_id::block_table>{});
+  return f(std::integral_constant<layout_id, layout_id::csr>{});
 #else
-  (void)cfg, (void)c, (void)do_plan, (void)do_compact;
+  using result = decltype(f(std::integral_constant<layout_id, layout_id::dense>{}));  // not called
+  (void)c;
   fail(kvevict::errc::invalid_argument, "k", "this build of the kvevict package has no CUDA backend");
-#endif
-}
-
-//! The CUDA half's call.
-void cuda_run_any(const config& cfg, const call_desc& c, bool do_plan, bool do_compact) {
-#ifdef KVEVICT_PY_HAS_CUDA
-  if (c.layout == layout_id::dense) return cuda_run<layout_id::dense>(cfg, c, do_plan, do_compact);
-  if (c.layout == layout_id::block_table) return cuda_run<layout_id::block_table>(cfg, c, do_plan, do_compact);
-  return cuda_run<layout_id::csr>(cfg, c, do_plan, do_compact);
-#else
-  (void)cfg, (void)c, (void)do_plan, (void)do_compact;
-  fail(kvevict::errc::invalid_argument, "k", "this build of the kvevict package has no CUDA backend");
+  return result();
 #endif
 }
 
@@ -225,7 +217,8 @@ nb::tuple cuda_sizes_of(const std::string& layout, const std::string& kind, cons
                         const nb::object& pp, const nb::object& pc) {
   const config cfg = do_plan ? to_config(kind, params) : config{};
   const call_desc c = describe(layout, tensors, sig, do_plan, do_compact, pp, pc, true);
-  const device_sizes s = cuda_sizes_any(cfg, c, do_plan, do_compact);
+  const device_sizes s =
+      on_cuda_layout(c, [&](auto L) { return cuda_sizes<decltype(L)::value>(cfg, c, do_plan, do_compact); });
   return nb::make_tuple(s.rows, s.capacity, s.max_freed, s.workspace_bytes);
 }
 
@@ -272,7 +265,7 @@ void cuda_call(const std::string& layout, const std::string& kind, const nb::dic
   c.workspace_bytes = w.nbytes();
   c.stream = reinterpret_cast<void*>(stream);
   nb::gil_scoped_release unlocked;
-  cuda_run_any(cfg, c, do_plan, do_compact);
+  on_cuda_layout(c, [&](auto L) { cuda_run<decltype(L)::value>(cfg, c, do_plan, do_compact); });
 }
 
 }  // namespace

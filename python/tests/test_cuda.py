@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not (kvevict.has_cuda and torch.cuda.is_available()),
                                 reason="needs a GPU and the package built with CUDA (KVEVICT_PY_CUDA=ON)")
 
-from test_api import KVH, POLICIES, W, dense, paged, signals_for  # noqa: E402
+from test_api import POLICIES, W, dense, expect_error, paged, signals_for  # noqa: E402
 
 DTYPES = ["float32", "float16", "bfloat16"]
 N, BATCH, BUDGET = 200, 2, 64
@@ -118,17 +118,6 @@ def test_cuda_runs_on_the_current_stream_and_is_deterministic():
         again = kvevict.plan(policy, cache, **sig)
     torch.cuda.synchronize()
     assert torch.equal(first.positions, again.positions) and torch.equal(first.counts, again.counts)
-
-
-def expect_error(fn, argument, *caches):
-    snapshots = [(c.k.clone(), c.v.clone()) for c in caches]
-    with pytest.raises(kvevict.KvevictError) as e:
-        fn()
-    assert e.value.argument == argument, str(e.value)
-    assert str(e.value).startswith("kvevict: ")
-    for c, (k, v) in zip(caches, snapshots):
-        assert torch.equal(c.k, k) and torch.equal(c.v, v)  # nothing written
-    return e.value
 
 
 def test_cuda_errors_name_the_argument_and_write_nothing():

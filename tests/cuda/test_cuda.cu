@@ -929,28 +929,35 @@ void test_shards(layout_kind kind, std::uint32_t seed) {
         for (int i = 0; i < shards; ++i) parts.push_back(testing::build<T>(testing::slice(L, i * kvh, kvh), kind, 16, 5 + i));
         std::vector<std::unique_ptr<device_cache<T>>> dparts;
         for (auto& part : parts) dparts.push_back(std::make_unique<device_cache<T>>(part));
-        auto signals_of = [&](int i, const std::vector<T>& qi, const std::vector<float>& si) {
-          kvevict::signals<T> g{};
-          g.queries = qi.data();
-          g.num_q_heads = kvh * group;
-          g.query_rows = window;
-          g.attention_sums = si.data();
-          g.sums_stride = stride;
-          g.token_ids = ids.data();
-          g.token_ids_stride = stride;
-          g.layer = 1;
-          g.num_layers = 4;
-          (void)i;
-          return g;
+        // Each shard's query heads and attention sums, as host and device signals.
+        struct shard_inputs {
+          std::vector<T> q;
+          std::vector<float> sums;
+          kvevict::signals<T> sig{};
+          std::unique_ptr<device_signals<T>> dev;
         };
+        std::vector<shard_inputs> in(static_cast<std::size_t>(shards));
+        for (int i = 0; i < shards; ++i) {
+          shard_inputs& x = in[i];
+          x.q = testing::heads_of(q, seqs, q_heads, window * dim, i * kvh * group, kvh * group);
+          x.sums = testing::heads_of(sums, seqs, q_heads, stride, i * kvh * group, kvh * group);
+          x.sig.queries = x.q.data();
+          x.sig.num_q_heads = kvh * group;
+          x.sig.query_rows = window;
+          x.sig.attention_sums = x.sums.data();
+          x.sig.sums_stride = stride;
+          x.sig.token_ids = ids.data();
+          x.sig.token_ids_stride = stride;
+          x.sig.layer = 1;
+          x.sig.num_layers = 4;
+          x.dev = std::make_unique<device_signals<T>>(x.sig, x.q.size(), x.sums.size(), seqs);
+          x.dev->sig.token_ids = dids.p;
+        }
         dbuf<float> dgathered(static_cast<std::size_t>(seqs) * total * stride);
         cuda_ok(cudaMemset(dgathered.p, 0, sizeof(float) * dgathered.n), "memset");
         for (int i = 0; i < shards; ++i) {  // score on the device, against the host's scores
-          const auto qi = testing::heads_of(q, seqs, q_heads, window * dim, i * kvh * group, kvh * group);
-          const auto si = testing::heads_of(sums, seqs, q_heads, stride, i * kvh * group, kvh * group);
-          const auto sig = signals_of(i, qi, si);
-          device_signals<T> ds(sig, qi.size(), si.size(), seqs);
-          ds.sig.token_ids = dids.p;
+          const kvevict::signals<T>& sig = in[i].sig;
+          const device_signals<T>& ds = *in[i].dev;
           dparts[i]->visit([&](auto hv, auto dv) {
             std::vector<float> hs(static_cast<std::size_t>(seqs) * kvh * stride, 0.0f);
             const auto hst = kvevict::score(kvevict::host, hp, hv, sig, hs.data(), stride);
@@ -979,11 +986,8 @@ void test_shards(layout_kind kind, std::uint32_t seed) {
         }
         const auto gathered = dgathered.download();
         for (int i = 0; i < shards; ++i) {  // select on the device, against the host's selection
-          const auto qi = testing::heads_of(q, seqs, q_heads, window * dim, i * kvh * group, kvh * group);
-          const auto si = testing::heads_of(sums, seqs, q_heads, stride, i * kvh * group, kvh * group);
-          const auto sig = signals_of(i, qi, si);
-          device_signals<T> ds(sig, qi.size(), si.size(), seqs);
-          ds.sig.token_ids = dids.p;
+          const kvevict::signals<T>& sig = in[i].sig;
+          const device_signals<T>& ds = *in[i].dev;
           dparts[i]->visit([&](auto hv, auto dv) {
             const kvevict::head_shard hshard{i * kvh, total, all_lens.data()};
             // caches whose heads share a page table may pass no lengths: every head has the shard's

@@ -72,6 +72,22 @@ workspace_layout<5> select_layout(const Policy& p, const gathered_heads<Cache>& 
                               sizeof(std::int32_t) * rows}};
 }
 
+//! `select`'s checks of the shard's place among the layer's heads (both backends).
+template <class Policy, class Cache>
+status check_shard(const Cache& shard_cache, head_shard shard) {
+  static_assert(!segments_by_keys<typename Policy::granularity_type>::value,
+                "kvevict: key_similarity_segmenter averages keys over every KV head, which a shard does not "
+                "hold; select on shards with a token-id segmenter (delimiter_segmenter)");
+  const int kvh = shard_cache.num_kv_heads(), total = shard.total_kv_heads;
+  if (total < kvh) return make_error(errc::invalid_argument, "shard.total_kv_heads", "below the shard's KV heads");
+  if (shard.first_head < 0 || shard.first_head > total - kvh)
+    return make_error(errc::out_of_range, "shard.first_head", "the shard's heads must lie in [0, total_kv_heads)");
+  if (Cache::per_head_rows && shard.seq_lens == nullptr)
+    return make_error(errc::invalid_argument, "shard.seq_lens",
+                      "required for a (sequence, head)-row cache: every head of the layer may hold its own length");
+  return ok_status();
+}
+
 }  // namespace detail
 
 //! Entries per row of the plan `select` writes for a shard: the plan capacity of the whole layer
@@ -103,18 +119,10 @@ std::size_t select_workspace_bytes(host_t, const Policy& p, const Cache& shard_c
 template <class Policy, class Cache, class T>
 status select(host_t, const Policy& p, const Cache& shard_cache, const signals<T>& sig, head_shard shard,
               const float* scores, std::size_t stride, keep_plan out, void* workspace, std::size_t workspace_bytes) {
-  static_assert(!detail::segments_by_keys<typename Policy::granularity_type>::value,
-                "kvevict: key_similarity_segmenter averages keys over every KV head, which a shard does not "
-                "hold; select on shards with a token-id segmenter (delimiter_segmenter)");
   detail::static_check_plan_types<Policy, Cache, T>();
   KVEVICT_TRY(validate_cache(shard_cache));
+  KVEVICT_TRY(detail::check_shard<Policy>(shard_cache, shard));
   const int kvh = shard_cache.num_kv_heads(), total = shard.total_kv_heads;
-  if (total < kvh) return make_error(errc::invalid_argument, "shard.total_kv_heads", "below the shard's KV heads");
-  if (shard.first_head < 0 || shard.first_head > total - kvh)
-    return make_error(errc::out_of_range, "shard.first_head", "the shard's heads must lie in [0, total_kv_heads)");
-  if (Cache::per_head_rows && shard.seq_lens == nullptr)
-    return make_error(errc::invalid_argument, "shard.seq_lens",
-                      "required for a (sequence, head)-row cache: every head of the layer may hold its own length");
   const detail::gathered_heads<Cache> all{&shard_cache, shard};
   for (int s = 0; s < shard_cache.num_seqs(); ++s)
     for (int h = 0; h < kvh; ++h)

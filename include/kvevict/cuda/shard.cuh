@@ -154,21 +154,12 @@ call_layout<2> select_layout(const Policy& p, const gathered_heads<Cache>& all) 
 template <class Policy, class Cache, class T>
 status select_view(const Policy& p, const Cache& c, const signals<T>& sig, head_shard shard, std::size_t stride,
                    gathered_heads<Cache>* all) {
-  static_assert(!detail::segments_by_keys<typename Policy::granularity_type>::value,
-                "kvevict: key_similarity_segmenter averages keys over every KV head, which a shard does not "
-                "hold; select on shards with a token-id segmenter (delimiter_segmenter)");
   detail::static_check_plan_types<Policy, Cache, T>();
   KVEVICT_TRY(check_device_shape(c));
-  const int kvh = c.num_kv_heads(), total = shard.total_kv_heads;
-  if (total < kvh) return make_error(errc::invalid_argument, "shard.total_kv_heads", "below the shard's KV heads");
-  if (shard.first_head < 0 || shard.first_head > total - kvh)
-    return make_error(errc::out_of_range, "shard.first_head", "the shard's heads must lie in [0, total_kv_heads)");
-  if (Cache::per_head_rows && shard.seq_lens == nullptr)
-    return make_error(errc::invalid_argument, "shard.seq_lens",
-                      "required for a (sequence, head)-row cache: every head of the layer may hold its own length");
+  KVEVICT_TRY(detail::check_shard<Policy>(c, shard));
   if (stride < 1 || stride > static_cast<std::size_t>(INT_MAX))
     return make_error(errc::out_of_range, "stride", "must lie in [1, INT_MAX]");
-  *all = gathered_heads<Cache>{c, total, stride, shard.seq_lens};
+  *all = gathered_heads<Cache>{c, shard.total_kv_heads, stride, shard.seq_lens};
   KVEVICT_TRY(p.selector.validate());
   if (sig.num_layers < 1) return make_error(errc::invalid_argument, "signals.num_layers", "must be >= 1");
   if (sig.layer < 0 || sig.layer >= sig.num_layers)
