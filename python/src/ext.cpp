@@ -224,15 +224,17 @@ nb::tuple cuda_sizes_of(const std::string& layout, const std::string& kind, cons
 
 //! An output the caller allocated on the device: int32, contiguous, on K's device, at least `n`
 //! entries (`n` < 0: any).
-std::int32_t* device_output(const nb::object& o, const char* name, std::size_t ndim, where dev, std::int64_t n) {
+warray device_output(const nb::object& o, const char* name, std::size_t ndim, where dev, std::int64_t n) {
   warray a;
   if (o.is_none() || !nb::try_cast(o, a)) fail(kvevict::errc::invalid_argument, name, "must be a writable tensor");
   check_tensor(a, name, ndim, dev);
   if (dtype_of(a) != dtype_id::i32) fail(kvevict::errc::invalid_argument, name, "must be int32");
   if (n >= 0 && static_cast<std::int64_t>(a.size()) < n)
     fail(kvevict::errc::buffer_too_small, name, "must hold at least " + std::to_string(n) + " entries");
-  return static_cast<std::int32_t*>(a.data());
+  return a;
 }
+
+std::int32_t* i32_data(const warray& a) { return static_cast<std::int32_t*>(a.data()); }
 
 void cuda_call(const std::string& layout, const std::string& kind, const nb::dict& params, const nb::tuple& tensors,
                const nb::dict& sig, bool do_plan, bool do_compact, const nb::object& pp, const nb::object& pc,
@@ -242,21 +244,19 @@ void cuda_call(const std::string& layout, const std::string& kind, const nb::dic
   const where dev = where_of(nb::cast<array>(entry(tensors, 0)));
   const std::int64_t rows = c.num_seqs * c.k_shape[c.layout == layout_id::dense ? 1 : 2];
   if (do_plan) {
-    warray p;
-    if (!nb::try_cast(entry(outs, 0), p)) fail(kvevict::errc::invalid_argument, "plan.positions", "must be a tensor");
-    c.positions = device_output(entry(outs, 0), "plan.positions", 2, dev, -1);
+    const warray p = device_output(entry(outs, 0), "plan.positions", 2, dev, -1);
+    c.positions = i32_data(p);
     c.plan_capacity = to_int(p.shape(1), "plan.positions");
     c.plan_rows = to_int(p.shape(0), "plan.positions");
-    c.counts = device_output(entry(outs, 1), "plan.counts", 1, dev, c.plan_rows);
+    c.counts = i32_data(device_output(entry(outs, 1), "plan.counts", 1, dev, c.plan_rows));
   }
   if (do_compact) {
-    c.new_lens = device_output(entry(outs, 2), "result.new_lens", 1, dev, rows);
+    c.new_lens = i32_data(device_output(entry(outs, 2), "result.new_lens", 1, dev, rows));
     c.new_lens_capacity = static_cast<int>(rows);
-    warray f;
-    if (!nb::try_cast(entry(outs, 3), f)) fail(kvevict::errc::invalid_argument, "result.freed_pages", "must be a tensor");
-    c.freed_pages = device_output(entry(outs, 3), "result.freed_pages", 1, dev, -1);
+    const warray f = device_output(entry(outs, 3), "result.freed_pages", 1, dev, -1);
+    c.freed_pages = i32_data(f);
     c.freed_capacity = to_int(f.size(), "result.freed_pages");
-    c.num_freed = device_output(entry(outs, 4), "result.num_freed", 1, dev, 1);
+    c.num_freed = i32_data(device_output(entry(outs, 4), "result.num_freed", 1, dev, 1));
   }
   warray w;
   if (!nb::try_cast(workspace, w)) fail(kvevict::errc::invalid_argument, "workspace", "must be a writable tensor");

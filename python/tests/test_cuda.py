@@ -36,12 +36,7 @@ def caches(k, v, dtype, device):
 def device_signals(sig, dtype, device):
     out = {}
     for name, a in sig.items():
-        if name == "queries":
-            out[name] = to(a, dtype, device)
-        elif name == "attention_sums":
-            out[name] = torch.from_numpy(a).to(device)
-        else:
-            out[name] = torch.from_numpy(a).to(device)
+        out[name] = to(a, dtype, device) if name == "queries" else torch.from_numpy(a).to(device)
     return out
 
 
