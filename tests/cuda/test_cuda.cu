@@ -826,7 +826,8 @@ void test_benchmark_shape(int tokens, std::uint32_t seed) {
 }
 
 // 9. `evict` on a non-default stream, captured into a CUDA graph after one warm-up call, replayed
-// twice from the same cache: every replay gives the direct call's cache and plan.
+// twice from the same cache: every replay gives the direct call's cache and plan; the graph holds
+// at most 8 stream operations.
 void test_graph_capture(std::uint32_t seed) {
   using T = kvevict::bfloat16;
   const int seqs = 2, kvh = 2, d = 64, hq = 8, window = 16;
@@ -867,6 +868,11 @@ void test_graph_capture(std::uint32_t seed) {
   const cudaError_t end = cudaStreamEndCapture(stream, &graph);
   CHECK(st.ok() && end == cudaSuccess, "capture: %s / %s", st.message().c_str(), cudaGetErrorString(end));
   if (!st.ok() || end != cudaSuccess) return;
+  // The README's count: memset, checks, two tensor-core scoring passes, the selection's three
+  // launches (its first pools), the compaction.
+  std::size_t nodes = 0;
+  cuda_ok(cudaGraphGetNodes(graph, nullptr, &nodes), "cudaGraphGetNodes");
+  CHECK(nodes <= 8, "evict (SnapKV, bf16) captured as %zu stream operations; at most 8 are documented", nodes);
   cuda_ok(cudaGraphInstantiate(&instance, graph, 0), "cudaGraphInstantiate");
   for (int rep = 0; rep < 2; ++rep) {
     dc.k.upload(hc.k);

@@ -236,3 +236,47 @@ TEST_CASE("the CUDA compaction's 32-way warp search finds the binary search's fi
     CHECK(steps_max <= 4);  // log32(5000) < 3, plus the last exact step
   }
 }
+
+// The device compaction's output stage (cuda/compact.cuh, compact_outputs_stage): every block walks
+// all rows in chunks, scans the freed-page counts with a carry, and writes the rows it owns (row r
+// belongs to block r % blocks) at the scanned offsets. Emulated block by block: every row is written
+// by exactly its block, once, and the freed list equals the sequential one (row order).
+TEST_CASE("device compaction output stage: row ownership and freed offsets", "[compact][device]") {
+  std::mt19937 rng(20261129);
+  for (int trial = 0; trial < 400; ++trial) {
+    const int rows = static_cast<int>(rng() % 700), blocks = 1 + static_cast<int>(rng() % 600);
+    const int chunk = trial % 3 == 0 ? 256 : 1 + static_cast<int>(rng() % 64);
+    std::vector<int> freed(static_cast<std::size_t>(rows));
+    for (auto& f : freed) f = rng() % 4 == 0 ? 0 : static_cast<int>(rng() % 9);
+    std::vector<std::pair<int, int>> expect;  // (row, k): the sequential freed list
+    for (int r = 0; r < rows; ++r)
+      for (int k = 0; k < freed[r]; ++k) expect.emplace_back(r, k);
+    std::vector<std::pair<int, int>> got(expect.size(), {-1, -1});
+    std::vector<int> writer(static_cast<std::size_t>(rows), -1), writes(static_cast<std::size_t>(rows), 0);
+    for (int b = 0; b < blocks; ++b) {
+      int carry = 0;
+      for (int r0 = 0; r0 < rows; r0 += chunk) {
+        const int end = std::min(chunk, rows - r0);
+        std::vector<int> at(static_cast<std::size_t>(end));
+        int sum = 0;
+        for (int i = 0; i < end; ++i) {  // the block scan's exclusive sums
+          at[i] = carry + sum;
+          sum += freed[r0 + i];
+        }
+        for (int i = kvevict::detail::first_owned_in_chunk(r0, blocks, b); i < end; i += blocks) {
+          const int r = r0 + i;
+          writer[r] = b;
+          ++writes[r];
+          for (int k = 0; k < freed[r]; ++k) got[static_cast<std::size_t>(at[i] + k)] = {r, k};
+        }
+        carry += sum;
+      }
+      REQUIRE(carry == static_cast<int>(expect.size()));  // num_freed, as every block computes it
+    }
+    for (int r = 0; r < rows; ++r) {
+      REQUIRE(writes[r] == 1);
+      REQUIRE(writer[r] == r % blocks);
+    }
+    REQUIRE(got == expect);
+  }
+}

@@ -13,9 +13,10 @@
 //!
 //! Stream operations per call (no allocation, no synchronisation, no attribute query after the
 //! first call on a device): one memset that zeroes the status word and every counter, one check
-//! kernel, then the agents. `evict` with SnapKV on bf16 / fp16 keys: memset, checks, two scoring
-//! passes, pooling, two selection passes, the selection write, the compaction checks, the
-//! compaction: 10.
+//! kernel, then the agents. `evict` with SnapKV on bf16 / fp16 keys (tensor-core scorer): memset,
+//! checks (the plan's and the compaction's page marks), two scoring passes, the selection's first
+//! pass (which pools), its second pass, its write, the compaction: 8. (The CUDA-core scorer, for
+//! other element types and shapes, adds a merge launch: 9. `plan` alone: 7; `compact` alone: 3.)
 #pragma once
 
 #include <algorithm>
@@ -82,15 +83,18 @@ struct call_layout {
   }
 };
 
-//! The plan's checks of the tables and of every sequence's rules, one kernel.
+//! The plan's checks of the tables and of every sequence's rules, one kernel; for `evict`, also the
+//! compaction's page marks (`seen`, null for `plan` alone), so that the compaction needs no check
+//! kernel of its own.
 template <class Cache>
 __global__ void plan_check_kernel(Cache c, seq_rules rules, bool needs_window_queries, int capacity,
-                                  std::size_t items, int* word) {
+                                  std::size_t items, int* seen, int* word) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < items;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     if (i < table_check_items(c)) check_item(c, i, word);
     if (i < static_cast<std::size_t>(c.num_seqs()))
       check_sequence_rules(c, rules, static_cast<int>(i), needs_window_queries, capacity, word);
+    if (seen != nullptr) mark_listed_page(c, i, seen, word);
   }
 }
 
@@ -120,16 +124,28 @@ struct plan_dispatch {
     KVEVICT_TRY(granularity_agent::host_check(p.granularity, c, sig));
     return scorer_agent::host_check(p.scorer, c, sig, p.selector.window);
   }
-  //! Checks, scoring, selection (after the call's memset).
-  status enqueue(cudaStream_t st, keep_plan out, int* word, void* const* zeroed, void* const* plain) const {
+  //! Checks, scoring, selection (after the call's memset). `page_marks`: the compaction's page
+  //! marks when `evict` compacts after the plan (null for `plan`).
+  status enqueue(cudaStream_t st, keep_plan out, int* word, void* const* zeroed, void* const* plain,
+                 int* page_marks = nullptr) const {
     const seq_rules rules = make_rules(p.selector, sig);
-    const std::size_t items = std::max<std::size_t>(table_check_items(c), static_cast<std::size_t>(c.num_seqs()));
+    std::size_t items = std::max<std::size_t>(table_check_items(c), static_cast<std::size_t>(c.num_seqs()));
+    if (page_marks != nullptr) items = std::max(items, page_mark_items(c));
     plan_check_kernel<<<grid_for(items), threads_per_block, 0, st>>>(
-        c, rules, detail::scorer_needs_window_queries<typename Policy::scorer_type>::value, out.capacity, items, word);
+        c, rules, detail::scorer_needs_window_queries<typename Policy::scorer_type>::value, out.capacity, items,
+        page_marks, word);
     KVEVICT_TRY(check_launch("plan checks: kernel launch"));
     float* scores = static_cast<float*>(plain[0]);
-    KVEVICT_TRY(scorer_agent::enqueue(p.scorer, st, c, sig, rules, scores, zeroed[1], plain[1], word));
-    return granularity_agent::enqueue(p.granularity, st, c, sig, rules, scores, out, zeroed[2], plain[2], word);
+    using pool = typename deferred_pooling<typename Policy::scorer_type>::pool;
+    if constexpr (granularity_agent::fuses_pooling && pool::enabled) {  // the selection's first pass pools
+      const float* raw = nullptr;
+      KVEVICT_TRY(scorer_agent::enqueue_unpooled(p.scorer, st, c, sig, rules, scores, zeroed[1], plain[1], word, raw));
+      return granularity_agent::enqueue(p.granularity, st, c, sig, rules, scores, out, zeroed[2], plain[2], word,
+                                        topk_source<pool>{raw, scores, p.scorer.pool_kernel});
+    } else {
+      KVEVICT_TRY(scorer_agent::enqueue(p.scorer, st, c, sig, rules, scores, zeroed[1], plain[1], word));
+      return granularity_agent::enqueue(p.granularity, st, c, sig, rules, scores, out, zeroed[2], plain[2], word);
+    }
   }
 };
 
@@ -238,8 +254,7 @@ status compact(cuda_t exec, const Cache& cache, const_keep_plan plan, const devi
   KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, l.total()));
   const auto parts = l.carve(workspace);
   KVEVICT_TRY(cuda_backend::reset_call(exec.stream, parts.word, parts.zero_bytes));
-  return cuda_backend::enqueue_compact_agent(exec.stream, cache, plan, out, true, parts.zeroed[0], parts.plain[0],
-                                             parts.word);
+  return cuda_backend::enqueue_compact_agent(exec.stream, cache, plan, out, true, parts.zeroed[0], parts.word);
 }
 
 //! Workspace bytes for `evict(cuda, ...)` (the plan's and the compaction's scratch side by side).
@@ -268,9 +283,10 @@ status evict(cuda_t exec, const Policy& p, const Cache& cache, const signals<T>&
   KVEVICT_TRY(detail::check_workspace(workspace, workspace_bytes, l.total()));
   const auto parts = l.carve(workspace);
   KVEVICT_TRY(cuda_backend::reset_call(exec.stream, parts.word, parts.zero_bytes));
-  KVEVICT_TRY(d.enqueue(exec.stream, kept, parts.word, parts.zeroed, parts.plain));
+  KVEVICT_TRY(d.enqueue(exec.stream, kept, parts.word, parts.zeroed, parts.plain,
+                        cuda_backend::compact_layout<Cache>(cache).seen(parts.zeroed[3])));
   return cuda_backend::enqueue_compact_agent(exec.stream, cache, as_const(kept), out, false, parts.zeroed[3],
-                                             parts.plain[3], parts.word);
+                                             parts.word);
 }
 
 }  // namespace kvevict

@@ -654,6 +654,8 @@ struct device_granularity;
 
 template <>
 struct device_granularity<token_level> {
+  //! The top-k's first pass can pool the scorer's unpooled scores (one launch fewer).
+  static constexpr bool fuses_pooling = true;
   template <class Cache, class T>
   static status host_check(const token_level&, const Cache&, const signals<T>&) {
     return ok_status();
@@ -662,16 +664,19 @@ struct device_granularity<token_level> {
   static scratch_request request(const token_level&, const Cache& c) {
     return topk_layout::of(c).request();
   }
-  template <class Cache, class T>
+  //! `scores`: the slab the scorer filled, or, with a pooling `source`, where the first pass pools it.
+  template <class Cache, class T, class Pool = no_pool>
   static status enqueue(const token_level&, cudaStream_t st, const Cache& c, const signals<T>&, const seq_rules& rules,
-                        const float* scores, keep_plan out, void* zeroed, void* plain, int* word) {
-    return enqueue_top_k(st, c, rules, scores, out, zeroed, plain, word);
+                        const float* scores, keep_plan out, void* zeroed, void* plain, int* word,
+                        topk_source<Pool> source = {}) {
+    return enqueue_top_k(st, c, rules, scores, out, zeroed, plain, word, source);
   }
 };
 
 template <class Granularity>
 struct device_block_granularity {
   using traits = block_traits<Granularity>;
+  static constexpr bool fuses_pooling = false;
   template <class Cache>
   static detail::workspace_layout<7> layout(const Cache& c) {
     const std::size_t tok = slab_tokens(c), rows = static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads();

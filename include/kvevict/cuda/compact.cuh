@@ -11,10 +11,14 @@
 //! So no slot is overwritten before the token it holds was read, blocks never wait on a block that
 //! has not started, and the only scratch is one flag per tile: no K/V-sized buffer.
 //!
-//! Before it, one check kernel validates the plan (and the tables, for `compact` alone), marks every
-//! listed page (a page listed twice fails the call), counts each row's freed pages, and its last
-//! block turns the counts into offsets and checks the freed list's capacity. The compaction kernel
-//! also writes the new lengths and the freed page ids. Two launches in all.
+//! Before it, one check kernel validates the plan (and the tables, for `compact` alone) and marks
+//! every listed page (a page listed twice fails the call); `evict` skips it: its plan check kernel
+//! marks the pages and the plan is the selection's own. The compaction kernel itself, in every
+//! block before anything is written, checks the plan's counts and sums the pages each row frees:
+//! every block reaches the same verdict from the same data, so a plan whose freed pages overflow
+//! the list (or whose counts are wrong) fails with nothing written. It then writes the new lengths
+//! and the freed page ids (offsets by a block scan over the rows, carried across chunks) and moves
+//! the tiles. Two launches for `compact`, one for `evict`'s compaction.
 #pragma once
 
 #include <cub/block/block_scan.cuh>
@@ -53,15 +57,13 @@ struct compact_args {
   bool check_tables;  //!< `compact` alone checks the cache tables; `evict`'s plan already did
   int* flags;         // [rows * tiles_per_row] zeroed per call
   int* ticket;        // [1] zeroed
-  int* done;          // [1] zeroed: check blocks finished
-  int* seen;          // [num_pages] zeroed
-  int* freed;         // [rows + 1] freed pages per row, then (by the last check block) their offsets
+  int* seen;          // [num_pages] zeroed: page marks (by the check kernel, or `evict`'s plan checks)
   int* word;
 };
 
-//! The compaction agent's scratch: what the call's memset zeroes, and the rest.
-//! Flags are sized for rows of the table's capacity (what the host knows without reading device
-//! memory); tickets cover the plan's capacity, which is all a row's count can use.
+//! The compaction agent's scratch, all zeroed by the call's memset: a flag per tile, the ticket, a
+//! mark per page. Flags are sized for rows of the table's capacity (what the host knows without
+//! reading device memory); tickets cover the plan's capacity, which is all a row's count can use.
 template <class Cache>
 struct compact_layout {
   std::size_t rows, max_tiles, pages, zeroed, plain;
@@ -69,18 +71,18 @@ struct compact_layout {
     rows = static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads();
     max_tiles = static_cast<std::size_t>(max_row_cap(c) + compact_tile - 1) / compact_tile;
     pages = static_cast<std::size_t>(c.num_pages() > 0 ? c.num_pages() : 1);
-    zeroed = sizeof(int) * (rows * max_tiles + 2 + pages);
-    plain = sizeof(int) * (rows + 1);
+    zeroed = sizeof(int) * (rows * max_tiles + 1 + pages);
+    plain = 0;
   }
-  void carve(compact_args<Cache>& a, int capacity, void* zeroed_base, void* plain_base) const {
+  void carve(compact_args<Cache>& a, int capacity, void* zeroed_base) const {
     a.flags = static_cast<int*>(zeroed_base);
     a.ticket = a.flags + rows * max_tiles;
-    a.done = a.ticket + 1;
-    a.seen = a.done + 1;
-    a.freed = static_cast<int*>(plain_base);
+    a.seen = a.ticket + 1;
     const std::size_t tiles = (static_cast<std::size_t>(capacity > 0 ? capacity : 1) + compact_tile - 1) / compact_tile;
     a.tiles_per_row = static_cast<int>(tiles < max_tiles ? tiles : max_tiles);
   }
+  //! The page marks within the zeroed scratch (for `evict`'s plan check kernel).
+  int* seen(void* zeroed_base) const { return static_cast<int*>(zeroed_base) + rows * max_tiles + 1; }
 };
 
 //! Page-list entries the aliasing check visits: every (list, logical page) slot of a block table,
@@ -106,76 +108,145 @@ __device__ int listed_page(const csr_page_cache<T, L>& c, std::size_t i) {
   return i < static_cast<std::size_t>(c.indptr[c.num_seqs()]) ? c.indices[i] : -1;
 }
 
+//! Marks entry `i`'s page (a page listed twice fails the call). Caches that free no pages list none.
+template <class Cache>
+__device__ void mark_listed_page(const Cache& c, std::size_t i, int* seen, int* word) {
+  if constexpr (frees_pages<Cache>::value) {
+    if (i >= listed_page_items(c)) return;
+    const int pg = listed_page(c, i);
+    if (pg >= 0 && atomicAdd(&seen[pg], 1) != 0) raise(word, ck_page_listed_twice);
+  }
+}
+//! Items `mark_listed_page` visits (0 for caches that free no pages).
+template <class Cache>
+std::size_t page_mark_items(const Cache& c) {
+  return frees_pages<Cache>::value ? listed_page_items(c) : 0;
+}
+
 //! Items of the check kernel: plan entries, listed pages, table entries (grid-stride over the most).
 template <class Cache>
 std::size_t compact_check_items(const Cache& c, const_keep_plan plan, bool check_tables) {
   std::size_t n = static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads() *
                   static_cast<std::size_t>(plan.capacity > 0 ? plan.capacity : 1);
-  if (frees_pages<Cache>::value && listed_page_items(c) > n) n = listed_page_items(c);
+  if (page_mark_items(c) > n) n = page_mark_items(c);
   if (check_tables && table_check_items(c) > n) n = table_check_items(c);
   return n;
 }
 
-//! The checks `compact` makes (as the host backend does) and the freed-page counts and offsets.
+//! The checks `compact` makes (as the host backend does): tables, plan rows, page marks.
 template <class Cache>
 __global__ void __launch_bounds__(compact_threads) compact_check_kernel(compact_args<Cache> a, std::size_t items) {
-  using scan = cub::BlockScan<int, compact_threads>;
-  __shared__ typename scan::TempStorage tmp;
-  __shared__ int s_last, s_carry;
-  if (block_failed(a.word)) return;  // a failed plan: its rows may be unwritten
+  if (failed(a.word)) return;  // a failed plan: its rows may be unwritten
   const Cache& c = a.cache;
   const const_keep_plan& plan = a.plan;
   const int kvh = c.num_kv_heads(), rows = c.num_seqs() * kvh;
   const std::size_t cap = plan.capacity > 0 ? static_cast<std::size_t>(plan.capacity) : 1;
-  const std::size_t entries = static_cast<std::size_t>(rows) * cap, pages = listed_page_items(c);
+  const std::size_t entries = static_cast<std::size_t>(rows) * cap;
   const std::size_t tables = a.check_tables ? table_check_items(c) : 0;
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < items;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     if (i < tables) check_item(c, i, a.word);
-    if (frees_pages<Cache>::value && i < pages) {
-      const int pg = listed_page(c, i);
-      if (pg >= 0 && atomicAdd(&a.seen[pg], 1) != 0) raise(a.word, ck_page_listed_twice);
-    }
+    mark_listed_page(c, i, a.seen, a.word);
     if (i >= entries) continue;
     const int r = static_cast<int>(i / cap), j = static_cast<int>(i % cap), s = r / kvh, h = r % kvh;
     const int n = c.seq_len(s, h), cnt = plan.counts[r];
-    if (j == 0) {
-      const int code = detail::check_plan_count(cnt, n, plan.capacity, !Cache::per_head_rows, plan.counts[s * kvh]);
-      raise(a.word, code);
-      if (code == ck_plan_count) {
-        a.freed[r] = 0;
-        continue;
-      }
-      const bool lists = Cache::per_head_rows || h == 0;
-      a.freed[r] = lists && frees_pages<Cache>::value
-                       ? c.num_row_pages(s, h) - (cnt + c.page_size() - 1) / c.page_size()
-                       : 0;
-    }
+    if (j == 0)
+      raise(a.word, detail::check_plan_count(cnt, n, plan.capacity, !Cache::per_head_rows, plan.counts[s * kvh]));
     if (cnt < 0 || cnt > n || cnt > plan.capacity || j >= cnt) continue;
     const std::int32_t p = plan.row(r)[j];
     raise(a.word, detail::check_plan_position(p, j, j > 0 ? plan.row(r)[j - 1] : 0, n));
   }
-  // The last block: freed counts -> offsets (rows + 1 entries), and the capacity check.
-  __threadfence();
+}
+
+//! Pages row `r` frees when it keeps `plan.counts[r]` tokens (a shared table's pages count once,
+//! on head 0); 0 for caches that free no pages.
+template <class Cache>
+__device__ int row_freed_pages(const Cache& c, const const_keep_plan& plan, int r) {
+  if constexpr (!frees_pages<Cache>::value) {
+    return 0;
+  } else {
+    const int kvh = c.num_kv_heads(), s = r / kvh, h = r % kvh;
+    if (!Cache::per_head_rows && h != 0) return 0;
+    return c.num_row_pages(s, h) - (plan.counts[r] + c.page_size() - 1) / c.page_size();
+  }
+}
+
+//! The compaction's verdict, by every thread of a block alike: `ck_ok`, or the lowest code among
+//! the rows' counts (against each row's length and the plan's capacity) and the freed pages' total
+//! (against the list's capacity). Every block computes it from the same data, so on failure no
+//! block writes.
+template <class Cache>
+__device__ int compact_verdict(const compact_args<Cache>& a) {
+  using scan = cub::BlockScan<int, compact_threads>;
+  __shared__ typename scan::TempStorage tmp;
+  __shared__ int s_code;
+  const Cache& c = a.cache;
+  const const_keep_plan& plan = a.plan;
+  const int kvh = c.num_kv_heads(), rows = c.num_seqs() * kvh;
+  if (threadIdx.x == 0) s_code = ck_count_;
   __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(a.done, 1) == static_cast<int>(gridDim.x) - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  if (threadIdx.x == 0) s_carry = 0;
-  __syncthreads();
-  for (int r0 = 0; r0 <= rows; r0 += compact_threads) {
+  int total = 0;
+  for (int r0 = 0; r0 < rows; r0 += compact_threads) {
     const int r = r0 + static_cast<int>(threadIdx.x);
-    const int v = r < rows ? __ldcg(&a.freed[r]) : 0;
-    int excl, total;
-    scan(tmp).ExclusiveSum(v, excl, total);
+    int v = 0;
+    if (r < rows) {
+      const int s = r / kvh, h = r % kvh;
+      const int code = detail::check_plan_count(plan.counts[r], c.seq_len(s, h), plan.capacity, !Cache::per_head_rows,
+                                                plan.counts[s * kvh]);
+      if (code != ck_ok)
+        atomicMin(&s_code, code);
+      else
+        v = row_freed_pages(c, plan, r);
+    }
+    int excl, sum;
+    scan(tmp).ExclusiveSum(v, excl, sum);
     __syncthreads();
-    if (r <= rows) a.freed[r] = s_carry + excl;
+    total += sum;
+  }
+  if (threadIdx.x == 0 && s_code == ck_count_ && total > a.out.freed_capacity) s_code = ck_freed_capacity;
+  __syncthreads();
+  const int code = s_code == ck_count_ ? ck_ok : s_code;
+  __syncthreads();
+  return code;
+}
+
+//! The compaction's outputs, by every block alike: first the verdict (`compact_verdict`), then the
+//! new lengths and the freed page ids of the rows `r % gridDim.x == blockIdx.x`, at offsets from a
+//! block scan over all rows. Returns false (for the whole block) when the call fails.
+template <class Cache>
+__device__ bool compact_outputs_stage(const compact_args<Cache>& a) {
+  using scan = cub::BlockScan<int, compact_threads>;
+  __shared__ typename scan::TempStorage tmp;
+  __shared__ int s_at[compact_threads], s_nf[compact_threads];
+  const int code = compact_verdict(a);
+  if (code != ck_ok) {
+    if (threadIdx.x == 0) raise(a.word, code);
+    return false;
+  }
+  const Cache& c = a.cache;
+  const const_keep_plan& plan = a.plan;
+  const int kvh = c.num_kv_heads(), rows = c.num_seqs() * kvh, ps = c.page_size();
+  int carry = 0;
+  for (int r0 = 0; r0 < rows; r0 += compact_threads) {
+    const int r = r0 + static_cast<int>(threadIdx.x);
+    const int v = r < rows ? row_freed_pages(c, plan, r) : 0;
+    int excl, sum;
+    scan(tmp).ExclusiveSum(v, excl, sum);
+    s_at[threadIdx.x] = carry + excl;
+    s_nf[threadIdx.x] = v;
     __syncthreads();
-    if (threadIdx.x == 0) s_carry += total;
+    const int end = rows - r0 < compact_threads ? rows - r0 : compact_threads;
+    const int blocks = static_cast<int>(gridDim.x);
+    for (int i = detail::first_owned_in_chunk(r0, blocks, static_cast<int>(blockIdx.x)); i < end; i += blocks) {
+      const int rr = r0 + i, s = rr / kvh, h = rr % kvh, cnt = plan.counts[rr], first = (cnt + ps - 1) / ps;
+      if (threadIdx.x == 0) a.out.new_lens[rr] = cnt;
+      for (int k = threadIdx.x; k < s_nf[i]; k += blockDim.x) a.out.freed_pages[s_at[i] + k] = c.page(s, h, first + k);
+    }
+    carry += sum;
     __syncthreads();
   }
-  if (threadIdx.x == 0 && __ldcg(&a.freed[rows]) > a.out.freed_capacity) raise(a.word, ck_freed_capacity);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *a.out.num_freed = carry;
+  return true;
 }
 
 //! Copies one token's K and V (a row of `units` Units each) between global and shared memory, a
@@ -208,14 +279,7 @@ __global__ void __launch_bounds__(compact_threads) compact_kernel(compact_args<C
   const int units = static_cast<int>(c.head_dim() * sizeof(T) / sizeof(Unit));
   Unit* buf = reinterpret_cast<Unit*>(compact_smem);  // [compact_tile][2][units]
 
-  // Outputs, grid-stride over rows: new lengths and the freed page ids (offsets from the checks).
-  for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-    const int s = r / kvh, h = r % kvh, cnt = a.plan.counts[r];
-    if (threadIdx.x == 0) a.out.new_lens[r] = cnt;
-    const int first = (cnt + ps - 1) / ps, at = a.freed[r], nfree = a.freed[r + 1] - at;
-    for (int i = threadIdx.x; i < nfree; i += blockDim.x) a.out.freed_pages[at + i] = c.page(s, h, first + i);
-  }
-  if (blockIdx.x == 0 && threadIdx.x == 0 && a.out.num_freed) *a.out.num_freed = a.freed[rows];
+  if (!compact_outputs_stage(a)) return;
 
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32, lane = threadIdx.x % 32;
   for (;;) {
@@ -278,22 +342,25 @@ __global__ void __launch_bounds__(compact_threads) compact_kernel(compact_args<C
   }
 }
 
-//! Enqueues the checks and the compaction (two launches) on scratch the caller's memset zeroed.
+//! Enqueues the compaction on scratch the caller's memset zeroed: the check kernel when
+//! `run_checks` (`compact` alone; `check_tables` too), then the compaction kernel.
 template <class Cache>
 status enqueue_compact_agent(cudaStream_t st, const Cache& c, const_keep_plan plan, const compact_outputs& out,
-                             bool check_tables, void* zeroed, void* plain, int* word) {
+                             bool run_checks, void* zeroed, int* word) {
   using T = typename Cache::value_type;
   compact_args<Cache> a{};
   a.cache = c;
   a.plan = plan;
   a.out = out;
-  a.check_tables = check_tables;
+  a.check_tables = run_checks;
   a.word = word;
   const compact_layout<Cache> l(c);
-  l.carve(a, plan.capacity, zeroed, plain);
-  const std::size_t items = compact_check_items(c, plan, check_tables);
-  compact_check_kernel<<<grid_for(items, compact_threads, 1024), compact_threads, 0, st>>>(a, items);
-  KVEVICT_TRY(check_launch("compaction checks: kernel launch"));
+  l.carve(a, plan.capacity, zeroed);
+  if (run_checks) {
+    const std::size_t items = compact_check_items(c, plan, true);
+    compact_check_kernel<<<grid_for(items, compact_threads, 1024), compact_threads, 0, st>>>(a, items);
+    KVEVICT_TRY(check_launch("compaction checks: kernel launch"));
+  }
   // Every row starts 16-byte aligned when the row size and the bases are multiples of 16 bytes.
   const std::size_t row_bytes = c.head_dim() * sizeof(T);
   const bool vec = row_bytes % 16 == 0 && reinterpret_cast<std::uintptr_t>(c.k) % 16 == 0 &&

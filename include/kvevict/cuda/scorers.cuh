@@ -307,22 +307,36 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     return result;
   }
 
+  //! The scores before pooling: into the scorer's scratch when it pools (`raw` is set to it), else
+  //! into `out` (`raw` = out). Two or three launches.
   template <class Cache, class T>
-  static status enqueue(const scorer& sc, cudaStream_t st, const Cache& c, const signals<T>& sig,
-                        const seq_rules& rules, float* out, void* zeroed, void* plain, int* word) {
+  static status enqueue_unpooled(const scorer&, cudaStream_t st, const Cache& c, const signals<T>& sig,
+                                 const seq_rules& rules, float* out, void* zeroed, void* plain, int* word,
+                                 const float*& raw) {
     const layout l = sizes(c, sig, rules.src.window);
     void* buf[2];
     detail::workspace_layout<2>{{l.raw, l.agent()}}.carve(plain, buf);
-    float* raw = Pool::enabled ? static_cast<float*>(buf[0]) : out;
+    float* dst = Pool::enabled ? static_cast<float*>(buf[0]) : out;
+    raw = dst;
     device_info info;
     KVEVICT_TRY(current_device_info(info));
     bool tensor = false;
     if constexpr ((std::is_same_v<T, bfloat16> || std::is_same_v<T, half>) &&
                   std::is_same_v<typename Cache::value_type, T>) {  // quantised keys: the CUDA-core kernels
       tensor = use_mma(c, sig, rules.src.window, info);
-      if (tensor) KVEVICT_TRY(enqueue_tensor_core(st, c, sig, rules, l, zeroed, buf[1], raw, word));
+      if (tensor) KVEVICT_TRY(enqueue_tensor_core(st, c, sig, rules, l, zeroed, buf[1], dst, word));
     }
-    if (!tensor) KVEVICT_TRY(enqueue_cuda_core(st, c, sig, rules, l, buf[1], raw, word));
+    if (!tensor) KVEVICT_TRY(enqueue_cuda_core(st, c, sig, rules, l, buf[1], dst, word));
+    return ok_status();
+  }
+
+  //! The scores, pooled into `out` by a last light pass when the scorer pools. (`plan` and `evict`
+  //! with token-level selection run the pooling inside the selection's first pass instead.)
+  template <class Cache, class T>
+  static status enqueue(const scorer& sc, cudaStream_t st, const Cache& c, const signals<T>& sig,
+                        const seq_rules& rules, float* out, void* zeroed, void* plain, int* word) {
+    const float* raw = nullptr;
+    KVEVICT_TRY(enqueue_unpooled(sc, st, c, sig, rules, out, zeroed, plain, word, raw));
     if constexpr (Pool::enabled) {
       const dim3 pgrid(grid_for(static_cast<std::size_t>(max_row_cap(c)), threads_per_block, 1024), c.num_kv_heads(),
                        c.num_seqs());
@@ -331,6 +345,17 @@ struct device_scorer<window_attention<Reduce, Pool>> {
     }
     return ok_status();
   }
+};
+
+//! The pooling a scorer ends with, when a selection may run it inside its own first pass
+//! (`no_pool` for every scorer but pooled window attention).
+template <class Scorer>
+struct deferred_pooling {
+  using pool = no_pool;
+};
+template <class Reduce, class Pool>
+struct deferred_pooling<window_attention<Reduce, Pool>> {
+  using pool = Pool;
 };
 
 }  // namespace kvevict::cuda_backend

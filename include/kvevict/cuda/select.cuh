@@ -7,7 +7,8 @@
 //!  * pass 1 (grid: blocks per row x rows): each block counts the top digit of its slice of the
 //!    compressible range in shared memory (warp-aggregated atomics) and adds its bins to the row's
 //!    global histogram; it also rejects non-finite scores over the whole row. The last block of a
-//!    row picks the digit.
+//!    row picks the digit. For a pooled scorer it first pools its slice of the unpooled scores into
+//!    the slab (`topk_source`): the pooling pass fused into this one, one launch fewer.
 //!  * pass 2: the same for the second digit among the keys that share the first, which are also
 //!    gathered (positions) into a candidate list; the row's last block picks the second digit, then
 //!    the third over the candidates alone, giving the threshold key and how many keys equal to it
@@ -28,6 +29,7 @@
 
 #include "../detail/radix_select.hpp"
 #include "../keep_plan.hpp"
+#include "../scorer/pooling.hpp"
 #include "geometry.cuh"
 #include "rules.cuh"
 
@@ -42,11 +44,23 @@ struct topk_state {
   int krem;
 };
 
-template <class Cache>
+//! Where pass 1 reads the scores: the slab as the scorer left it (`Pool` = no_pool), or the
+//! scorer's unpooled scores `raw` (slab layout), which pass 1 pools as the pooling pass would
+//! (`pool_at` over the keys before the window, the window's own copied) into `pooled`: the slab
+//! the later passes read (`topk_args::scores`).
+template <class Pool>
+struct topk_source {
+  const float* raw = nullptr;
+  float* pooled = nullptr;
+  int kernel = 1;
+};
+
+template <class Cache, class Pool = no_pool>
 struct topk_args {
   Cache cache;
   seq_rules rules;
-  const float* scores;  // slab layout
+  topk_source<Pool> source;
+  const float* scores;  // slab layout (written by pass 1 when it pools)
   keep_plan out;
   unsigned* hist;                 // [rows, 2, topk_bins]   zeroed per call
   int* counters;                  // [rows, 3]: candidates, pass-1 blocks done, pass-2 blocks done; zeroed
@@ -82,11 +96,11 @@ struct topk_layout {
 
 //! One row's selection parameters.
 struct topk_row {
-  int s, h, n, lo, hi, k, count;
+  int s, h, n, lo, hi, k, count, window;
   bool whole;  //!< kept whole: every position, nothing scored
 };
-template <class Cache>
-__device__ topk_row topk_row_of(const topk_args<Cache>& a, int r) {
+template <class Args>
+__device__ topk_row topk_row_of(const Args& a, int r) {
   topk_row w{};
   const int kvh = a.cache.num_kv_heads();
   w.s = r / kvh;
@@ -99,6 +113,7 @@ __device__ topk_row topk_row_of(const topk_args<Cache>& a, int r) {
   w.hi = range.hi;
   w.k = w.whole ? 0 : si.budget - w.lo - (w.n - w.hi);
   w.count = w.whole ? w.n : si.budget;
+  w.window = si.window;
   return w;
 }
 
@@ -136,8 +151,8 @@ __device__ void block_pick_digit(const unsigned* hist, int krem, int* s_digit, i
 }
 
 //! Passes 1 (`Pass` 0) and 2 (`Pass` 1) of the radix select. Grid (blocks per row, rows).
-template <int Pass, class Cache>
-__global__ void __launch_bounds__(topk_threads) topk_hist_kernel(topk_args<Cache> a) {
+template <int Pass, class Cache, class Pool>
+__global__ void __launch_bounds__(topk_threads) topk_hist_kernel(topk_args<Cache, Pool> a) {
   __shared__ unsigned sh[topk_bins];
   __shared__ int s_last, s_bad, s_digit, s_krem;
   const int r = blockIdx.y, b = blockIdx.x;
@@ -146,7 +161,8 @@ __global__ void __launch_bounds__(topk_threads) topk_hist_kernel(topk_args<Cache
   const int t_begin = b * topk_items, t_end = w.n < t_begin + topk_items ? w.n : t_begin + topk_items;
   if (w.whole || t_begin >= w.n || (Pass == 1 && w.k <= 0)) return;
   const int blocks = (w.n + topk_items - 1) / topk_items;
-  const float* sc = a.scores + row_base(a.cache, w.s, w.h);
+  const std::size_t base = row_base(a.cache, w.s, w.h);
+  const float* sc = a.scores + base;
   for (int i = threadIdx.x; i < topk_bins; i += topk_threads) sh[i] = 0;
   if (threadIdx.x == 0) s_bad = 0;
   __syncthreads();
@@ -155,7 +171,16 @@ __global__ void __launch_bounds__(topk_threads) topk_hist_kernel(topk_args<Cache
   for (int j = 0; j < topk_per_thread; ++j) {
     const int t = t_begin + j * topk_threads + static_cast<int>(threadIdx.x);
     const bool in = t < t_end;
-    const float v = in ? sc[t] : 0.0f;
+    float v = 0.0f;
+    if constexpr (Pass == 0 && Pool::enabled) {  // pool this slice into the slab (read by pass 2 and the write)
+      const int m = w.n - w.window;
+      if (in) {
+        v = t < m ? detail::pool_at<Pool>(a.source.raw + base, m, a.source.kernel, t) : a.source.raw[base + t];
+        a.source.pooled[base + t] = v;
+      }
+    } else if (in) {
+      v = sc[t];
+    }
     if (Pass == 0 && in && !isfinite(v)) s_bad = 1;
     const bool compressible = in && t >= w.lo && t < w.hi && w.k > 0;
     const std::uint32_t key = compressible ? detail::order_key(isfinite(v) ? v : 0.0f) : 0u;
@@ -209,8 +234,8 @@ __global__ void __launch_bounds__(topk_threads) topk_hist_kernel(topk_args<Cache
 
 //! The stable write: blocks take (row, slice) by ticket, so every slice before theirs belongs to a
 //! running block; counts travel by decoupled look-back.
-template <class Cache>
-__global__ void __launch_bounds__(topk_threads) topk_write_kernel(topk_args<Cache> a) {
+template <class Cache, class Pool>
+__global__ void __launch_bounds__(topk_threads) topk_write_kernel(topk_args<Cache, Pool> a) {
   using scan = cub::BlockScan<int, topk_threads>;
   __shared__ typename scan::TempStorage tmp;
   __shared__ int s_r, s_b, s_sure, s_equal;
@@ -282,17 +307,18 @@ __global__ void __launch_bounds__(topk_threads) topk_write_kernel(topk_args<Cach
 }
 
 //! Enqueues the top-k of every row on scratch the call's memset zeroed: two histogram passes and
-//! the write.
-template <class Cache>
+//! the write. With a pooling `source`, pass 1 pools `source.raw` into `source.pooled` (= `scores`).
+template <class Cache, class Pool = no_pool>
 status enqueue_top_k(cudaStream_t st, const Cache& c, const seq_rules& rules, const float* scores, keep_plan out,
-                     void* zeroed, void* plain, int* word) {
+                     void* zeroed, void* plain, int* word, topk_source<Pool> source = {}) {
   const topk_layout l = topk_layout::of(c);
   void* p[3];
   p[0] = zeroed;
   detail::workspace_layout<2>{{l.cand, l.state}}.carve(plain, p + 1);
-  topk_args<Cache> a{};
+  topk_args<Cache, Pool> a{};
   a.cache = c;
   a.rules = rules;
+  a.source = source;
   a.scores = scores;
   a.out = out;
   const std::size_t rows = static_cast<std::size_t>(l.rows);
@@ -307,7 +333,8 @@ status enqueue_top_k(cudaStream_t st, const Cache& c, const seq_rules& rules, co
   a.word = word;
   const dim3 grid(static_cast<unsigned>(l.blocks_per_row), static_cast<unsigned>(l.rows));
   topk_hist_kernel<0><<<grid, topk_threads, 0, st>>>(a);
-  KVEVICT_TRY(check_launch("selection pass 1: kernel launch"));
+  KVEVICT_TRY(check_launch(Pool::enabled ? "pooling and selection pass 1: kernel launch"
+                                         : "selection pass 1: kernel launch"));
   topk_hist_kernel<1><<<grid, topk_threads, 0, st>>>(a);
   KVEVICT_TRY(check_launch("selection pass 2: kernel launch"));
   topk_write_kernel<<<grid, topk_threads, 0, st>>>(a);

@@ -50,4 +50,10 @@ KVEVICT_HOST_DEVICE int first_blocking_tile_32way(int j0, int tile, Probes probe
   return lo / tile;
 }
 
+//! The compaction's output stage gives row `r` to block `r % blocks` and walks the rows in chunks:
+//! the first index `i` of the chunk from row `r0` with `r0 + i` that block's (its next are `+ blocks`).
+KVEVICT_HOST_DEVICE int first_owned_in_chunk(int r0, int blocks, int block) {
+  return (block + blocks - r0 % blocks) % blocks;
+}
+
 }  // namespace kvevict::detail
