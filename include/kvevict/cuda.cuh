@@ -14,3 +14,4 @@
 #include "cuda/algorithm.cuh"
 #include "cuda/backend.cuh"
 #include "cuda/shard.cuh"
+#include "cuda/tier.cuh"

@@ -359,23 +359,15 @@ void test_window_attention(layout_kind kind, int head_dim, int nq, int budget, i
 
 // 4. Compaction: byte for byte the host's, with the host's lengths and freed pages (and, with
 // `token_scales`, the K and V scales per (token, head) moved with their rows).
-template <class T>
-void test_compaction(layout_kind kind, int page_size, int maxn, double keep, std::uint32_t seed,
-                     bool token_scales = false) {
-  std::mt19937 rng(seed);
-  const int seqs = 3, kvh = 2;
-  auto L = testing::make_logical(seqs, kvh, kind == layout_kind::dense ? 24 : 64, random_lens(rng, seqs, 1, maxn),
-                                 seed, kind == layout_kind::head_rows);
-  auto hc = testing::build<T>(L, kind, page_size, seed + 1);
-  device_cache<T> dc(hc);
-  const bool per_head = kind == layout_kind::head_rows;
-  // A random valid plan: uniform count per sequence for shared tables.
+// A random valid plan keeping about `keep` of each row: the same count for every head of a
+// sequence unless `per_head` (a (sequence, head)-row cache).
+kvevict::keep_plan_buffer random_keep(const testing::logical& L, int seqs, int kvh, bool per_head, double keep,
+                                      std::mt19937& rng) {
   kvevict::keep_plan_buffer hp(seqs * kvh, L.max_len);
   std::bernoulli_distribution coin(keep);
   for (int s = 0; s < seqs; ++s) {
-    std::vector<int> shared;
     const int n0 = L.lens[static_cast<std::size_t>(s) * kvh];
-    int want = static_cast<int>(n0 * keep);
+    const int want = static_cast<int>(n0 * keep);
     for (int h = 0; h < kvh; ++h) {
       const int r = s * kvh + h, n = L.lens[static_cast<std::size_t>(r)];
       std::vector<int> all(n);
@@ -388,6 +380,19 @@ void test_compaction(layout_kind kind, int page_size, int maxn, double keep, std
       hp.counts[static_cast<std::size_t>(r)] = c;
     }
   }
+  return hp;
+}
+
+template <class T>
+void test_compaction(layout_kind kind, int page_size, int maxn, double keep, std::uint32_t seed,
+                     bool token_scales = false) {
+  std::mt19937 rng(seed);
+  const int seqs = 3, kvh = 2;
+  auto L = testing::make_logical(seqs, kvh, kind == layout_kind::dense ? 24 : 64, random_lens(rng, seqs, 1, maxn),
+                                 seed, kind == layout_kind::head_rows);
+  auto hc = testing::build<T>(L, kind, page_size, seed + 1);
+  device_cache<T> dc(hc);
+  const kvevict::keep_plan_buffer hp = random_keep(L, seqs, kvh, kind == layout_kind::head_rows, keep, rng);
   dbuf<std::int32_t> dpos(hp.positions), dcnt(hp.counts);
   const std::size_t rows_k = hc.k.size() / L.head_dim;
   std::vector<float> tk(token_scales ? rows_k : 0), tv(tk.size());
@@ -1080,6 +1085,148 @@ void test_shard_errors(std::uint32_t seed) {
   });
 }
 
+// Memory for a tier: device memory, or pinned host memory the device writes through its pointer.
+template <class X>
+struct tier_buf {
+  X* p = nullptr;
+  std::size_t n = 0;
+  bool pinned = false;
+  tier_buf(std::size_t count, bool host) : n(count), pinned(host) {
+    const std::size_t bytes = sizeof(X) * (count ? count : 1);
+    cuda_ok(host ? cudaMallocHost(&p, bytes) : cudaMalloc(&p, bytes), "tier allocation");
+    cuda_ok(cudaMemset(p, 0x5a, bytes), "tier fill");  // a pattern a rejected call must leave
+  }
+  tier_buf(const tier_buf&) = delete;
+  tier_buf& operator=(const tier_buf&) = delete;
+  ~tier_buf() { pinned ? cudaFreeHost(p) : cudaFree(p); }
+  std::vector<X> download() const {
+    std::vector<X> v(n);
+    cuda_ok(cudaMemcpy(v.data(), p, sizeof(X) * n, cudaMemcpyDefault), "tier download");
+    return v;
+  }
+};
+
+// 10. Evict to a tier and restore on the device, the tier in device memory or pinned host memory:
+// the tier, the compacted cache, the new lengths and the freed pages equal the host's byte for
+// byte; restoring every evicted token into the poisoned rows gives back the original cache and
+// every position; a tier one row short and a request the tier does not hold are rejected with
+// nothing written.
+template <class T>
+void test_tier(layout_kind kind, bool host_tier, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int seqs = 3, kvh = 2, d = 64, rows = seqs * kvh;
+  const auto L = testing::make_logical(seqs, kvh, d, random_lens(rng, seqs, 1, g_small ? 150 : 900), seed,
+                                       kind == layout_kind::head_rows);
+  const auto original = testing::build<T>(L, kind, 16, seed + 1);
+  auto hc = original, gc = original;
+  device_cache<T> dc(gc);
+  const kvevict::keep_plan_buffer hp = random_keep(L, seqs, kvh, kind == layout_kind::head_rows, 0.4, rng);
+  dbuf<std::int32_t> dpos(hp.positions), dcnt(hp.counts);
+  const kvevict::const_keep_plan dplan{dpos.p, dcnt.p, hp.capacity, rows};
+  const char* what = testing::name(kind).c_str();
+  std::int64_t evicted = 0;
+  std::unique_ptr<kvevict::evicted_rows_buffer<T>> htier;
+  std::vector<std::int32_t> hlens(rows), hfreed(std::max(1, hc.num_pages));
+  int hnum = 0;
+  hc.visit([&](auto hv) {
+    evicted = kvevict::evicted_row_count(hv, hp.const_view());
+    htier = std::make_unique<kvevict::evicted_rows_buffer<T>>(rows, evicted, d);
+    kvevict::compact_result hr{hlens.data(), rows, hfreed.data(), static_cast<int>(hfreed.size())};
+    const auto hs = kvevict::compact(kvevict::host, hv, hp.const_view(), hr, htier->tier);
+    CHECK(hs.ok(), "host tier compaction: %s", hs.message().c_str());
+    hnum = hr.num_freed;
+  });
+  tier_buf<T> tk(static_cast<std::size_t>(evicted) * d, host_tier), tv(tk.n, host_tier);
+  tier_buf<std::int32_t> tpos(static_cast<std::size_t>(evicted), host_tier);
+  tier_buf<std::int64_t> toff(static_cast<std::size_t>(rows) + 1, host_tier);
+  kvevict::evicted_rows<T> tier{tk.p, tv.p, tpos.p, toff.p, evicted, rows + 1};
+  dbuf<std::int32_t> dlens(rows), dfreed(hfreed.size()), dnum(1);
+  const kvevict::device_compact_result dr{dlens.p, rows, dfreed.p, static_cast<int>(hfreed.size()), dnum.p};
+  dc.visit([&](auto, auto dv) {
+    const std::size_t bytes = kvevict::compact_workspace_bytes(kvevict::cuda, dv);
+    dbuf<unsigned char> ws(bytes);
+    // One tier row short: rejected, nothing written.
+    if (evicted > 0) {
+      auto small = tier;
+      small.capacity = evicted - 1;
+      auto st = kvevict::compact(kvevict::cuda, dv, dplan, dr, small, ws.p, bytes);
+      if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
+      CHECK(!st.ok() && std::string(st.argument) == "tier.capacity", "%s: short tier: %s", what, st.message().c_str());
+      CHECK(dc.same_bytes_as_host(), "%s: cache changed after a rejected tier compaction", what);
+      const auto k0 = tk.download();
+      CHECK(std::all_of(k0.begin(), k0.end(), [](T x) {
+              unsigned char b[sizeof(T)];
+              std::memcpy(b, &x, sizeof(T));
+              return std::all_of(b, b + sizeof(T), [](unsigned char y) { return y == 0x5a; });
+            }),
+            "%s: tier written by a rejected call", what);
+    }
+    auto st = kvevict::compact(kvevict::cuda, dv, dplan, dr, tier, ws.p, bytes);
+    if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
+    CHECK(st.ok(), "%s: device tier compaction: %s", what, st.message().c_str());
+    if (!st.ok()) return;
+    CHECK(same_bytes(dc.k.download(), hc.k) && same_bytes(dc.v.download(), hc.v), "%s: compacted caches differ", what);
+    CHECK(dlens.download() == hlens && dnum.download()[0] == hnum, "%s: new lengths or freed count differ", what);
+    CHECK(toff.download() == htier->row_offsets, "%s: tier row offsets differ", what);
+    CHECK(tpos.download() == htier->positions, "%s: tier positions differ", what);
+    CHECK(same_bytes(tk.download(), htier->keys) && same_bytes(tv.download(), htier->values),
+          "%s: tier K/V bytes differ", what);
+
+    // Restore everything into rows whose evicted slots were overwritten (the lengths never changed:
+    // compaction reports new lengths, the table keeps the old).
+    auto k = dc.k.download(), v = dc.v.download();
+    for (int r = 0; r < rows; ++r) {
+      const int s = r / kvh, h = r % kvh;
+      for (int t = hp.counts[r]; t < L.lens[static_cast<std::size_t>(r)]; ++t) {
+        std::memset(&k[gc.addr(s, h, t)], 0x7f, sizeof(T) * d);
+        std::memset(&v[gc.addr(s, h, t)], 0x7f, sizeof(T) * d);
+      }
+    }
+    dc.k.upload(k);
+    dc.v.upload(v);
+    kvevict::keep_plan_buffer req(rows, std::max<int>(1, L.max_len));
+    for (int r = 0; r < rows; ++r) {
+      const std::int64_t b = htier->row_offsets[r], e = htier->row_offsets[r + 1];
+      std::copy(htier->positions.begin() + b, htier->positions.begin() + e, req.view().row(r));
+      req.counts[r] = static_cast<int>(e - b);
+    }
+    dbuf<std::int32_t> rpos(req.positions), rcnt(req.counts), mpos(static_cast<std::size_t>(rows) * L.max_len),
+        mcnt(rows);
+    const kvevict::keep_plan merged{mpos.p, mcnt.p, L.max_len, rows};
+    // A request the tier does not hold (a kept position): rejected, nothing written.
+    int r_bad = -1;
+    for (int r = 0; r < rows && r_bad < 0; ++r)
+      if (req.counts[r] > 0 && hp.counts[r] > 0) r_bad = r;
+    if (r_bad >= 0) {
+      auto bad = req;
+      bad.view().row(r_bad)[0] = hp.const_view().row(r_bad)[0];
+      std::sort(bad.view().row(r_bad), bad.view().row(r_bad) + bad.counts[r_bad]);
+      dbuf<std::int32_t> bpos(bad.positions), bcnt(bad.counts);
+      st = kvevict::restore(kvevict::cuda, dv, dplan, tier, kvevict::const_keep_plan{bpos.p, bcnt.p, bad.capacity, rows},
+                            merged, ws.p, bytes);
+      if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
+      CHECK(!st.ok() && std::string(st.argument) == "request.positions", "%s: bad request: %s", what,
+            st.message().c_str());
+      CHECK(same_bytes(dc.k.download(), k) && same_bytes(dc.v.download(), v),
+            "%s: cache changed after a rejected restore", what);
+    }
+    st = kvevict::restore(kvevict::cuda, dv, dplan, tier, kvevict::const_keep_plan{rpos.p, rcnt.p, req.capacity, rows},
+                          merged, ws.p, bytes);
+    if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
+    CHECK(st.ok(), "%s: device restore: %s", what, st.message().c_str());
+    if (!st.ok()) return;
+    CHECK(same_bytes(dc.k.download(), original.k) && same_bytes(dc.v.download(), original.v),
+          "%s: evict to the tier and restore did not give back the cache byte for byte", what);
+    const auto mp = mpos.download(), mc = mcnt.download();
+    for (int r = 0; r < rows; ++r) {
+      const int n = L.lens[static_cast<std::size_t>(r)];
+      bool in_order = mc[r] == n;
+      for (int j = 0; j < n && in_order; ++j) in_order = mp[static_cast<std::size_t>(r) * L.max_len + j] == j;
+      CHECK(in_order, "%s: row %d: merged positions are not 0 .. %d", what, r, n - 1);
+    }
+  });
+}
+
 template <class T>
 void run_for_type(const char* tname) {
   std::printf("-- element type %s\n", tname);
@@ -1191,6 +1338,24 @@ void test_host_side() {
   // Output sizes are scalars: checked on the host, one row short is rejected before any launch.
   expect(kvevict::compact(kvevict::cuda, c, kvevict::const_keep_plan{fake, fake, 1024, 7}, r, ws_host, 1),
          "plan.rows");
+  // Evict to a tier and restore: the tier's and the plans' scalars.
+  kvevict::evicted_rows<kvevict::bfloat16> tier{};
+  r.freed_capacity = 0;
+  expect(kvevict::compact(kvevict::cuda, c, kvevict::as_const(kp), r, tier, ws_host, 1), "tier.row_offsets");
+  tier.row_offsets = reinterpret_cast<std::int64_t*>(fake);
+  tier.row_offsets_capacity = 9;
+  tier.capacity = 5;
+  expect(kvevict::compact(kvevict::cuda, c, kvevict::as_const(kp), r, tier, ws_host, 1), "tier");
+  tier.capacity = 0;
+  expect(kvevict::compact(kvevict::cuda, c, kvevict::as_const(kp), r, tier, ws_host, 1), "workspace");
+  expect(kvevict::restore(kvevict::cuda, c, kvevict::const_keep_plan{nullptr, fake, 4, 8}, tier, kvevict::as_const(kp),
+                          kp, ws_host, 1),
+         "current");
+  expect(kvevict::restore(kvevict::cuda, c, kvevict::as_const(kp), tier, kvevict::const_keep_plan{fake, fake, 4, 7}, kp,
+                          ws_host, 1),
+         "request.rows");
+  expect(kvevict::restore(kvevict::cuda, c, kvevict::as_const(kp), tier, kvevict::as_const(kp), kp, ws_host, 1),
+         "workspace");
   kvevict::streaming_llm sl;  // a scorer whose checks need no device query
   sl.selector.budget.entries = 1024;
   expect(kvevict::plan(kvevict::cuda, sl, c, sig, kvevict::keep_plan{fake, fake, 1024, 7}, ws_host, 1), "plan.rows");
@@ -1244,6 +1409,13 @@ int main(int argc, char** argv) {
   test_shards<kvevict::bfloat16>(layout_kind::head_rows, 32);
   test_shard_errors(34);
   test_graph_capture(7);
+  for (auto kind : testing::all_layouts) {
+    if (g_small && kind != layout_kind::block_nhd && kind != layout_kind::csr_nhd) continue;
+    test_tier<kvevict::bfloat16>(kind, false, 41);
+    test_tier<kvevict::bfloat16>(kind, true, 42);
+    if (!g_small) test_tier<kvevict::float8_e4m3>(kind, false, 43);
+    if (!g_small) test_tier<float>(kind, true, 44);
+  }
   test_benchmark_shape(g_small ? 2048 : 32768, 11);
   if (!g_small) test_benchmark_shape(131072, 13);
   std::printf("%d checks, %d failed\n", g_checks, g_failures);

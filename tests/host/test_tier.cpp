@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <numeric>
 #include <memory>
 #include <string>
 #include <random>
@@ -338,5 +340,108 @@ TEST_CASE("tier: a round trip large enough for threads gives back the cache byte
     });
     REQUIRE(c.k == original.k);
     REQUIRE(c.v == original.v);
+  }
+}
+
+// The device's offload (cuda/tier.cuh, offload_kernel) finds each evicted slot's tier row per chunk
+// of slots: the plan entries around the chunk, one lower bound per slot, a scan of the chunk's
+// evicted flags. Emulated for chunk sizes down to 1: every slot is classified as the plan says and
+// every evicted one lands on the tier row the host's compaction gives it.
+TEST_CASE("tier: the device offload's chunked indices are the host's tier rows", "[tier][device]") {
+  std::mt19937 rng(77);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int n = static_cast<int>(rng() % 1500), chunk = std::vector<int>{1, 5, 64, 256}[trial % 4];
+    std::vector<std::int32_t> pos;
+    const unsigned keep_every = 1 + rng() % 6;
+    for (int t = 0; t < n; ++t)
+      if (rng() % keep_every == 0) pos.push_back(t);
+    const int cnt = static_cast<int>(pos.size());
+    const std::int64_t first = static_cast<std::int64_t>(rng() % 1000);
+    std::vector<std::int64_t> expect(static_cast<std::size_t>(n), -1);  // the host's tier row of each evicted slot
+    std::int64_t next = first;
+    for (int t = 0, j = 0; t < n; ++t) {
+      if (j < cnt && pos[j] == t) {
+        ++j;
+        continue;
+      }
+      expect[t] = next++;
+    }
+    for (int t0 = 0; t0 < n; t0 += chunk) {
+      const auto k = kvevict::detail::kept_around_chunk(pos.data(), cnt, t0, chunk);
+      int before = 0;
+      for (int t = t0; t < std::min(n, t0 + chunk); ++t) {
+        const bool ev = kvevict::detail::evicted_in_chunk(pos.data(), k, t);
+        REQUIRE(ev == (expect[t] >= 0));
+        if (!ev) continue;
+        REQUIRE(kvevict::detail::offload_index(first, t0, k, before) == expect[t]);
+        ++before;
+      }
+    }
+  }
+}
+
+// The device's restore (cuda/tier.cuh, restore_kernel), one row emulated with its hazards: slots
+// hold token ids, the requested tokens above every current one are written while the first tile
+// loads, each tile loads all its moving tokens (in any order) before it stores any (in any order),
+// and each current token's store is followed by the requested tokens between it and the one below.
+// `merged` is the current positions' own array, as the host allows. The row must end as the sorted
+// merge, slot by slot.
+TEST_CASE("tier: the device restore's tile schedule merges in place, hazard-free", "[tier][device]") {
+  using kvevict::detail::lower_bound_of;
+  std::mt19937 rng(78);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int total = static_cast<int>(rng() % 300), tile = std::vector<int>{1, 3, 64}[trial % 3];
+    std::vector<std::int32_t> cur, req;
+    const unsigned mode = rng() % 4;  // mostly current, mostly requested, mixed, runs
+    for (int t = 0; t < total; ++t) {
+      const bool current = mode == 0 ? rng() % 5 != 0 : mode == 1 ? rng() % 5 == 0 : mode == 2 ? rng() % 2 == 0
+                                                                                              : (t / 17) % 2 == 0;
+      (current ? cur : req).push_back(t);
+    }
+    const int c = static_cast<int>(cur.size()), m = static_cast<int>(req.size());
+    std::vector<int> slots(static_cast<std::size_t>(c + m), -1);  // token id = position; -1: the grown slots
+    for (int i = 0; i < c; ++i) slots[i] = cur[i];
+    std::vector<std::int32_t> out(slots.size(), -1);  // merged.row: current's own array
+    std::copy(cur.begin(), cur.end(), out.begin());
+    auto below = [&](int v) { return static_cast<int>(lower_bound_of(req.data(), 0, m, v)); };
+    // what a warp does for requested token k: copy it from the tier (token id = its position) to `slot`
+    auto restore_one = [&](int k, int slot) {
+      slots[slot] = req[k];
+      out[slot] = req[k];
+    };
+    const int top = c > 0 ? below(out[c - 1]) : 0;
+    std::vector<std::function<void()>> first_phase;
+    for (int k = top; k < m; ++k) first_phase.push_back([&, k] { restore_one(k, k + c); });
+    for (int hi = c; hi > 0; hi -= tile) {
+      const int lo = std::max(0, hi - tile);
+      std::vector<int> p(hi - lo), bl(hi - lo), blp(hi - lo), buf(hi - lo, -2);
+      std::vector<std::function<void()>> loads = hi == c ? first_phase : std::vector<std::function<void()>>{};
+      for (int i = lo; i < hi; ++i)
+        loads.push_back([&, i] {
+          p[i - lo] = out[i];  // cur[i], read from the merged array it shares
+          bl[i - lo] = below(out[i]);
+          blp[i - lo] = i > 0 ? below(out[i - 1]) : 0;
+          if (bl[i - lo] > 0) buf[i - lo] = slots[i];
+        });
+      std::shuffle(loads.begin(), loads.end(), rng);
+      for (auto& f : loads) f();
+      std::vector<int> order(hi - lo);
+      std::iota(order.begin(), order.end(), lo);
+      std::shuffle(order.begin(), order.end(), rng);
+      for (int i : order) {
+        const int dest = i + bl[i - lo];
+        if (bl[i - lo] > 0) slots[dest] = buf[i - lo];
+        out[dest] = p[i - lo];
+        for (int k = blp[i - lo]; k < bl[i - lo]; ++k) restore_one(k, k + i);
+      }
+    }
+    if (c == 0)
+      for (auto& f : first_phase) f();
+    std::vector<int> expect(cur.begin(), cur.end());
+    expect.insert(expect.end(), req.begin(), req.end());
+    std::sort(expect.begin(), expect.end());
+    INFO("trial " << trial << ": " << c << " current, " << m << " requested, tile " << tile);
+    REQUIRE(slots == expect);
+    REQUIRE(std::vector<int>(out.begin(), out.end()) == expect);
   }
 }

@@ -86,20 +86,15 @@ namespace detail {
 //! The tier's scale arrays, where `cache` holds token scales and `need` rows move through the tier.
 template <class Cache, class T>
 status check_tier_scales(const Cache& cache, const evicted_rows<T>& tier, std::int64_t need) {
-  if (need > 0 && holds_token_scales(cache, true) && tier.key_scales == nullptr)
-    return make_error(errc::invalid_argument, "tier.key_scales", "null, and the cache holds per-token key scales");
-  if (need > 0 && holds_token_scales(cache, false) && tier.value_scales == nullptr)
-    return make_error(errc::invalid_argument, "tier.value_scales", "null, and the cache holds per-token value scales");
-  return ok_status();
+  return status_of(check_tier_scales(need, holds_token_scales(cache, true), tier.key_scales != nullptr,
+                                     holds_token_scales(cache, false), tier.value_scales != nullptr));
 }
 //! The tier's arrays for `rows` plan rows and `need` token rows.
 template <class T>
 status check_tier(const evicted_rows<T>& tier, int rows, std::int64_t need) {
   if (tier.row_offsets == nullptr || tier.row_offsets_capacity < rows + 1)
     return make_error(errc::buffer_too_small, "tier.row_offsets", "needs plan_rows(cache) + 1 entries");
-  if (tier.capacity < need)
-    return make_error(errc::buffer_too_small, "tier.capacity",
-                      "smaller than the rows this compaction evicts (evicted_row_count(cache, plan))");
+  if (tier.capacity < need) return status_of(ck_tier_capacity);
   if (need > 0 && (tier.keys == nullptr || tier.values == nullptr || tier.positions == nullptr))
     return make_error(errc::invalid_argument, "tier", "null keys, values or positions");
   return ok_status();
@@ -127,18 +122,42 @@ void offload_row(const Cache& cache, const_keep_plan plan, int r, const evicted_
   }
 }
 
-//! The first of the tier rows `[b, e)` (one plan row's, sorted by position) whose position is not
-//! below `p` (`e` if none).
+//! `restore`'s scalar checks (both backends): the three plans' arrays and rows, the tier's row
+//! offsets.
 template <class T>
-std::int64_t tier_lower_bound(const evicted_rows<T>& tier, std::int64_t b, std::int64_t e, int p) {
-  while (b < e) {
-    const std::int64_t m = b + (e - b) / 2;
-    if (tier.positions[m] < p)
-      b = m + 1;
-    else
-      e = m;
+status check_restore_arrays(int rows, const_keep_plan current, const evicted_rows<T>& tier, const_keep_plan request,
+                            const_keep_plan merged) {
+  const const_keep_plan plans[3] = {current, request, merged};
+  const char* names[3][2] = {{"current", "current.rows"}, {"request", "request.rows"}, {"merged", "merged.rows"}};
+  for (int i = 0; i < 3; ++i) {
+    if (plans[i].positions == nullptr || plans[i].counts == nullptr)
+      return make_error(errc::invalid_argument, names[i][0], "null positions or counts");
+    if (plans[i].rows < rows)
+      return make_error(errc::buffer_too_small, names[i][1], "fewer rows than the cache's (sequence, KV head) pairs");
   }
-  return b;
+  if (tier.row_offsets == nullptr || tier.row_offsets_capacity < rows + 1)
+    return make_error(errc::invalid_argument, "tier.row_offsets", "needs plan_rows(cache) + 1 entries");
+  return ok_status();
+}
+
+//! The device's offload (cuda/tier.cuh) visits a row's slots in chunks `[t0, t0 + chunk)`: the
+//! plan entries below `t0` are `[0, kb)`, and those in the chunk lie among `[kb, ke)`.
+struct chunk_kept {
+  int kb, ke;
+};
+KVEVICT_HOST_DEVICE chunk_kept kept_around_chunk(const std::int32_t* pos, int count, int t0, int chunk) {
+  const int kb = static_cast<int>(lower_bound_of(pos, 0, count, t0));
+  return {kb, count - kb < chunk ? count : kb + chunk};
+}
+//! Whether slot `t` of the chunk is evicted (not among the plan entries `[k.kb, k.ke)`).
+KVEVICT_HOST_DEVICE bool evicted_in_chunk(const std::int32_t* pos, chunk_kept k, int t) {
+  const std::int64_t j = lower_bound_of(pos, k.kb, k.ke, t);
+  return j == k.ke || pos[j] != t;
+}
+//! The tier row of evicted slot `t` of the chunk from `t0`: the row's first tier row, the evicted
+//! slots before the chunk (`t0 - kb`), then `before` evicted slots of the chunk before `t`.
+KVEVICT_HOST_DEVICE std::int64_t offload_index(std::int64_t first, int t0, chunk_kept k, int before) {
+  return first + (t0 - k.kb) + before;
 }
 
 }  // namespace detail
@@ -204,52 +223,19 @@ status restore(host_t exec, const Cache& cache, const_keep_plan current,
   static_assert(is_mutable_cache_v<Cache>, "kvevict: restore writes K and V: pass a view over mutable keys and values");
   KVEVICT_TRY(validate_cache(cache));
   const int rows = plan_rows(cache), kvh = cache.num_kv_heads();
-  auto arrays = [&](auto p, const char* name, const char* counts_name) -> status {
-    if (p.positions == nullptr || p.counts == nullptr)
-      return make_error(errc::invalid_argument, name, "null positions or counts");
-    if (p.rows < rows)
-      return make_error(errc::buffer_too_small, counts_name, "fewer rows than the cache's (sequence, KV head) pairs");
-    return ok_status();
-  };
-  KVEVICT_TRY(arrays(current, "current", "current.rows"));
-  KVEVICT_TRY(arrays(request, "request", "request.rows"));
-  KVEVICT_TRY(arrays(merged, "merged", "merged.rows"));
-  if (tier.row_offsets == nullptr || tier.row_offsets_capacity < rows + 1)
-    return make_error(errc::invalid_argument, "tier.row_offsets", "needs plan_rows(cache) + 1 entries");
+  KVEVICT_TRY(detail::check_restore_arrays(rows, current, tier, request, as_const(merged)));
+  const bool tier_arrays = tier.positions != nullptr && tier.keys != nullptr && tier.values != nullptr;
   for (int r = 0; r < rows; ++r) {
     const int s = r / kvh, h = r % kvh, c = current.counts[r], m = request.counts[r];
-    if (c < 0 || c > current.capacity)
-      return make_error(errc::out_of_range, "current.counts", "count outside [0, capacity]");
-    if (m < 0 || m > request.capacity)
-      return make_error(errc::out_of_range, "request.counts", "count outside [0, capacity]");
-    if (!Cache::per_head_rows && c != current.counts[s * kvh])
-      return make_error(errc::shape_mismatch, "current.counts",
-                        "heads of a sequence hold different counts; a shared page table holds the same for each");
-    if (cache.seq_len(s, h) != c + m)
-      return make_error(errc::shape_mismatch, "cache.seq_lens",
-                        "a row's length must be its restored length, current.counts + request.counts (grow the "
-                        "row before restoring)");
-    if (c + m > merged.capacity)
-      return make_error(errc::buffer_too_small, "merged.capacity", "smaller than a restored row");
     const std::int64_t b = tier.row_offsets[r], e = tier.row_offsets[r + 1];
-    if (m > 0 && (b < 0 || e < b || e > tier.capacity || tier.positions == nullptr || tier.keys == nullptr ||
-                  tier.values == nullptr))
-      return make_error(errc::invalid_argument, "tier", "row offsets outside its capacity, or null arrays");
+    KVEVICT_TRY(detail::status_of(detail::check_restore_row(c, current.capacity, m, request.capacity, !Cache::per_head_rows,
+                                                    current.counts[s * kvh], cache.seq_len(s, h), merged.capacity, b,
+                                                    e, tier.capacity, tier_arrays)));
     const std::int32_t* cur = current.row(r);
     const std::int32_t* req = request.row(r);
-    for (int j = 1; j < c; ++j)
-      if (cur[j] <= cur[j - 1])
-        return make_error(errc::invalid_argument, "current.positions", "positions must be strictly increasing");
-    for (int k = 0, j = 0; k < m; ++k) {
-      if (k > 0 && req[k] <= req[k - 1])
-        return make_error(errc::invalid_argument, "request.positions", "positions must be strictly increasing");
-      while (j < c && cur[j] < req[k]) ++j;
-      if (j < c && cur[j] == req[k])
-        return make_error(errc::invalid_argument, "request.positions", "a position the row already holds");
-      const std::int64_t at = detail::tier_lower_bound(tier, b, e, req[k]);
-      if (at == e || tier.positions[at] != req[k])
-        return make_error(errc::invalid_argument, "request.positions", "a position the tier does not hold for its row");
-    }
+    for (int j = 1; j < c; ++j) KVEVICT_TRY(detail::status_of(detail::check_restore_current(cur, j)));
+    for (int k = 0; k < m; ++k)
+      KVEVICT_TRY(detail::status_of(detail::check_restore_request(cur, c, req, k, tier.positions, b, e)));
   }
   std::int64_t requested = 0;
   for (int r = 0; r < rows; ++r) requested += request.counts[r];
@@ -275,7 +261,7 @@ status restore(host_t exec, const Cache& cache, const_keep_plan current,
         detail::move_token_scales(cache, dp, j % ps, sp, i % ps, h);
         out[j] = cur[i--];
       } else {  // the requested token comes back from the tier
-        const std::int64_t lo = detail::tier_lower_bound(tier, tier.row_offsets[r], t_end, req[k]);
+        const std::int64_t lo = detail::lower_bound_of(tier.positions, tier.row_offsets[r], t_end, req[k]);
         t_end = lo;
         std::memcpy(cache.key(dp, j % ps, h), tier.keys + lo * d, row_bytes);
         std::memcpy(cache.value(dp, j % ps, h), tier.values + lo * d, row_bytes);

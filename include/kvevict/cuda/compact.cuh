@@ -61,8 +61,8 @@ struct compact_args {
   int* word;
 };
 
-//! The compaction agent's scratch, all zeroed by the call's memset: a flag per tile, the ticket, a
-//! mark per page. Flags are sized for rows of the table's capacity (what the host knows without
+//! The compaction agent's scratch: zeroed by the call's memset, a flag per tile, the ticket, a mark
+//! per page; plain, each row's first tier row (for `compact` to a tier, cuda/tier.cuh). Flags are sized for rows of the table's capacity (what the host knows without
 //! reading device memory); tickets cover the plan's capacity, which is all a row's count can use.
 template <class Cache>
 struct compact_layout {
@@ -72,7 +72,7 @@ struct compact_layout {
     max_tiles = static_cast<std::size_t>(max_row_cap(c) + compact_tile - 1) / compact_tile;
     pages = static_cast<std::size_t>(c.num_pages() > 0 ? c.num_pages() : 1);
     zeroed = sizeof(int) * (rows * max_tiles + 1 + pages);
-    plain = 0;
+    plain = sizeof(std::int64_t) * (rows + 1);
   }
   void carve(compact_args<Cache>& a, int capacity, void* zeroed_base) const {
     a.flags = static_cast<int*>(zeroed_base);

@@ -53,6 +53,19 @@ enum check_code : int {
   ck_plan_order,
   ck_page_listed_twice,
   ck_freed_capacity,
+  ck_tier_capacity,
+  ck_tier_key_scales,
+  ck_tier_value_scales,
+  ck_restore_current_count,
+  ck_restore_request_count,
+  ck_restore_uneven,
+  ck_restore_len,
+  ck_restore_merged,
+  ck_restore_tier_row,
+  ck_restore_current_order,
+  ck_restore_request_order,
+  ck_restore_request_held,
+  ck_restore_request_missing,
   ck_count_,
 };
 }  // namespace check_codes
@@ -101,6 +114,23 @@ inline constexpr check_entry check_catalogue[] = {
     {errc::invalid_argument, "plan.positions", "positions must be strictly increasing"},
     {errc::invalid_argument, "cache", "a page is listed twice (shared pages must be copied before compaction)"},
     {errc::buffer_too_small, "result.freed_pages", "too small for the pages this compaction frees"},
+    {errc::buffer_too_small, "tier.capacity",
+     "smaller than the rows this compaction evicts (evicted_row_count(cache, plan))"},
+    {errc::invalid_argument, "tier.key_scales", "null, and the cache holds per-token key scales"},
+    {errc::invalid_argument, "tier.value_scales", "null, and the cache holds per-token value scales"},
+    {errc::out_of_range, "current.counts", "count outside [0, capacity]"},
+    {errc::out_of_range, "request.counts", "count outside [0, capacity]"},
+    {errc::shape_mismatch, "current.counts",
+     "heads of a sequence hold different counts; a shared page table holds the same for each"},
+    {errc::shape_mismatch, "cache.seq_lens",
+     "a row's length must be its restored length, current.counts + request.counts (grow the row before "
+     "restoring)"},
+    {errc::buffer_too_small, "merged.capacity", "smaller than a restored row"},
+    {errc::invalid_argument, "tier", "row offsets outside its capacity, or null arrays"},
+    {errc::invalid_argument, "current.positions", "positions must be strictly increasing"},
+    {errc::invalid_argument, "request.positions", "positions must be strictly increasing"},
+    {errc::invalid_argument, "request.positions", "a position the row already holds"},
+    {errc::invalid_argument, "request.positions", "a position the tier does not hold for its row"},
 };
 static_assert(sizeof(check_catalogue) / sizeof(check_catalogue[0]) == ck_count_, "one catalogue entry per check code");
 
@@ -163,6 +193,55 @@ KVEVICT_HOST_DEVICE int check_plan_count(int count, int n, int capacity, bool un
 KVEVICT_HOST_DEVICE int check_plan_position(std::int32_t pos, int j, std::int32_t prev, int n) {
   if (pos < 0 || pos >= n) return ck_plan_position;
   return j > 0 && pos <= prev ? ck_plan_order : ck_ok;
+}
+
+//! The first index of the sorted `a[b, e)` whose value is not below `v` (`e` if none).
+KVEVICT_HOST_DEVICE std::int64_t lower_bound_of(const std::int32_t* a, std::int64_t b, std::int64_t e, std::int32_t v) {
+  while (b < e) {
+    const std::int64_t m = b + (e - b) / 2;
+    if (a[m] < v)
+      b = m + 1;
+    else
+      e = m;
+  }
+  return b;
+}
+
+//! A tier that receives or returns `need` token rows has the scale arrays the cache's per-token
+//! scales need (`*_held`: the cache holds them; `*_given`: the tier's array is non-null).
+KVEVICT_HOST_DEVICE int check_tier_scales(std::int64_t need, bool key_held, bool key_given, bool value_held,
+                                          bool value_given) {
+  if (need > 0 && key_held && !key_given) return ck_tier_key_scales;
+  return need > 0 && value_held && !value_given ? ck_tier_value_scales : ck_ok;
+}
+//! A row of `restore`: its current count `c` (of `current_capacity`) and requested count `m` (of
+//! `request_capacity`), equal to the sequence's first row's `first_count` when `uniform` (one
+//! page table per sequence); its length `n`, which must be the restored length `c + m`, within
+//! `merged_capacity`; its tier rows `[b, e)` within `tier_capacity` (`tier_arrays`: positions, keys
+//! and values given), when it requests any.
+KVEVICT_HOST_DEVICE int check_restore_row(int c, int current_capacity, int m, int request_capacity, bool uniform,
+                                          int first_count, int n, int merged_capacity, std::int64_t b, std::int64_t e,
+                                          std::int64_t tier_capacity, bool tier_arrays) {
+  if (c < 0 || c > current_capacity) return ck_restore_current_count;
+  if (m < 0 || m > request_capacity) return ck_restore_request_count;
+  if (uniform && c != first_count) return ck_restore_uneven;
+  if (n != c + m) return ck_restore_len;
+  if (c + m > merged_capacity) return ck_restore_merged;
+  return m > 0 && (b < 0 || e < b || e > tier_capacity || !tier_arrays) ? ck_restore_tier_row : ck_ok;
+}
+//! Entry `j` of a restore row's current positions (`cur`), after the one before it.
+KVEVICT_HOST_DEVICE int check_restore_current(const std::int32_t* cur, int j) {
+  return j > 0 && cur[j] <= cur[j - 1] ? ck_restore_current_order : ck_ok;
+}
+//! Entry `k` of a restore row's request (`req`): after the one before it, not among the row's
+//! current positions `cur[0, c)`, and among the row's tier positions `tier_positions[b, e)`.
+KVEVICT_HOST_DEVICE int check_restore_request(const std::int32_t* cur, int c, const std::int32_t* req, int k,
+                                              const std::int32_t* tier_positions, std::int64_t b, std::int64_t e) {
+  if (k > 0 && req[k] <= req[k - 1]) return ck_restore_request_order;
+  const std::int64_t j = lower_bound_of(cur, 0, c, req[k]);
+  if (j < c && cur[j] == req[k]) return ck_restore_request_held;
+  const std::int64_t at = lower_bound_of(tier_positions, b, e, req[k]);
+  return at == e || tier_positions[at] != req[k] ? ck_restore_request_missing : ck_ok;
 }
 
 }  // namespace kvevict::detail
