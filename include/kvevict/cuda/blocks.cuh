@@ -6,8 +6,10 @@
 //! radix-select fill, the plan row. Every ordered write (delimiter cuts, merged ends, tied fill
 //! entries, plan rows) is one block-wide scan over contiguous per-thread shares
 //! (`enumerate_flagged`), and the merge / split rules run on the whole block (pointer doubling,
-//! detail::merge_successor), so no stage walks the row on one thread but SABlock's score total
-//! (kept in the host's clause order). The per-segment
+//! detail::merge_successor), so no stage walks the row on one thread but the additions of SABlock's
+//! score total (kept in the host's clause order; the block gathers the clause totals into shared
+//! memory a chunk at a time, so that one thread's chain is additions, not dependent loads). The
+//! per-segment
 //! arithmetic is the host's own (detail/sablock_core.hpp, segment/segmenters.hpp), so the plans are
 //! the host's bit for bit. Not API.
 #pragma once
@@ -363,6 +365,7 @@ struct row_shared {
     typename scan::TempStorage scan;
     typename reduce_ll::TempStorage ll;
     typename reduce_d::TempStorage d;
+    double vals[block_threads];  //!< a chunk of values gathered by the block for one thread's ordered sum
   } tmp;
   unsigned hist[256];
   std::uint64_t prefix;
@@ -453,9 +456,19 @@ struct row_stages {
     const double rmax =
         row_shared::reduce_d(sh.tmp.d).Reduce(my_max, [](double x, double y) { return x > y ? x : y; });
     __syncthreads();
+    // The clauses' score total, added in clause order as the host adds it (so gamma is the host's
+    // bit for bit): the block gathers each chunk of clause totals into shared memory (independent
+    // loads, all in flight), then one thread adds the chunk from there.
+    double rsum = 0;
+    for (int u0 = 0; u0 < g.count; u0 += block_threads) {
+      const int u = u0 + static_cast<int>(threadIdx.x), e = g.count - u0 < block_threads ? g.count - u0 : block_threads;
+      if (u < g.count) sh.tmp.vals[threadIdx.x] = w.prefix[w.off[u + 1] - 1];
+      __syncthreads();
+      if (threadIdx.x == 0)
+        for (int i = 0; i < e; ++i) rsum = detail::add_rn(rsum, sh.tmp.vals[i]);
+      __syncthreads();
+    }
     if (threadIdx.x == 0) {
-      double rsum = 0;  // in clause order, as the host
-      for (int u = 0; u < g.count; ++u) rsum = detail::add_rn(rsum, w.prefix[w.off[u + 1] - 1]);
       sh.gamma = detail::mul_rn(a.gran.g, rsum / m);
       sh.lo = 0.0;
       sh.hi = detail::add_rn(rmax, sh.gamma);
