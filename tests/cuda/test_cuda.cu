@@ -1123,7 +1123,8 @@ void test_tier(layout_kind kind, bool host_tier, std::uint32_t seed) {
   const kvevict::keep_plan_buffer hp = random_keep(L, seqs, kvh, kind == layout_kind::head_rows, 0.4, rng);
   dbuf<std::int32_t> dpos(hp.positions), dcnt(hp.counts);
   const kvevict::const_keep_plan dplan{dpos.p, dcnt.p, hp.capacity, rows};
-  const char* what = testing::name(kind).c_str();
+  const std::string layout_name = testing::name(kind);
+  const char* what = layout_name.c_str();
   std::int64_t evicted = 0;
   std::unique_ptr<kvevict::evicted_rows_buffer<T>> htier;
   std::vector<std::int32_t> hlens(rows), hfreed(std::max(1, hc.num_pages));

@@ -89,11 +89,17 @@ status check_tier_scales(const Cache& cache, const evicted_rows<T>& tier, std::i
   return status_of(check_tier_scales(need, holds_token_scales(cache, true), tier.key_scales != nullptr,
                                      holds_token_scales(cache, false), tier.value_scales != nullptr));
 }
+//! The tier's row offsets for `rows` plan rows (a compaction's check, both backends).
+template <class T>
+status check_tier_row_offsets(const evicted_rows<T>& tier, int rows) {
+  if (tier.row_offsets == nullptr || tier.row_offsets_capacity < rows + 1)
+    return make_error(errc::buffer_too_small, "tier.row_offsets", "needs plan_rows(cache) + 1 entries");
+  return ok_status();
+}
 //! The tier's arrays for `rows` plan rows and `need` token rows.
 template <class T>
 status check_tier(const evicted_rows<T>& tier, int rows, std::int64_t need) {
-  if (tier.row_offsets == nullptr || tier.row_offsets_capacity < rows + 1)
-    return make_error(errc::buffer_too_small, "tier.row_offsets", "needs plan_rows(cache) + 1 entries");
+  KVEVICT_TRY(check_tier_row_offsets(tier, rows));
   if (tier.capacity < need) return status_of(ck_tier_capacity);
   if (need > 0 && (tier.keys == nullptr || tier.values == nullptr || tier.positions == nullptr))
     return make_error(errc::invalid_argument, "tier", "null keys, values or positions");

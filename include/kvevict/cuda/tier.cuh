@@ -130,8 +130,7 @@ __global__ void __launch_bounds__(compact_threads) offload_kernel(offload_args<C
 //! Host-side checks of the tier's scalars (the device checks its sizes against the plan).
 template <class T>
 status check_tier_scalars(const evicted_rows<T>& tier, int rows) {
-  if (tier.row_offsets == nullptr || tier.row_offsets_capacity < rows + 1)
-    return make_error(errc::buffer_too_small, "tier.row_offsets", "needs plan_rows(cache) + 1 entries");
+  KVEVICT_TRY(detail::check_tier_row_offsets(tier, rows));
   if (tier.capacity < 0) return make_error(errc::invalid_argument, "tier.capacity", "must be >= 0");
   if (tier.capacity > 0 && (tier.keys == nullptr || tier.values == nullptr || tier.positions == nullptr))
     return make_error(errc::invalid_argument, "tier", "null keys, values or positions with a positive capacity");
