@@ -195,8 +195,14 @@ std::vector<int> device_sablock(const std::vector<double>& a, int lo, int hi, co
     d::refine_sentence(r.data(), prefix.data(), off.data(), 0, first(k), first(k + 1), prm.alpha, prm.beta);
     for (int t = off[first(k)]; t < off[first(k + 1)]; ++t) rmax = std::max(rmax, r[t]);
   }
+  // The kernel's total: its threads add the runs of clauses in any order into a tile, then one
+  // thread adds the run sums in run order.
+  const int run = d::clause_run(count), runs = (count + run - 1) / run;
+  std::vector<double> run_sum(runs);
+  for (int q = runs - 1; q >= 0; --q)
+    run_sum[q] = d::clause_run_total(prefix.data(), off.data(), 0, q * run, std::min(count, q * run + run));
   double rsum = 0;
-  for (int u = 0; u < count; ++u) rsum = d::add_rn(rsum, prefix[off[u + 1] - 1]);
+  for (int q = 0; q < runs; ++q) rsum = d::add_rn(rsum, run_sum[q]);
   const double gamma = d::mul_rn(prm.g, rsum / m);
   std::vector<double> bound, clause_bound;
   if (use_bounds) {

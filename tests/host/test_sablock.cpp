@@ -379,9 +379,19 @@ std::vector<int> ref_sablock_v2(const std::vector<double>& a, const std::vector<
       for (int t = x; t < y; ++t) pre[t] = run += r[t];
     }
   }
-  double rsum = 0, rmax = -1e300;
+  // gamma's total: the clause totals in runs of r clauses (the least r >= 32 with r^2 >= count),
+  // each run in order, then the runs in order (docs/sablock.md).
+  std::vector<double> totals;
   for (const auto& cl : sents)
-    for (auto [x, y] : cl) rsum += pre[y - 1];
+    for (auto [x, y] : cl) totals.push_back(pre[y - 1]);
+  std::size_t run_len = 32;
+  while (run_len * run_len < totals.size()) ++run_len;
+  double rsum = 0, rmax = -1e300;
+  for (std::size_t u0 = 0; u0 < totals.size(); u0 += run_len) {
+    double part = 0;
+    for (std::size_t u = u0; u < std::min(totals.size(), u0 + run_len); ++u) part += totals[u];
+    rsum += part;
+  }
   for (int t = lo; t < hi; ++t) rmax = std::max(rmax, r[t]);
   const double gamma = g * (rsum / (hi - lo));
   auto value = [&](int x, int st, int e) { return st > x ? pre[e - 1] - pre[st - 1] : pre[e - 1]; };
@@ -795,4 +805,42 @@ TEST_CASE("SABlock's probe: positive blocks, the decisions' margins and a roundi
     decided += margin < DBL_MAX;
   }
   CHECK(decided > 200);  // most cases weigh a decision
+}
+
+TEST_CASE("gamma's clause total: runs of about sqrt(count) clauses, in a fixed order", "[sablock]") {
+  // The device adds the runs in parallel; host and device share this order, so gamma is one double.
+  namespace d = kvevict::detail;
+  const std::vector<std::pair<int, int>> runs = {{1, 32},    {32, 32},   {1024, 32},    {1025, 33},
+                                                 {5000, 71}, {5041, 71}, {131072, 363}, {2147483647, 46341}};
+  for (auto [count, r] : runs) CHECK(d::clause_run(count) == r);
+  std::mt19937 rng(11);
+  int order_matters = 0;
+  for (int count : {1, 31, 33, 1024, 1025, 5000}) {
+    // Clauses of 1 to 3 tokens; the first clause's total is 2^53, so the order of the additions of
+    // the small totals decides the result.
+    std::vector<std::int32_t> off(count + 1, 0);
+    std::vector<double> prefix;
+    for (int u = 0; u < count; ++u) {
+      const int len = 1 + static_cast<int>(rng() % 3);
+      off[u + 1] = off[u] + len;
+      for (int t = 0; t < len; ++t) prefix.push_back(u == 0 ? 9007199254740992.0 : 1.0 + 0.5 * (rng() % 2));
+    }
+    const int base = 5;  // positions of the clauses are offset by base in `off`
+    for (auto& o : off) o += base;
+    std::vector<double> tot(count);
+    for (int u = 0; u < count; ++u) tot[u] = prefix[off[u + 1] - base - 1];
+    std::size_t r = 32;
+    while (r * r < static_cast<std::size_t>(count)) ++r;
+    double want = 0, plain = 0;
+    for (std::size_t u0 = 0; u0 < tot.size(); u0 += r) {
+      double part = 0;
+      for (std::size_t u = u0; u < std::min(tot.size(), u0 + r); ++u) part += tot[u];
+      want += part;
+    }
+    for (double x : tot) plain += x;
+    INFO("count " << count);
+    CHECK(d::clauses_total(prefix.data(), off.data(), base, count) == want);
+    order_matters += want != plain;
+  }
+  CHECK(order_matters >= 2);  // the runs' order is not the clause order: the test tells them apart
 }

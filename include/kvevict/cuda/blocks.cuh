@@ -6,11 +6,9 @@
 //! radix-select fill, the plan row. Every ordered write (delimiter cuts, merged ends, tied fill
 //! entries, plan rows) is one block-wide scan over contiguous per-thread shares
 //! (`enumerate_flagged`), and the merge / split rules run on the whole block (pointer doubling,
-//! detail::merge_successor), so no stage walks the row on one thread but the additions of SABlock's
-//! score total (kept in the host's clause order; the block gathers the clause totals into shared
-//! memory a chunk at a time, so that one thread's chain is additions, not dependent loads). The
-//! per-segment
-//! arithmetic is the host's own (detail/sablock_core.hpp, segment/segmenters.hpp), so the plans are
+//! detail::merge_successor), so no stage walks the row on one thread (SABlock's score total is added
+//! in runs of about sqrt(count) clauses, a thread per run, in the host's fixed order,
+//! detail::clauses_total). The per-segment arithmetic is the host's own (detail/sablock_core.hpp, segment/segmenters.hpp), so the plans are
 //! the host's bit for bit. Not API.
 #pragma once
 
@@ -456,13 +454,16 @@ struct row_stages {
     const double rmax =
         row_shared::reduce_d(sh.tmp.d).Reduce(my_max, [](double x, double y) { return x > y ? x : y; });
     __syncthreads();
-    // The clauses' score total, added in clause order as the host adds it (so gamma is the host's
-    // bit for bit): the block gathers each chunk of clause totals into shared memory (independent
-    // loads, all in flight), then one thread adds the chunk from there.
+    // The clauses' score total in the fixed order of detail::clauses_total (so gamma is the host's
+    // bit for bit): a thread per run of clauses adds the run into shared memory, all runs of a tile
+    // at once, then one thread adds the tile's run sums in run order (about sqrt(count) each).
     double rsum = 0;
-    for (int u0 = 0; u0 < g.count; u0 += block_threads) {
-      const int u = u0 + static_cast<int>(threadIdx.x), e = g.count - u0 < block_threads ? g.count - u0 : block_threads;
-      if (u < g.count) sh.tmp.vals[threadIdx.x] = w.prefix[w.off[u + 1] - 1];
+    const int run = detail::clause_run(g.count), runs = (g.count + run - 1) / run;
+    for (int q0 = 0; q0 < runs; q0 += block_threads) {
+      const int q = q0 + static_cast<int>(threadIdx.x), e = runs - q0 < block_threads ? runs - q0 : block_threads;
+      if (q < runs)
+        sh.tmp.vals[threadIdx.x] =
+            detail::clause_run_total(w.prefix, w.off, 0, q * run, g.count - q * run < run ? g.count : q * run + run);
       __syncthreads();
       if (threadIdx.x == 0)
         for (int i = 0; i < e; ++i) rsum = detail::add_rn(rsum, sh.tmp.vals[i]);

@@ -46,6 +46,41 @@ KVEVICT_HOST_DEVICE void refine_segment(double* r, double* prefix, int s0, int l
   }
 }
 
+//! The fixed order of a row's clause-total sum (the mean in SABlock's fee gamma), so that a block of
+//! threads adds it in parallel and still reaches the host's double: the clauses in runs of
+//! `clause_run(count)` consecutive clauses, each run added in clause order, then the runs' sums
+//! added in run order. The run length depends on the count alone: the least r >= 32 with
+//! r * r >= count, so either stage is about sqrt(count) additions.
+KVEVICT_HOST_DEVICE int clause_run(int count) {
+  long long lo = 32, hi = 46341;  // 46341^2 > INT_MAX
+  while (lo < hi) {
+    const long long mid = (lo + hi) / 2;
+    if (mid * mid >= count)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return static_cast<int>(lo);
+}
+
+//! Sum of the totals of clauses [u0, u1) (each the last local prefix sum of its clause, `off`
+//! holding token positions, `base` subtracted), added in clause order.
+KVEVICT_HOST_DEVICE double clause_run_total(const double* prefix, const std::int32_t* off, int base, int u0, int u1) {
+  double s = 0;
+  for (int u = u0; u < u1; ++u) s = add_rn(s, prefix[off[u + 1] - base - 1]);
+  return s;
+}
+
+//! The row's clause-total sum in the order of `clause_run` (the host's loop; a device block computes
+//! the runs in parallel and adds their sums in run order).
+KVEVICT_HOST_DEVICE double clauses_total(const double* prefix, const std::int32_t* off, int base, int count) {
+  const int run = clause_run(count);
+  double total = 0;
+  for (int u0 = 0; u0 < count; u0 += run)
+    total = add_rn(total, clause_run_total(prefix, off, base, u0, count - u0 < run ? count : u0 + run));
+  return total;
+}
+
 //! Value of block [s0 + st, s0 + e): the difference of the local prefix sums.
 KVEVICT_HOST_DEVICE double block_value(const double* prefix, int s0, int st, int e) {
   return st > 0 ? prefix[s0 + e - 1] - prefix[s0 + st - 1] : prefix[s0 + e - 1];

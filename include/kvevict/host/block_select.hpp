@@ -97,8 +97,7 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
   auto first = [&](int k) { return sent ? sent[k] : k; };
   for (int t = 0; t < n; ++t) r[t] = static_cast<double>(a[lo + t]);
   for (int k = 0; k < S; ++k) detail::refine_sentence(r, prefix, offsets, lo, first(k), first(k + 1), prm.alpha, prm.beta);
-  double rsum = 0;
-  for (int u = 0; u < count; ++u) rsum += prefix[offsets[u + 1] - lo - 1];  // clause sums, in clause order
+  const double rsum = detail::clauses_total(prefix, offsets, lo, count);  // runs of clauses, in order
   const double rmax = *std::max_element(r, r + n);
   const double gamma = prm.g * (rsum / n);
   // One level: a sentence is its clause, and its bound is the clause's. Two levels: the clauses'
