@@ -183,7 +183,8 @@ namespace {
 //! kernel decides from the scratch it has. Returns the kept positions relative to lo.
 std::vector<int> device_sablock(const std::vector<double>& a, int lo, int hi, const std::vector<std::int32_t>& off_abs,
                                 int count, const std::int32_t* sent, int num_sentences, int bc,
-                                const kvevict::host_backend::sablock_params& prm, bool use_bounds) {
+                                const kvevict::host_backend::sablock_params& prm, bool use_bounds,
+                                bool use_live = false, long long* evaluations = nullptr) {
   namespace d = kvevict::detail;
   const int m = hi - lo, S = sent ? num_sentences : count;
   std::vector<std::int32_t> off(count + 1);
@@ -219,12 +220,34 @@ std::vector<int> device_sablock(const std::vector<double>& a, int lo, int hi, co
   }
   const double* skip = sent && use_bounds ? clause_bound.data() : nullptr;
   std::vector<unsigned char> keep(m, 0);
+  // The live set (with bounds, where the kernel has room): its threads evaluate the live sentences in
+  // any order (here from the last), then settle them and compact the list in order.
+  const bool live_set = use_bounds && use_live;
+  std::vector<int> live(S);
+  std::iota(live.begin(), live.end(), 0);
+  std::vector<d::sablock_summary> sides(3 * static_cast<std::size_t>(S));
+  d::sablock_summary *at_lo = sides.data(), *at_hi = at_lo + S, *at_mid = at_hi + S;
+  long long left_cost = 0;
   auto cost_at = [&](double lam, unsigned char* mark) {
     long long total = 0;
+    if (live_set && !mark) {
+      for (auto i = live.rbegin(); i != live.rend(); ++i) {
+        if (lam >= bound[*i]) continue;
+        d::sablock_probe pr;
+        const long long c = d::sentence_cost(prefix.data(), off.data(), 0, first(*i), first(*i + 1), lam, gamma,
+                                             prm.max_candidates, prm.sentence_blocks, nullptr, skip, &pr);
+        at_mid[*i] = d::summarize(pr, c);
+        total += c;
+        if (evaluations) ++*evaluations;
+      }
+      return total + left_cost;
+    }
     for (int k = 0; k < S; ++k)
-      if (!use_bounds || lam < bound[k])
+      if (!use_bounds || lam < bound[k]) {
         total += d::sentence_cost(prefix.data(), off.data(), 0, first(k), first(k + 1), lam, gamma, prm.max_candidates,
                                   prm.sentence_blocks, mark, skip);
+        if (evaluations && !mark) ++*evaluations;
+      }
     return total;
   };
   double lam_lo = 0.0, lam_hi = d::add_rn(rmax, gamma);
@@ -232,9 +255,22 @@ std::vector<int> device_sablock(const std::vector<double>& a, int lo, int hi, co
     if (cost_at(lam_hi, nullptr) <= bc) break;
     lam_hi = d::sablock_grow(lam_hi);
   }
+  std::swap(at_hi, at_mid);
   for (int it = 0; it < prm.steps; ++it) {
     const double mid = 0.5 * (lam_lo + lam_hi);
-    (cost_at(mid, nullptr) > bc ? lam_lo : lam_hi) = mid;
+    const bool over = cost_at(mid, nullptr) > bc;
+    (over ? lam_lo : lam_hi) = mid;
+    std::swap(over ? at_lo : at_hi, at_mid);
+    if (!live_set) continue;
+    std::vector<int> next;
+    for (int k : live) {
+      const int fixed = d::sablock_settled(lam_lo, lam_hi, bound[k], at_lo[k], at_hi[k]);
+      if (fixed < 0)
+        next.push_back(k);
+      else
+        left_cost += fixed;
+    }
+    live.swap(next);
   }
   const long long kept = cost_at(lam_hi, keep.data());
   // The fill: the best unmarked refined scores, ties to the lower position.
@@ -261,6 +297,7 @@ TEST_CASE("device SABlock: the kernel's bisection, with and without price bounds
   std::mt19937 rng(29);
   std::uniform_real_distribution<double> u(0, 1);
   int not_top_k = 0;
+  long long all_evaluations = 0, live_evaluations = 0;
   for (int trial = 0; trial < 240; ++trial) {
     const int n = 40 + static_cast<int>(rng() % 600), lo = 4, hi = n - 16, kind = trial % 5;
     std::vector<std::int32_t> ids(n);
@@ -301,6 +338,8 @@ TEST_CASE("device SABlock: the kernel's bisection, with and without price bounds
     REQUIRE(static_cast<int>(want.size()) == bc);
     REQUIRE(device_sablock(a, lo, hi, off, count, sp, num_sentences, bc, prm, true) == want);
     REQUIRE(device_sablock(a, lo, hi, off, count, sp, num_sentences, bc, prm, false) == want);
+    REQUIRE(device_sablock(a, lo, hi, off, count, sp, num_sentences, bc, prm, true, false, &all_evaluations) == want);
+    REQUIRE(device_sablock(a, lo, hi, off, count, sp, num_sentences, bc, prm, true, true, &live_evaluations) == want);
     std::vector<int> order(hi - lo);
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](int x, int y) { return a[lo + x] > a[lo + y] || (a[lo + x] == a[lo + y] && x < y); });
@@ -309,6 +348,20 @@ TEST_CASE("device SABlock: the kernel's bisection, with and without price bounds
     not_top_k += order != want;
   }
   CHECK(not_top_k > 150);  // the blocks matter: most plans are not the token top-k
+  // The live set takes certified sentences out: far fewer evaluations than with the bounds alone.
+  INFO("evaluations with bounds " << all_evaluations << ", with the live set " << live_evaluations);
+  CHECK(live_evaluations * 4 < all_evaluations * 3);
+}
+
+TEST_CASE("device SABlock: the live set's room in the row's idx scratch", "[sablock][cuda]") {
+  namespace d = kvevict::detail;
+  // One level: bounds take 2 count ints of 2 m; 14 ints per sentence (= clause) above them.
+  CHECK(d::sablock_live_room(800, 100, 100, false) == 200);
+  CHECK(d::sablock_live_room(800, 101, 101, false) == -1);  // 202 + 1414 > 1600
+  // Two levels: the sentences take S + 1 ints from m - 1; the room starts after them.
+  CHECK(d::sablock_live_room(800, 300, 50, true) == 850);
+  CHECK(d::sablock_live_room(800, 300, 53, true) == 853);    // 747 >= 742
+  CHECK(d::sablock_live_room(800, 300, 54, true) == -1);     // 746 < 756
 }
 
 TEST_CASE("device units: the first overflow and the greedy over the units that could still fit equal the host's greedy",

@@ -8,8 +8,10 @@
 //! (`enumerate_flagged`), and the merge / split rules run on the whole block (pointer doubling,
 //! detail::merge_successor), so no stage walks the row on one thread (SABlock's score total is added
 //! in runs of about sqrt(count) clauses, a thread per run, in the host's fixed order,
-//! detail::clauses_total). The per-segment arithmetic is the host's own (detail/sablock_core.hpp, segment/segmenters.hpp), so the plans are
-//! the host's bit for bit. Not API.
+//! detail::clauses_total). SABlock's bisection evaluates only the sentences whose kept set may still
+//! change, as the host's (detail::sablock_settled), where the row's scratch has room. The
+//! per-segment arithmetic is the host's own (detail/sablock_core.hpp, segment/segmenters.hpp), so
+//! the plans are the host's bit for bit. Not API.
 #pragma once
 
 #include <cub/block/block_reduce.cuh>
@@ -367,9 +369,9 @@ struct row_shared {
   } tmp;
   unsigned hist[256];
   std::uint64_t prefix;
-  int flag, krem, left, first_over;
+  int flag, krem, left, first_over, num_live;
   double lo, hi, gamma;
-  long long cost;
+  long long cost, left_cost;
 };
 
 //! The stages of one row's selection; `Granularity` picks the segmenter and the marking rule.
@@ -501,16 +503,87 @@ struct row_stages {
       }
     }
     const double* skip_clauses = g.sent ? clause_bound : nullptr;
+    // The live set, as the host's sablock_select (where the scratch has room, and with bounds): a
+    // step evaluates only the live sentences, each leaving once its kept set is certified the same
+    // at every later price (detail::sablock_settled), its kept length then added to every step's
+    // cost; the final run below marks every sentence, so the plan is the one of evaluating them all.
+    // Summaries of the lower end, the upper end and the midpoint rotate (the same choice in every
+    // thread); the live lists ping-pong, compacted in order by one block-wide scan per step.
+    const long long room =
+        bound ? detail::sablock_live_room(m, g.count, g.num_sentences, g.sent != nullptr) : -1;
+    const int S = g.num_sentences;
+    std::int32_t* live[2] = {nullptr, nullptr};
+    detail::sablock_summary *at_lo = nullptr, *at_hi = nullptr, *at_mid = nullptr;
+    int cur = 0;
+    if (room >= 0) {
+      live[0] = w.idx + room;
+      live[1] = live[0] + S;
+      at_lo = reinterpret_cast<detail::sablock_summary*>(live[1] + S);
+      at_hi = at_lo + S;
+      at_mid = at_hi + S;
+      for (int k = threadIdx.x; k < S; k += blockDim.x) {
+        live[0][k] = k;
+        at_lo[k] = detail::sablock_summary{};  // nothing evaluated at the lower end yet
+      }
+      if (threadIdx.x == 0) {
+        sh.num_live = S;
+        sh.left_cost = 0;
+      }
+      __syncthreads();
+    }
     auto cost_at = [&](double lam, unsigned char* keep) {
       long long mine = 0;
-      for (int k = threadIdx.x; k < g.num_sentences; k += blockDim.x)
-        if (!bound || lam < bound[k])
-          mine += detail::sentence_cost(w.prefix, w.off, 0, first(k), first(k + 1), lam, gamma, maxc, blocks, keep,
-                                        skip_clauses);
+      if (room >= 0 && !keep) {
+        for (int i = threadIdx.x; i < sh.num_live; i += blockDim.x) {
+          const int k = live[cur][i];
+          if (lam >= bound[k]) continue;  // it keeps nothing; settling reads the bound, not a summary
+          detail::sablock_probe pr;
+          const long long c = detail::sentence_cost(w.prefix, w.off, 0, first(k), first(k + 1), lam, gamma, maxc,
+                                                    blocks, nullptr, skip_clauses, &pr);
+          at_mid[k] = detail::summarize(pr, c);
+          mine += c;
+        }
+      } else {
+        for (int k = threadIdx.x; k < S; k += blockDim.x)
+          if (!bound || lam < bound[k])
+            mine += detail::sentence_cost(w.prefix, w.off, 0, first(k), first(k + 1), lam, gamma, maxc, blocks, keep,
+                                          skip_clauses);
+      }
       const long long total = row_shared::reduce_ll(sh.tmp.ll).Sum(mine);
-      if (threadIdx.x == 0) sh.cost = total;
+      if (threadIdx.x == 0) sh.cost = total + (room >= 0 && !keep ? sh.left_cost : 0);
       __syncthreads();
       return sh.cost;
+    };
+    auto rotate = [](detail::sablock_summary*& x, detail::sablock_summary*& y) {
+      detail::sablock_summary* t = x;
+      x = y;
+      y = t;
+    };
+    // Takes out the live sentences whose kept set is now fixed on [sh.lo, sh.hi].
+    auto settle = [&] {
+      const double lam_lo = sh.lo, lam_hi = sh.hi;
+      const int num_live = sh.num_live;
+      auto fixed = [&](int i) {
+        const int k = live[cur][i];
+        return detail::sablock_settled(lam_lo, lam_hi, bound[k], at_lo[k], at_hi[k]);
+      };
+      long long mine = 0;
+      for (int i = threadIdx.x; i < num_live; i += blockDim.x) {
+        const int f = fixed(i);
+        mine += f > 0 ? f : 0;
+      }
+      const long long added = row_shared::reduce_ll(sh.tmp.ll).Sum(mine);
+      __syncthreads();
+      std::int32_t* from = live[cur];
+      std::int32_t* to = live[cur ^ 1];
+      const int left = enumerate_flagged<scan>(
+          num_live, [&](int i) { return fixed(i) < 0; }, [&](int i, int j) { to[j] = from[i]; }, sh.tmp.scan);
+      if (threadIdx.x == 0) {
+        sh.left_cost += added;
+        sh.num_live = left;
+      }
+      cur ^= 1;
+      __syncthreads();
     };
     for (int grow = 0; grow < detail::sablock_max_grow; ++grow) {
       const double hi_now = sh.hi;
@@ -519,6 +592,7 @@ struct row_stages {
       if (threadIdx.x == 0) sh.hi = detail::sablock_grow(hi_now);
       __syncthreads();
     }
+    rotate(at_hi, at_mid);
     __syncthreads();
     for (int it = 0; it < a.gran.steps; ++it) {
       const double mid = 0.5 * (sh.lo + sh.hi);
@@ -530,7 +604,9 @@ struct row_stages {
         else
           sh.hi = mid;
       }
+      rotate(cm > bc ? at_lo : at_hi, at_mid);
       __syncthreads();
+      if (room >= 0) settle();
     }
     const long long kept = cost_at(sh.hi, w.keep);
     __syncthreads();

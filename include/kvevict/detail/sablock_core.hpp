@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cfloat>
+#include <cmath>
 #include <cstdint>
 
 #include "../config.hpp"
@@ -119,6 +120,59 @@ struct sablock_probe {
   //! the last place of its terms, each sum within (summands) units of its scale; taken twice.
   KVEVICT_HOST_DEVICE double error() const { return (terms + 8) * 0x1p-52 * scale; }
 };
+
+//! `x` as a float rounded toward -infinity (`float_down`) or +infinity (`float_up`): a float that
+//! stands for `x` on the safe side of a comparison.
+KVEVICT_HOST_DEVICE float float_down(double x) {
+  if (!(x < static_cast<double>(FLT_MAX))) return x != x ? x : FLT_MAX;  // NaN stays NaN
+  if (x < -static_cast<double>(FLT_MAX)) return -INFINITY;
+  const float f = static_cast<float>(x);
+  return static_cast<double>(f) > x ? nextafterf(f, -INFINITY) : f;
+}
+KVEVICT_HOST_DEVICE float float_up(double x) { return -float_down(-x); }
+
+//! A sentence's evaluation at one end of the bisection's interval, as the search keeps it (16
+//! bytes, so that the device finds room for three per sentence in its row scratch): the probe's
+//! counts, its margin rounded down and its error rounded up, so a certificate drawn from the
+//! summaries holds for the exact values too.
+struct sablock_summary {
+  int positive = -1;  //!< -1: not evaluated at this price
+  int kept = 0;
+  float margin = 0, error = 0;
+};
+static_assert(sizeof(sablock_summary) == 16 && alignof(sablock_summary) <= alignof(double),
+              "three summaries take six doubles' room");
+KVEVICT_HOST_DEVICE sablock_summary summarize(const sablock_probe& pr, std::int64_t kept) {
+  return {pr.positive, static_cast<int>(kept), float_down(pr.margin), float_up(pr.error())};
+}
+
+//! Whether a sentence still live in the bisection leaves it, its kept set being the same at every
+//! price of [lam_lo, lam_hi] (every later price lies there): -1 when it stays; else its kept length
+//! from now on. `bound` is its price bound (at or above it nothing is kept; +infinity when the
+//! caller has none), `lo` and `hi` its summaries at both ends (positive -1 where it was not
+//! evaluated there). Certified: keeping nothing at `lam_lo` (nets do not rise with the price); or
+//! the same positive blocks and kept length at both ends with every decision won by more than four
+//! times the rounding bound at both (sablock_probe).
+KVEVICT_HOST_DEVICE int sablock_settled(double lam_lo, double lam_hi, double bound, const sablock_summary& lo,
+                                        const sablock_summary& hi) {
+  if (lam_hi >= bound) return lam_lo < bound && lo.positive != 0 ? -1 : 0;
+  const double err4 = 4.0 * static_cast<double>(lo.error > hi.error ? lo.error : hi.error);
+  const bool fixed = lo.positive >= 0 && lo.positive == hi.positive && lo.kept == hi.kept &&
+                     static_cast<double>(lo.margin) > err4 && static_cast<double>(hi.margin) > err4;
+  return fixed ? hi.kept : -1;
+}
+
+//! The CUDA row's `idx` scratch (2 m ints) holds SABlock's price bounds from its start (two levels:
+//! when they fit below the sentences), the sentences (two levels: S + 1 ints from m - 1) and, where
+//! room is left above them, the bisection's live set: two lists of the live sentences and three
+//! summaries per sentence, 14 ints per sentence. Returns the int where that room starts, or -1
+//! when there is none (the kernel then evaluates every sentence at every step: the same plan).
+inline constexpr int sablock_live_ints = 14;
+KVEVICT_HOST_DEVICE long long sablock_live_room(int m, int count, int num_sentences, bool two_levels) {
+  const long long begin = two_levels ? (m > 1 ? m - 1 : 0) + static_cast<long long>(num_sentences) + 1
+                                     : 2LL * count;
+  return 2LL * m - begin >= static_cast<long long>(sablock_live_ints) * num_sentences ? begin : -1;
+}
 
 //! Total positive net of the segment cut into blocks of `b`; counts its positive blocks in `pr`.
 KVEVICT_HOST_DEVICE double blocks_total(const double* prefix, int s0, int len, int b, double lam, double gamma,

@@ -76,8 +76,9 @@ struct sablock_params {
 };
 
 //! Doubles of scratch `sablock_select` takes in `bound` for a range of `n` tokens: a price bound per
-//! clause and per sentence, and three summaries (see detail::sablock_probe) per sentence.
-constexpr std::size_t sablock_bound_doubles(std::size_t n) { return 14 * n; }
+//! clause and per sentence, and three summaries (detail::sablock_summary, two doubles' room each)
+//! per sentence.
+constexpr std::size_t sablock_bound_doubles(std::size_t n) { return 8 * n; }
 
 //! SABlock on one (sequence, head) compressible range `[lo, hi)` with clauses `offsets[0..count]`
 //! (token positions) grouped in sentences `sent[0..num_sentences]` (clause ranges; null: every
@@ -115,28 +116,13 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
   const double* skip_clauses = sent ? clause_bound : nullptr;
   // Each step evaluates only the live sentences. A sentence leaves the live set when its kept set
   // is the same at every price of [lam_lo, lam_hi], certified by its evaluations at both ends
-  // (detail::sablock_probe: the same positive blocks, the same kept length, every decision won by
-  // more than four times the rounding bound); every later price lies in that interval, so its kept
-  // length is a constant from then on, and the final run at lam_hi marks it. A sentence that keeps
-  // nothing at the lower end is one case. The plan is the one of evaluating them all. Summaries
-  // per sentence, for the lower end, the upper end and the step's midpoint (which becomes one of
-  // them); `idx` holds the live sentences and `keep` flags the left ones that keep tokens (both are
-  // free until the final run; S <= n).
-  struct side {
-    double *positive, *kept, *margin, *error;  // counts as doubles: exact, and one scratch type
-  };
-  side sides[3];
-  {
-    double* p = bound + (sent ? S + count : count);
-    for (auto& sd : sides) {
-      sd.positive = p;
-      sd.kept = p + S;
-      sd.margin = p + 2 * S;
-      sd.error = p + 3 * S;
-      p += 4 * S;
-    }
-  }
-  side *at_lo = &sides[0], *at_hi = &sides[1], *at_mid = &sides[2];
+  // (detail::sablock_settled); every later price lies in that interval, so its kept length is a
+  // constant from then on, and the final run at lam_hi marks it. The plan is the one of evaluating
+  // them all. Summaries per sentence (detail::sablock_summary) for the lower end, the upper end and
+  // the step's midpoint (which becomes one of them); `idx` holds the live sentences and `keep` flags
+  // the left ones that keep tokens (both are free until the final run; S <= n).
+  detail::sablock_summary* sides = reinterpret_cast<detail::sablock_summary*>(bound + (sent ? S + count : count));
+  detail::sablock_summary *at_lo = sides, *at_hi = sides + S, *at_mid = sides + 2 * S;
   double lam_lo = 0.0, lam_hi = rmax + gamma;
   std::int32_t* live = idx;
   unsigned char* left_keeps = keep;
@@ -145,7 +131,7 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
   for (int k = 0; k < S; ++k) {
     live[k] = k;
     left_keeps[k] = 0;
-    at_lo->positive[k] = -1;  // nothing evaluated at the lower end yet
+    at_lo[k] = detail::sablock_summary{};  // nothing evaluated at the lower end yet
   }
   // A step stops once its cost passes bc (the midpoint becomes the lower end whatever the rest keep);
   // the sentences it did not reach have no summary there, and the next step starts with them.
@@ -156,35 +142,27 @@ void sablock_select(const Score* a, int lo, int hi, const std::int32_t* offsets,
     int j = 0, i = start;
     for (; j < num_live && cost <= bc; ++j, i = next(i)) {
       const int k = live[i];
-      if (lam >= bound[k]) continue;  // it keeps nothing; settle() reads the bound, not a summary
+      if (lam >= bound[k]) continue;  // it keeps nothing; settling reads the bound, not a summary
       detail::sablock_probe pr;
       const std::int64_t c = detail::sentence_cost(prefix, offsets, lo, first(k), first(k + 1), lam, gamma,
                                                    prm.max_candidates, prm.sentence_blocks, nullptr, skip_clauses, &pr);
-      at_mid->positive[k] = pr.positive;
-      at_mid->kept[k] = static_cast<double>(c);
-      at_mid->margin[k] = pr.margin;
-      at_mid->error[k] = pr.error();
+      at_mid[k] = detail::summarize(pr, c);
       cost += c;
     }
     if (j < num_live) start = i;  // stopped early: the rest have no summary at this price
-    for (; j < num_live; ++j, i = next(i)) at_mid->positive[live[i]] = -1;
+    for (; j < num_live; ++j, i = next(i)) at_mid[live[i]].positive = -1;
     return cost;
   };
   auto settle = [&] {  // takes out the live sentences whose kept set is now fixed
     int m = 0;
     for (int i = 0; i < num_live; ++i) {
       const int k = live[i];
-      if (lam_hi >= bound[k]) {  // keeps nothing at the upper end: fixed when nothing at the lower end
-        if (lam_lo < bound[k] && at_lo->positive[k] != 0) live[m++] = k;
-        continue;
-      }
-      const double err4 = 4 * std::max(at_lo->error[k], at_hi->error[k]);
-      if (at_lo->positive[k] >= 0 && at_lo->positive[k] == at_hi->positive[k] && at_lo->kept[k] == at_hi->kept[k] &&
-          at_lo->margin[k] > err4 && at_hi->margin[k] > err4) {
-        left_cost += static_cast<std::int64_t>(at_hi->kept[k]);
-        left_keeps[k] = at_hi->kept[k] > 0;
+      const int fixed = detail::sablock_settled(lam_lo, lam_hi, bound[k], at_lo[k], at_hi[k]);
+      if (fixed < 0) {
+        live[m++] = k;
       } else {
-        live[m++] = k;  // not evaluated at the lower end (-1), or not certified
+        left_cost += fixed;
+        left_keeps[k] = fixed > 0;
       }
     }
     num_live = m;
