@@ -512,17 +512,16 @@ struct row_stages {
     const long long room =
         bound ? detail::sablock_live_room(m, g.count, g.num_sentences, g.sent != nullptr) : -1;
     const int S = g.num_sentences;
-    std::int32_t* live[2] = {nullptr, nullptr};
+    std::int32_t *live = nullptr, *next_live = nullptr;
     detail::sablock_summary *at_lo = nullptr, *at_hi = nullptr, *at_mid = nullptr;
-    int cur = 0;
     if (room >= 0) {
-      live[0] = w.idx + room;
-      live[1] = live[0] + S;
-      at_lo = reinterpret_cast<detail::sablock_summary*>(live[1] + S);
+      live = w.idx + room;
+      next_live = live + S;
+      at_lo = reinterpret_cast<detail::sablock_summary*>(next_live + S);
       at_hi = at_lo + S;
       at_mid = at_hi + S;
       for (int k = threadIdx.x; k < S; k += blockDim.x) {
-        live[0][k] = k;
+        live[k] = k;
         at_lo[k] = detail::sablock_summary{};  // nothing evaluated at the lower end yet
       }
       if (threadIdx.x == 0) {
@@ -535,7 +534,7 @@ struct row_stages {
       long long mine = 0;
       if (room >= 0 && !keep) {
         for (int i = threadIdx.x; i < sh.num_live; i += blockDim.x) {
-          const int k = live[cur][i];
+          const int k = live[i];
           if (lam >= bound[k]) continue;  // it keeps nothing; settling reads the bound, not a summary
           detail::sablock_probe pr;
           const long long c = detail::sentence_cost(w.prefix, w.off, 0, first(k), first(k + 1), lam, gamma, maxc,
@@ -554,17 +553,12 @@ struct row_stages {
       __syncthreads();
       return sh.cost;
     };
-    auto rotate = [](detail::sablock_summary*& x, detail::sablock_summary*& y) {
-      detail::sablock_summary* t = x;
-      x = y;
-      y = t;
-    };
     // Takes out the live sentences whose kept set is now fixed on [sh.lo, sh.hi].
     auto settle = [&] {
       const double lam_lo = sh.lo, lam_hi = sh.hi;
       const int num_live = sh.num_live;
       auto fixed = [&](int i) {
-        const int k = live[cur][i];
+        const int k = live[i];
         return detail::sablock_settled(lam_lo, lam_hi, bound[k], at_lo[k], at_hi[k]);
       };
       long long mine = 0;
@@ -574,15 +568,15 @@ struct row_stages {
       }
       const long long added = row_shared::reduce_ll(sh.tmp.ll).Sum(mine);
       __syncthreads();
-      std::int32_t* from = live[cur];
-      std::int32_t* to = live[cur ^ 1];
+      std::int32_t* const to = next_live;
       const int left = enumerate_flagged<scan>(
-          num_live, [&](int i) { return fixed(i) < 0; }, [&](int i, int j) { to[j] = from[i]; }, sh.tmp.scan);
+          num_live, [&](int i) { return fixed(i) < 0; }, [&](int i, int j) { to[j] = live[i]; }, sh.tmp.scan);
       if (threadIdx.x == 0) {
         sh.left_cost += added;
         sh.num_live = left;
       }
-      cur ^= 1;
+      next_live = live;
+      live = to;
       __syncthreads();
     };
     for (int grow = 0; grow < detail::sablock_max_grow; ++grow) {
@@ -592,7 +586,9 @@ struct row_stages {
       if (threadIdx.x == 0) sh.hi = detail::sablock_grow(hi_now);
       __syncthreads();
     }
-    rotate(at_hi, at_mid);
+    detail::sablock_summary* t = at_hi;  // the summaries at the top price
+    at_hi = at_mid;
+    at_mid = t;
     __syncthreads();
     for (int it = 0; it < a.gran.steps; ++it) {
       const double mid = 0.5 * (sh.lo + sh.hi);
@@ -604,7 +600,14 @@ struct row_stages {
         else
           sh.hi = mid;
       }
-      rotate(cm > bc ? at_lo : at_hi, at_mid);
+      detail::sablock_summary* done = at_mid;  // the midpoint's summaries become that end's
+      if (cm > bc) {
+        at_mid = at_lo;
+        at_lo = done;
+      } else {
+        at_mid = at_hi;
+        at_hi = done;
+      }
       __syncthreads();
       if (room >= 0) settle();
     }
@@ -696,8 +699,11 @@ struct row_stages {
   }
 };
 
+//! One block per SM at least (the second bound): with the default ptxas capped SABlock at 64
+//! registers and spilled in the bisection's inner loop (368 B); the grid is one block per row, at
+//! most a few per SM at large batches, so registers serve better than a second resident block.
 template <class Granularity, class Cache, class T>
-__global__ void __launch_bounds__(block_threads) block_select_kernel(block_args<Granularity, Cache, T> a) {
+__global__ void __launch_bounds__(block_threads, 1) block_select_kernel(block_args<Granularity, Cache, T> a) {
   using traits = block_traits<Granularity>;
   __shared__ row_shared sh;
   const Cache& c = a.cache;
