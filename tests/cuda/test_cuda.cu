@@ -1110,9 +1110,11 @@ struct tier_buf {
 // the tier, the compacted cache, the new lengths and the freed pages equal the host's byte for
 // byte; restoring every evicted token into the poisoned rows gives back the original cache and
 // every position; a tier one row short and a request the tier does not hold are rejected with
-// nothing written.
+// nothing written. With `token_scales`, the K and V scales per (token, head) go to the tier and come
+// back with their rows (the host's tier scales and the cache's, byte for byte), and a tier without
+// room for them is rejected.
 template <class T>
-void test_tier(layout_kind kind, bool host_tier, std::uint32_t seed) {
+void test_tier(layout_kind kind, bool host_tier, std::uint32_t seed, bool token_scales = false) {
   std::mt19937 rng(seed);
   const int seqs = 3, kvh = 2, d = 64, rows = seqs * kvh;
   const auto L = testing::make_logical(seqs, kvh, d, random_lens(rng, seqs, 1, g_small ? 150 : 900), seed,
@@ -1124,12 +1126,21 @@ void test_tier(layout_kind kind, bool host_tier, std::uint32_t seed) {
   dbuf<std::int32_t> dpos(hp.positions), dcnt(hp.counts);
   const kvevict::const_keep_plan dplan{dpos.p, dcnt.p, hp.capacity, rows};
   const std::string layout_name = testing::name(kind);
-  const char* what = layout_name.c_str();
+  const std::string what_s = layout_name + (token_scales ? " token scales" : "");
+  const char* what = what_s.c_str();
+  // Scales per K / V row slot: the host's copy (moved by the host's compaction), the original, and
+  // the device's.
+  std::vector<float> hks(token_scales ? gc.k.size() / d : 0), hvs(hks.size());
+  for (auto* t : {&hks, &hvs})
+    for (float& x : *t) x = std::uniform_real_distribution<float>(0.25f, 4.0f)(rng);
+  const std::vector<float> ks0 = hks, vs0 = hvs;
+  dbuf<float> dks(hks), dvs(hvs);
   std::int64_t evicted = 0;
   std::unique_ptr<kvevict::evicted_rows_buffer<T>> htier;
   std::vector<std::int32_t> hlens(rows), hfreed(std::max(1, hc.num_pages));
   int hnum = 0;
   hc.visit([&](auto hv) {
+    if (token_scales) hv.k_token_scales = hks.data(), hv.v_token_scales = hvs.data();
     evicted = kvevict::evicted_row_count(hv, hp.const_view());
     htier = std::make_unique<kvevict::evicted_rows_buffer<T>>(rows, evicted, d);
     kvevict::compact_result hr{hlens.data(), rows, hfreed.data(), static_cast<int>(hfreed.size())};
@@ -1140,12 +1151,25 @@ void test_tier(layout_kind kind, bool host_tier, std::uint32_t seed) {
   tier_buf<T> tk(static_cast<std::size_t>(evicted) * d, host_tier), tv(tk.n, host_tier);
   tier_buf<std::int32_t> tpos(static_cast<std::size_t>(evicted), host_tier);
   tier_buf<std::int64_t> toff(static_cast<std::size_t>(rows) + 1, host_tier);
+  tier_buf<float> tks(token_scales ? static_cast<std::size_t>(evicted) : 0, host_tier), tvs(tks.n, host_tier);
   kvevict::evicted_rows<T> tier{tk.p, tv.p, tpos.p, toff.p, evicted, rows + 1};
+  if (token_scales) tier.key_scales = tks.p, tier.value_scales = tvs.p;
   dbuf<std::int32_t> dlens(rows), dfreed(hfreed.size()), dnum(1);
   const kvevict::device_compact_result dr{dlens.p, rows, dfreed.p, static_cast<int>(hfreed.size()), dnum.p};
   dc.visit([&](auto, auto dv) {
+    if (token_scales) dv.k_token_scales = dks.p, dv.v_token_scales = dvs.p;
     const std::size_t bytes = kvevict::compact_workspace_bytes(kvevict::cuda, dv);
     dbuf<unsigned char> ws(bytes);
+    if (token_scales && evicted > 0) {  // a tier without room for the value scales: rejected, nothing written
+      auto no_scales = tier;
+      no_scales.value_scales = nullptr;
+      auto st = kvevict::compact(kvevict::cuda, dv, dplan, dr, no_scales, ws.p, bytes);
+      if (st.ok()) st = kvevict::device_status(kvevict::cuda, ws.p);
+      CHECK(!st.ok() && std::string(st.argument) == "tier.value_scales", "%s: tier without scales: %s", what,
+            st.message().c_str());
+      CHECK(dc.same_bytes_as_host() && dks.download() == ks0, "%s: cache changed after a rejected tier compaction",
+            what);
+    }
     // One tier row short: rejected, nothing written.
     if (evicted > 0) {
       auto small = tier;
@@ -1172,6 +1196,14 @@ void test_tier(layout_kind kind, bool host_tier, std::uint32_t seed) {
     CHECK(tpos.download() == htier->positions, "%s: tier positions differ", what);
     CHECK(same_bytes(tk.download(), htier->keys) && same_bytes(tv.download(), htier->values),
           "%s: tier K/V bytes differ", what);
+    if (token_scales) {
+      const auto n = static_cast<std::size_t>(evicted);
+      const std::vector<float> hk(htier->key_scales.begin(), htier->key_scales.begin() + n),
+          hv(htier->value_scales.begin(), htier->value_scales.begin() + n);
+      CHECK(same_bytes(tks.download(), hk) && same_bytes(tvs.download(), hv), "%s: tier scales differ", what);
+      CHECK(same_bytes(dks.download(), hks) && same_bytes(dvs.download(), hvs),
+            "%s: the cache's scales differ after compaction", what);
+    }
 
     // Restore everything into rows whose evicted slots were overwritten (the lengths never changed:
     // compaction reports new lengths, the table keeps the old).
@@ -1185,6 +1217,14 @@ void test_tier(layout_kind kind, bool host_tier, std::uint32_t seed) {
     }
     dc.k.upload(k);
     dc.v.upload(v);
+    if (token_scales) {  // the evicted slots' scales poisoned too
+      auto ks = dks.download(), vs = dvs.download();
+      for (int r = 0; r < rows; ++r)
+        for (int t = hp.counts[r]; t < L.lens[static_cast<std::size_t>(r)]; ++t)
+          ks[gc.addr(r / kvh, r % kvh, t) / d] = vs[gc.addr(r / kvh, r % kvh, t) / d] = -7.0f;
+      dks.upload(ks);
+      dvs.upload(vs);
+    }
     kvevict::keep_plan_buffer req(rows, std::max<int>(1, L.max_len));
     for (int r = 0; r < rows; ++r) {
       const std::int64_t b = htier->row_offsets[r], e = htier->row_offsets[r + 1];
@@ -1218,6 +1258,9 @@ void test_tier(layout_kind kind, bool host_tier, std::uint32_t seed) {
     if (!st.ok()) return;
     CHECK(same_bytes(dc.k.download(), original.k) && same_bytes(dc.v.download(), original.v),
           "%s: evict to the tier and restore did not give back the cache byte for byte", what);
+    if (token_scales)
+      CHECK(same_bytes(dks.download(), ks0) && same_bytes(dvs.download(), vs0),
+            "%s: evict to the tier and restore did not give back the scales", what);
     const auto mp = mpos.download(), mc = mcnt.download();
     for (int r = 0; r < rows; ++r) {
       const int n = L.lens[static_cast<std::size_t>(r)];
@@ -1416,6 +1459,7 @@ int main(int argc, char** argv) {
     test_tier<kvevict::bfloat16>(kind, true, 42);
     if (!g_small) test_tier<kvevict::float8_e4m3>(kind, false, 43);
     if (!g_small) test_tier<float>(kind, true, 44);
+    test_tier<kvevict::float8_e4m3>(kind, kind == layout_kind::block_nhd, 45, true);
   }
   test_benchmark_shape(g_small ? 2048 : 32768, 11);
   if (!g_small) test_benchmark_shape(131072, 13);
