@@ -285,6 +285,7 @@ void test_exact_scorers(layout_kind kind, std::uint32_t seed) {
   compare(h, "h2o");
   kvevict::h2o<kvevict::gqa_max> hm;
   hm.selector.budget.entries = 20;
+  hm.selector.window = 5;  // the default window is above the budget: both backends refuse it
   compare(hm, "h2o max");
   kvevict::eviction_policy<kvevict::key_norm, kvevict::token_level, kvevict::selector<kvevict::pyramid_budget>> kn;
   kn.selector.budget.entries = 30;
@@ -496,7 +497,7 @@ void test_errors(std::uint32_t seed) {
     bad.upload(t);
     expect_rejected(hp, [&](auto& dv, auto&) {
       if constexpr (std::is_same_v<std::decay_t<decltype(dv)>, kvevict::block_table_cache<T>>) dv.block_table = bad.p;
-    }, "cache.block_table / cache.indices");
+    }, "cache.block_table");
   }
   // plan-side: per-sequence budget below the protected tokens; NaN key
   {
@@ -1053,7 +1054,7 @@ void test_shard_errors(std::uint32_t seed) {
       dbuf<unsigned char> ws(bytes + 256);
       auto r = kvevict::select(kvevict::cuda, p, dv, ds.sig, shard, sc, st, out.view(), ws.p, bytes + 256);
       if (r.ok()) r = kvevict::device_status(kvevict::cuda, ws.p);
-      CHECK(out.pos.download() == before, "a failed select wrote the plan (%s)", r.message().c_str());
+      if (!r.ok()) CHECK(out.pos.download() == before, "a failed select wrote the plan (%s)", r.message().c_str());
       return r.ok() ? std::string("ok") : std::string(r.argument);
     };
     CHECK(arg({0, 1, nullptr}, dscores.p, stride) == "shard.total_kv_heads", "total");
