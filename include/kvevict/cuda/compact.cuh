@@ -203,9 +203,11 @@ __device__ int compact_verdict(const compact_args<Cache>& a) {
     __syncthreads();
     total += sum;
   }
-  if (threadIdx.x == 0 && s_code == ck_count_ && total > a.out.freed_capacity) s_code = ck_freed_capacity;
-  __syncthreads();
-  const int code = s_code == ck_count_ ? ck_ok : s_code;
+  // Every thread decides from the same values (the scans' aggregates reach every thread), so no
+  // thread writes s_code after the loop: thread 0's write there raced with the other threads' loads
+  // the compiler hoisted out of its condition (compute-sanitizer racecheck, H200, 2026-11-29).
+  const int seen = s_code;
+  const int code = seen != ck_count_ ? seen : total > a.out.freed_capacity ? ck_freed_capacity : ck_ok;
   __syncthreads();
   return code;
 }
