@@ -16,7 +16,7 @@
 # press benchmark (bench/python/bench_press.py --device cuda) with the kvpress wheels carried in .gpu/wheels.
 # Without prepared binaries it builds them on the device first (slow: minutes of device time).
 # Needs on the device: python3 with torch, compute-sanitizer. Writes logs and JSON to $OUT (or
-# out/gpu when OUT is unset). The binaries read tests/fixtures relative to the repository root.
+# out/gpu when OUT is unset), the stage profile (stages.txt) and results.json (bench/gpu/table.py). The binaries read tests/fixtures relative to the repository root.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -36,6 +36,7 @@ build_bench() {
 
 if [[ "${1:-}" == "--prepare" ]]; then
   mkdir -p .gpu/gbench/include .gpu/gbench/lib .gpu/bin
+  git rev-parse --short HEAD > .gpu/commit.txt 2>/dev/null || echo unknown > .gpu/commit.txt  # the binaries' commit
   cp -r /usr/include/benchmark .gpu/gbench/include/
   cp -L /usr/lib/x86_64-linux-gnu/libbenchmark.so.1debian .gpu/gbench/lib/libbenchmark.so.1debian
   ln -sf libbenchmark.so.1debian .gpu/gbench/lib/libbenchmark.so
@@ -84,6 +85,7 @@ mkdir -p "$out" "$bin"
 status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
 date -u +"%Y-%m-%d %H:%M UTC" | tee -a "$out/card.txt"
+echo "commit $(cat .gpu/commit.txt 2>/dev/null || echo unknown)" | tee -a "$out/card.txt"
 
 if [[ "$stage" == python ]]; then
   echo "== Python package with CUDA: build =="
@@ -148,6 +150,8 @@ echo "== benchmarks =="
 if [[ "$stage" != test && -x $bin/kvevict_bench_cuda ]]; then
   timeout 200 $bin/kvevict_bench_cuda --benchmark_format=json --benchmark_out="$out/bench_cuda.json" \
     --benchmark_out_format=json > "$out/bench_cuda.txt" 2>&1 || status=1
+  echo "== stage profile: each stream operation of one evict =="
+  timeout 60 $bin/kvevict_bench_cuda --stages > "$out/stages.txt" 2>&1 || status=1
 fi
 echo "== torch peer path =="
 if [[ "$stage" != test && -f .gpu/torch_path_baseline.py ]]; then
