@@ -33,6 +33,12 @@ int spec_c_col(int lane, int i) { return (lane % 4) * 2 + (i & 1); }
 // ldmatrix.x4: lanes 8j .. 8j + 7 give the row addresses of matrix j; lane l receives, of every
 // matrix j, row l / 4 and columns 2 (l % 4), +1, in register j.
 
+// The kernels' test of a logit (cuda/window_attention_mma.cuh, `wa_seen`): in the m-tile of keys
+// [tm, tm + 16), the row's validity alone when the tile lies below `seen_by_all`, else `last_key`.
+bool kernel_counts(const wa_rows& rows, int n, int te, int tm, int row, int t) {
+  return tm + 16 <= rows.seen_by_all(n, te) ? rows.valid(row) : t <= rows.last_key(row, n, te);
+}
+
 }  // namespace
 
 TEST_CASE("tensor-core scorer: fragment coordinates follow the PTX ISA tables", "[cuda][mma]") {
@@ -60,6 +66,41 @@ TEST_CASE("tensor-core scorer: fragment coordinates follow the PTX ISA tables", 
       CHECK(row == kd::mma_a_row(lane, j));
       CHECK(col == kd::mma_a_col(lane, j));
     }
+}
+
+TEST_CASE("tensor-core scorer: the per-logit test without a division is the causal rule", "[cuda][mma]") {
+  // The kernels decide whether window query `row` sees key `t` (of a slice ending at `te`) from
+  // `last_key` and, for whole m-tiles, `seen_by_all` and the row's validity; both must be the rule
+  // `t < te && sees(row, t, n)` exactly.
+  long checked = 0, by_validity = 0;
+  for (int window : {1, 2, 7, 8, 9, 31, 64, 65})
+    for (int group : {1, 3, 4, 8}) {
+      const wa_rows rows = wa_rows::make(window, group);
+      for (int n : {1, 5, 16, 63, 64, 65, 130, 200}) {
+        for (int te = 1; te <= n; te += (te < 18 ? 1 : 29)) {
+          for (int row = 0; row < rows.rows() + 8; ++row)
+            for (int t = 0; t < n + 3; ++t) {
+              const bool rule = t < te && rows.sees(row, t, n);
+              REQUIRE((t <= rows.last_key(row, n, te)) == rule);
+              if (t < rows.seen_by_all(n, te) && rows.valid(row)) {
+                REQUIRE(rule);
+                ++by_validity;
+              }
+              // Whole m-tiles at multiples of 16 from the slice start, as the kernels walk them.
+              REQUIRE(kernel_counts(rows, n, te, t - t % 16, row, t) == rule);
+              ++checked;
+            }
+          // As large as it can be: below the slice's end, its key is missed by some real query.
+          const int all = rows.seen_by_all(n, te);
+          if (all >= 0 && all < te) {
+            bool missed = false;
+            for (int row = 0; row < rows.rows(); ++row) missed = missed || (rows.valid(row) && !rows.sees(row, all, n));
+            REQUIRE(missed);
+          }
+        }
+      }
+    }
+  CHECK(by_validity > 0);  // the fast case was reached
 }
 
 TEST_CASE("tensor-core scorer: log2 statistics merge in any grouping to the same softmax sums", "[cuda][mma]") {
@@ -156,7 +197,7 @@ struct mirror {
               for (int lane = 0; lane < 32; ++lane)
                 for (int i = 0; i < 4; ++i) {
                   const int t = t0 + mt * 16 + kd::mma_c_row(lane, i), row = (w * ntiles + nt) * 8 + kd::mma_c_col(lane, i);
-                  if (t < te && rows.sees(row, t, n)) st[nt][lane][i % 2].add(acc[lane][i] * scale);
+                  if (kernel_counts(rows, n, te, t0 + mt * 16, row, t)) st[nt][lane][i % 2].add(acc[lane][i] * scale);
                 }
             }
         for (int nt = 0; nt < ntiles; ++nt)
@@ -192,7 +233,7 @@ struct mirror {
               for (int lane = 0; lane < 32; ++lane)
                 for (int i = 0; i < 4; ++i) {
                   const int t = t0 + mt * 16 + kd::mma_c_row(lane, i), row = (w * ntiles + nt) * 8 + kd::mma_c_col(lane, i);
-                  if (t < te && rows.sees(row, t, n))
+                  if (kernel_counts(rows, n, te, t0 + mt * 16, row, t))
                     sum[lane][i / 2] += kd::exp2_nonpositive(acc[lane][i] * scale - m[row]) * inv[row];
                 }
               for (int off : {1, 2}) {

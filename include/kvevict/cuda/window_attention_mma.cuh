@@ -50,6 +50,9 @@ template <int D, int NTiles, int Warps>
 struct wa_mma_config {
   static constexpr int head_dim_cap = D, ksteps = D / 16, ntiles = NTiles, warps = Warps, threads = Warps * 32;
   static constexpr int rows_cap = Warps * NTiles * 8;
+  //! Blocks per SM the launch bounds ask for: at most 128 registers a thread (ptxas otherwise
+  //! takes more for pass 2 at 8 warps and halves the resident blocks).
+  static constexpr int min_blocks = Warps <= 8 ? 2 : 1;
   static constexpr int key_tile = 64, mtiles = key_tile / 16;
   static constexpr int dp = D + 8;  // shared row stride in elements: ldmatrix rows land on distinct banks
   static constexpr std::size_t q_bytes = static_cast<std::size_t>(rows_cap) * dp * 2;
@@ -183,10 +186,43 @@ __device__ wa_block wa_block_of(const wa_mma_args<Cache, T>& a) {
   return b;
 }
 
+//! Whether this lane's logits count: in an m-tile of keys below `all`, a bit of `real` (bit
+//! 2 nt + j: the query of accumulator elements j and j + 2 of n-tile nt is not padding); in the
+//! m-tiles past it (the window's own keys), `wa_rows::last_key`. `for_tile` hands `f` the test for
+//! the m-tile at `tm`, so the loop over its logits is compiled once per case and the common case
+//! has no division in it.
+template <class Cfg>
+struct wa_seen {
+  unsigned real = 0;
+  int all = 0;
+  __device__ explicit wa_seen(const wa_block& blk) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+    for (int nt = 0; nt < Cfg::ntiles; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        real |= static_cast<unsigned>(blk.rows.valid((warp * Cfg::ntiles + nt) * 8 + detail::mma_c_col(lane, j)))
+                << (2 * nt + j);
+    all = blk.rows.seen_by_all(blk.n, blk.t_end);
+  }
+  template <class F>
+  __device__ void for_tile(const wa_block& blk, int tm, F&& f) const {
+    if (tm + 16 <= all) {
+      f([&](int nt, int i) { return ((real >> (2 * nt + i % 2)) & 1u) != 0; });
+    } else {
+      const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+      f([&](int nt, int i) {
+        return tm + detail::mma_c_row(lane, i) <=
+               blk.rows.last_key((warp * Cfg::ntiles + nt) * 8 + detail::mma_c_col(lane, i), blk.n, blk.t_end);
+      });
+    }
+  }
+};
+
 // ---- pass 1 ----
 
 template <class Cfg, class Cache, class T>
-__global__ void __launch_bounds__(Cfg::threads) wa_mma_pass1_kernel(wa_mma_args<Cache, T> a) {
+__global__ void __launch_bounds__(Cfg::threads, Cfg::min_blocks) wa_mma_pass1_kernel(wa_mma_args<Cache, T> a) {
   extern __shared__ __align__(128) unsigned char wa_mma_smem[];
   __shared__ int s_last;
   const wa_block blk = wa_block_of(a);
@@ -202,19 +238,19 @@ __global__ void __launch_bounds__(Cfg::threads) wa_mma_pass1_kernel(wa_mma_args<
   __syncthreads();  // the query staging area becomes the key pipeline
 
   detail::log2_stats st[Cfg::ntiles][2];
+  const wa_seen<Cfg> seen(blk);
   wa_for_each_key_tile<Cfg>(c, blk.s, blk.h, blk.t_begin, blk.t_end, reinterpret_cast<T*>(wa_mma_smem),
                             [&](const T* ks, int t0) {
     for (int mt = 0; mt < Cfg::mtiles && t0 + mt * 16 < blk.t_end; ++mt) {
       float acc[Cfg::ntiles][4];
       wa_mma_tile<Cfg>(ks, mt, b, acc);
+      seen.for_tile(blk, t0 + mt * 16, [&](auto sees) {
 #pragma unroll
-      for (int nt = 0; nt < Cfg::ntiles; ++nt)
+        for (int nt = 0; nt < Cfg::ntiles; ++nt)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int t = t0 + mt * 16 + detail::mma_c_row(lane, i);
-          const int row = (warp * Cfg::ntiles + nt) * 8 + detail::mma_c_col(lane, i);
-          if (t < blk.t_end && blk.rows.sees(row, t, blk.n)) st[nt][i % 2].add(acc[nt][i] * a.scale_log2);
-        }
+          for (int i = 0; i < 4; ++i)
+            if (sees(nt, i)) st[nt][i % 2].add(acc[nt][i] * a.scale_log2);
+      });
     }
   });
 
@@ -264,7 +300,7 @@ __global__ void __launch_bounds__(Cfg::threads) wa_mma_pass1_kernel(wa_mma_args<
 // ---- pass 2 ----
 
 template <class Cfg, class Reduce, class Cache, class T>
-__global__ void __launch_bounds__(Cfg::threads) wa_mma_pass2_kernel(wa_mma_args<Cache, T> a) {
+__global__ void __launch_bounds__(Cfg::threads, Cfg::min_blocks) wa_mma_pass2_kernel(wa_mma_args<Cache, T> a) {
   extern __shared__ __align__(128) unsigned char wa_mma_smem[];
   const wa_block blk = wa_block_of(a);
   if (!blk.live) return;
@@ -285,6 +321,7 @@ __global__ void __launch_bounds__(Cfg::threads) wa_mma_pass2_kernel(wa_mma_args<
       stat[nt][j] = a.stat[sh * Cfg::rows_cap + (warp * Cfg::ntiles + nt) * 8 + (lane % 4) * 2 + j];
   __syncthreads();
 
+  const wa_seen<Cfg> seen(blk);
   float* part = reinterpret_cast<float*>(wa_mma_smem + Cfg::k_bytes);  // [rows_cap / 8][key_tile]
   const std::size_t base = row_base(c, blk.s, blk.h);
   wa_for_each_key_tile<Cfg>(c, blk.s, blk.h, blk.t_begin, blk.t_end, reinterpret_cast<T*>(wa_mma_smem),
@@ -292,26 +329,29 @@ __global__ void __launch_bounds__(Cfg::threads) wa_mma_pass2_kernel(wa_mma_args<
     for (int mt = 0; mt < Cfg::mtiles && t0 + mt * 16 < blk.t_end; ++mt) {
       float acc[Cfg::ntiles][4];
       wa_mma_tile<Cfg>(ks, mt, b, acc);
+      float sum[Cfg::ntiles][2];  // per n-tile, keys g and g + 8 over this lane's two queries
+      seen.for_tile(blk, t0 + mt * 16, [&](auto sees) {
+#pragma unroll
+        for (int nt = 0; nt < Cfg::ntiles; ++nt) {
+          sum[nt][0] = sum[nt][1] = 0.0f;
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            if (sees(nt, i))
+              sum[nt][i / 2] +=
+                  detail::exp2_nonpositive(acc[nt][i] * a.scale_log2 - stat[nt][i % 2].x) * stat[nt][i % 2].y;
+        }
+      });
 #pragma unroll
       for (int nt = 0; nt < Cfg::ntiles; ++nt) {
-        float sum[2] = {0.0f, 0.0f};  // keys g and g + 8 over this lane's two queries
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int t = t0 + mt * 16 + detail::mma_c_row(lane, i);
-          const int row = (warp * Cfg::ntiles + nt) * 8 + detail::mma_c_col(lane, i);
-          if (t < blk.t_end && blk.rows.sees(row, t, blk.n))
-            sum[i / 2] +=
-                detail::exp2_nonpositive(acc[nt][i] * a.scale_log2 - stat[nt][i % 2].x) * stat[nt][i % 2].y;
-        }
 #pragma unroll
         for (int k = 0; k < 2; ++k) {
-          sum[k] += __shfl_xor_sync(0xffffffffu, sum[k], 1);
-          sum[k] += __shfl_xor_sync(0xffffffffu, sum[k], 2);
+          sum[nt][k] += __shfl_xor_sync(0xffffffffu, sum[nt][k], 1);
+          sum[nt][k] += __shfl_xor_sync(0xffffffffu, sum[nt][k], 2);
         }
         if (lane % 4 == 0) {
           float* p = part + (warp * Cfg::ntiles + nt) * Cfg::key_tile + mt * 16 + lane / 4;
-          p[0] = sum[0];
-          p[8] = sum[1];
+          p[0] = sum[nt][0];
+          p[8] = sum[nt][1];
         }
       }
     }

@@ -63,6 +63,21 @@ struct wa_rows {
   //! Whether window query `row` sees key `t` of a sequence of `n` tokens (causal: the query at
   //! position n - window + i sees keys t <= n - window + i).
   KVEVICT_HOST_DEVICE bool sees(int row, int t, int n) const { return valid(row) && t <= n - window + row % wpad; }
+  //! The last key below `t_end` that window query `row` sees (-1 for a padding row): for t >= 0,
+  //! `t < t_end && sees(row, t, n)` exactly when `t <= last_key(row, n, t_end)`.
+  KVEVICT_HOST_DEVICE int last_key(int row, int n, int t_end) const {
+    if (!valid(row)) return -1;
+    const int last = n - window + row % wpad;
+    return last < t_end - 1 ? last : t_end - 1;
+  }
+  //! Keys below this, and below `t_end`, are seen by every real (non-padding) query: for t >= 0,
+  //! `t < seen_by_all(n, t_end)` and `valid(row)` give `t < t_end && sees(row, t, n)`. The kernels
+  //! test a logit of such a key by the row's validity alone (a bit), and call `last_key` (a
+  //! division) only in the few m-tiles past it: the window's own keys.
+  KVEVICT_HOST_DEVICE int seen_by_all(int n, int t_end) const {
+    const int e = n - window + 1;
+    return e < t_end ? e : t_end;
+  }
 };
 
 // ---- softmax statistics in log2 units ----
