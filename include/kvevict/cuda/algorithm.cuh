@@ -108,11 +108,22 @@ struct plan_dispatch {
   const Cache& c;
   const signals<T>& sig;
 
-  //! Agents: 0 the scores slab, 1 the scorer, 2 the granularity.
+  using deferred_pool = typename deferred_pooling<typename Policy::scorer_type>::pool;
+  //! Whether the selection reads the scorer's plain scratch (its unpooled scores, when the
+  //! selection's first pass pools them). Otherwise the scorer has finished with its plain scratch
+  //! when the selection starts, in stream order, and the two agents share one buffer.
+  static constexpr bool selection_reads_scorer = granularity_agent::fuses_pooling && deferred_pool::enabled;
+
+  //! Agents: 0 the scores slab, 1 the scorer, 2 the granularity (its plain scratch in agent 1's
+  //! when the two can share it: see `selection_reads_scorer`).
   void requests(scratch_request* req) const {
     req[0] = {0, sizeof(float) * slab_tokens(c)};
     req[1] = scorer_agent::request(p.scorer, c, sig, p.selector.window);
     req[2] = granularity_agent::request(p.granularity, c);
+    if constexpr (!selection_reads_scorer) {
+      req[1].plain = req[1].plain > req[2].plain ? req[1].plain : req[2].plain;
+      req[2].plain = 0;
+    }
   }
   status check_scalars() const {
     detail::static_check_plan_types<Policy, Cache, T>();
@@ -136,15 +147,14 @@ struct plan_dispatch {
         page_marks, word);
     KVEVICT_TRY(check_launch("plan checks: kernel launch"));
     float* scores = static_cast<float*>(plain[0]);
-    using pool = typename deferred_pooling<typename Policy::scorer_type>::pool;
-    if constexpr (granularity_agent::fuses_pooling && pool::enabled) {  // the selection's first pass pools
+    if constexpr (selection_reads_scorer) {  // the selection's first pass pools
       const float* raw = nullptr;
       KVEVICT_TRY(scorer_agent::enqueue_unpooled(p.scorer, st, c, sig, rules, scores, zeroed[1], plain[1], word, raw));
       return granularity_agent::enqueue(p.granularity, st, c, sig, rules, scores, out, zeroed[2], plain[2], word,
-                                        topk_source<pool>{raw, scores, p.scorer.pool_kernel});
-    } else {
+                                        topk_source<deferred_pool>{raw, scores, p.scorer.pool_kernel});
+    } else {  // one plain buffer, the scorer's first, then the selection's
       KVEVICT_TRY(scorer_agent::enqueue(p.scorer, st, c, sig, rules, scores, zeroed[1], plain[1], word));
-      return granularity_agent::enqueue(p.granularity, st, c, sig, rules, scores, out, zeroed[2], plain[2], word);
+      return granularity_agent::enqueue(p.granularity, st, c, sig, rules, scores, out, zeroed[2], plain[1], word);
     }
   }
 };

@@ -349,9 +349,15 @@ struct block_args {
   int* word;
 };
 
-template <class Cache>
+//! Row unit (s, h)'s scratch: one unit per (sequence, KV head), laid out like the slabs; with
+//! `Shared` heads one unit per sequence, laid out like the slab of a one-head cache (every
+//! layout's `row_base(c, s, 0)` is `num_kv_heads` times that: sequences' regions stay disjoint and
+//! as long as their rows), so shared-heads policies need 1 / num_kv_heads of the scratch.
+template <bool Shared, class Cache>
 __device__ block_scratch_ptrs row_scratch(const block_scratch_ptrs& ws, const Cache& c, int s, int h) {
-  const std::size_t b = row_base(c, s, h), row = static_cast<std::size_t>(s) * c.num_kv_heads() + h;
+  const int kvh = c.num_kv_heads();
+  const std::size_t b = Shared ? row_base(c, s, 0) / static_cast<std::size_t>(kvh) : row_base(c, s, h);
+  const std::size_t row = Shared ? static_cast<std::size_t>(s) : static_cast<std::size_t>(s) * kvh + h;
   return {ws.a + b, ws.prefix ? ws.prefix + b : nullptr, ws.keep + b, ws.off + b + row,
           ws.key ? ws.key + 2 * b : nullptr, ws.idx ? ws.idx + 2 * b : nullptr, ws.taken ? ws.taken + b : nullptr};
 }
@@ -726,7 +732,7 @@ __global__ void __launch_bounds__(block_threads, 1) block_select_kernel(block_ar
   } else {
     const detail::token_range range = si.range(n);
     const int lo = range.lo, hi = range.hi, m = hi - lo, bc = b - lo - (n - hi);
-    const block_scratch_ptrs w = row_scratch(a.ws, c, s, h);
+    const block_scratch_ptrs w = row_scratch<traits::shared>(a.ws, c, s, h);
     st.load_scores(w, lo, m);
     if (bc > 0 && m > 0) {
       const row_segments g = st.segment(w, lo, hi);
@@ -775,7 +781,10 @@ struct device_block_granularity {
   static constexpr bool fuses_pooling = false;
   template <class Cache>
   static detail::workspace_layout<7> layout(const Cache& c) {
-    const std::size_t tok = slab_tokens(c), rows = static_cast<std::size_t>(c.num_seqs()) * c.num_kv_heads();
+    // One row unit per (sequence, KV head), or per sequence with shared heads (`row_scratch`).
+    const std::size_t heads = static_cast<std::size_t>(c.num_kv_heads()), units_per_seq = traits::shared ? 1 : heads;
+    const std::size_t tok = slab_tokens(c) / heads * units_per_seq,
+                      rows = static_cast<std::size_t>(c.num_seqs()) * units_per_seq;
     const bool units = !traits::sablock;
     // idx: the units' sort indices, or SABlock's raw cuts and sentences (two levels).
     return detail::workspace_layout<7>{{sizeof(double) * tok, traits::sablock ? sizeof(double) * tok : 0, tok,
