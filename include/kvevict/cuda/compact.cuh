@@ -275,6 +275,10 @@ __global__ void __launch_bounds__(compact_threads) compact_kernel(compact_args<C
   extern __shared__ __align__(16) unsigned char compact_smem[];
   __shared__ int s_row, s_tile, s_wait;
   __shared__ float s_scale[compact_tile][2];  // the tile's K and V token scales, when the view holds them
+  // The tile's source slots and source / destination page ids (-1: the token stays where it is),
+  // looked up by one thread per rank at once, so no warp waits on a position and then on its page
+  // id per token before it can issue the token's copy.
+  __shared__ int s_src[compact_tile], s_src_page[compact_tile], s_dst_page[compact_tile];
   if (block_failed(a.word)) return;
   const Cache& c = a.cache;
   const int kvh = c.num_kv_heads(), rows = c.num_seqs() * kvh, ps = c.page_size();
@@ -300,11 +304,18 @@ __global__ void __launch_bounds__(compact_threads) compact_kernel(compact_args<C
     }
     const int s = r / kvh, h = r % kvh, j1 = cnt < j0 + compact_tile ? cnt : j0 + compact_tile;
     const std::int32_t* pos = a.plan.row(r);
+    for (int k = threadIdx.x; k < j1 - j0; k += blockDim.x) {
+      const int j = j0 + k, p = pos[j];
+      s_src[k] = p == j ? -1 : p;
+      s_src_page[k] = p == j ? -1 : c.page(s, h, p / ps);
+      s_dst_page[k] = p == j ? -1 : c.page(s, h, j / ps);
+    }
+    __syncthreads();
     // Read: every load of the tile in flight, then one wait.
     for (int j = j0 + warp; j < j1; j += warps) {
-      const int p = pos[j];
-      if (p == j) continue;
-      const int pg = c.page(s, h, p / ps);
+      const int p = s_src[j - j0];
+      if (p < 0) continue;
+      const int pg = s_src_page[j - j0];
       Unit* b = buf + static_cast<std::size_t>(j - j0) * 2 * units;
       copy_kv<vec>(b, b + units, reinterpret_cast<const Unit*>(c.key(pg, p % ps, h)),
                    reinterpret_cast<const Unit*>(c.value(pg, p % ps, h)), units);
@@ -332,8 +343,8 @@ __global__ void __launch_bounds__(compact_threads) compact_kernel(compact_args<C
     }
     __syncthreads();
     for (int j = j0 + warp; j < j1; j += warps) {
-      if (pos[j] == j) continue;
-      const int pg = c.page(s, h, j / ps);
+      const int pg = s_dst_page[j - j0];
+      if (pg < 0) continue;
       const Unit* b = buf + static_cast<std::size_t>(j - j0) * 2 * units;
       copy_kv<false>(reinterpret_cast<Unit*>(c.key(pg, j % ps, h)), reinterpret_cast<Unit*>(c.value(pg, j % ps, h)), b,
                      b + units, units);
