@@ -470,8 +470,7 @@ struct row_stages {
     for (int q0 = 0; q0 < runs; q0 += block_threads) {
       const int q = q0 + static_cast<int>(threadIdx.x), e = runs - q0 < block_threads ? runs - q0 : block_threads;
       if (q < runs)
-        sh.tmp.vals[threadIdx.x] =
-            detail::clause_run_total(w.prefix, w.off, 0, q * run, g.count - q * run < run ? g.count : q * run + run);
+        sh.tmp.vals[threadIdx.x] = detail::clause_run_sum(w.prefix, w.off, 0, g.count, run, q);
       __syncthreads();
       if (threadIdx.x == 0)
         for (int i = 0; i < e; ++i) rsum = detail::add_rn(rsum, sh.tmp.vals[i]);

@@ -72,13 +72,19 @@ KVEVICT_HOST_DEVICE double clause_run_total(const double* prefix, const std::int
   return s;
 }
 
+//! The sum of run `q` (runs of `run` clauses among `count`): clauses [q run, min(count, q run + run)).
+KVEVICT_HOST_DEVICE double clause_run_sum(const double* prefix, const std::int32_t* off, int base, int count, int run,
+                                          int q) {
+  const int u0 = q * run;
+  return clause_run_total(prefix, off, base, u0, count - u0 < run ? count : u0 + run);
+}
+
 //! The row's clause-total sum in the order of `clause_run` (the host's loop; a device block computes
 //! the runs in parallel and adds their sums in run order).
 KVEVICT_HOST_DEVICE double clauses_total(const double* prefix, const std::int32_t* off, int base, int count) {
   const int run = clause_run(count);
   double total = 0;
-  for (int u0 = 0; u0 < count; u0 += run)
-    total = add_rn(total, clause_run_total(prefix, off, base, u0, count - u0 < run ? count : u0 + run));
+  for (int q = 0; q * run < count; ++q) total = add_rn(total, clause_run_sum(prefix, off, base, count, run, q));
   return total;
 }
 
