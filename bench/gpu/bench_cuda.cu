@@ -200,38 +200,53 @@ kvevict::chunkkv<> chunkkv_policy() {
   return p;
 }
 
+// The device buffers of one `plan` / `evict` of policy `p` on layer `L`: workspace, plan, outputs.
+struct call_buffers {
+  std::size_t bytes = 0;
+  int cap = 0;
+  void* ws = nullptr;
+  std::int32_t *pos = nullptr, *cnt = nullptr, *new_lens = nullptr, *freed = nullptr, *num = nullptr;
+  kvevict::device_compact_result out{};
+  template <class Policy>
+  call_buffers(kvevict::cuda_t exec, const Policy& p, const layer& L, const kvevict::signals<T>& sig)
+      : bytes(kvevict::evict_workspace_bytes(exec, p, L.cache, sig)), cap(kvevict::plan_capacity(exec, p, L.cache)) {
+    ok(cudaMalloc(&ws, bytes));
+    ok(cudaMalloc(&pos, sizeof(std::int32_t) * HKV * cap));
+    ok(cudaMalloc(&cnt, sizeof(std::int32_t) * HKV));
+    ok(cudaMalloc(&new_lens, sizeof(std::int32_t) * HKV));
+    ok(cudaMalloc(&freed, sizeof(std::int32_t) * L.cache.num_pages()));
+    ok(cudaMalloc(&num, sizeof(std::int32_t)));
+    out = {new_lens, HKV, freed, L.cache.num_pages(), num};
+  }
+  call_buffers(const call_buffers&) = delete;
+  call_buffers& operator=(const call_buffers&) = delete;
+  ~call_buffers() {
+    cudaFree(ws), cudaFree(pos), cudaFree(cnt), cudaFree(new_lens), cudaFree(freed), cudaFree(num);
+  }
+  kvevict::keep_plan plan() const { return {pos, cnt, cap, HKV}; }
+};
+
 // Plan (+ compact unless plan_only) of one layer with policy `p`.
 template <class Policy>
 void run_policy(benchmark::State& st, Policy p, layer& L, const kvevict::signals<T>& sig, bool plan_only) {
   p.selector.window = W;
   p.selector.budget.entries = static_cast<int>(st.range(1));
   const auto exec = kvevict::cuda;
-  const std::size_t bytes = kvevict::evict_workspace_bytes(exec, p, L.cache, sig);
-  const int cap = kvevict::plan_capacity(exec, p, L.cache);
-  void* ws;
-  std::int32_t *pos, *cnt, *new_lens, *freed, *num;
-  ok(cudaMalloc(&ws, bytes));
-  ok(cudaMalloc(&pos, sizeof(std::int32_t) * HKV * cap));
-  ok(cudaMalloc(&cnt, sizeof(std::int32_t) * HKV));
-  ok(cudaMalloc(&new_lens, sizeof(std::int32_t) * HKV));
-  ok(cudaMalloc(&freed, sizeof(std::int32_t) * L.cache.num_pages()));
-  ok(cudaMalloc(&num, sizeof(std::int32_t)));
-  kvevict::device_compact_result out{new_lens, HKV, freed, L.cache.num_pages(), num};
+  call_buffers b(exec, p, L, sig);
   auto once = [&] {
-    const auto s = plan_only ? kvevict::plan(exec, p, L.cache, sig, {pos, cnt, cap, HKV}, ws, bytes)
-                             : kvevict::evict(exec, p, L.cache, sig, {pos, cnt, cap, HKV}, out, ws, bytes);
+    const auto s = plan_only ? kvevict::plan(exec, p, L.cache, sig, b.plan(), b.ws, b.bytes)
+                             : kvevict::evict(exec, p, L.cache, sig, b.plan(), b.out, b.ws, b.bytes);
     if (!s.ok()) st.SkipWithError(s.message().c_str());
   };
   once();
-  const auto s = kvevict::device_status(exec, ws);
+  const auto s = kvevict::device_status(exec, b.ws);
   if (!s.ok()) st.SkipWithError(s.message().c_str());
   timer t;
   for (auto _ : st) st.SetIterationTime(t.ms(once) / 1e3);
   st.counters["tokens"] = L.n;
   st.counters["budget"] = static_cast<double>(p.selector.budget.entries);
-  st.counters["workspace_MiB"] = static_cast<double>(bytes) / (1 << 20);
+  st.counters["workspace_MiB"] = static_cast<double>(b.bytes) / (1 << 20);
   st.counters["floor_ms"] = floor_ms(L.n, plan_only ? 0 : p.selector.budget.entries, g_copy_tbs);
-  cudaFree(ws), cudaFree(pos), cudaFree(cnt), cudaFree(new_lens), cudaFree(freed), cudaFree(num);
 }
 
 void BM_snapkv_evict(benchmark::State& st) {
@@ -391,28 +406,17 @@ void profile_policy(const char* name, Policy p, layer& L, const kvevict::signals
   p.selector.window = W;
   p.selector.budget.entries = 1024;
   const auto exec = kvevict::cuda.on(stream);
-  const std::size_t bytes = kvevict::evict_workspace_bytes(exec, p, L.cache, sig);
-  const int cap = kvevict::plan_capacity(exec, p, L.cache);
-  void* ws;
-  std::int32_t *pos, *cnt, *new_lens, *freed, *num;
-  ok(cudaMalloc(&ws, bytes));
-  ok(cudaMalloc(&pos, sizeof(std::int32_t) * HKV * cap));
-  ok(cudaMalloc(&cnt, sizeof(std::int32_t) * HKV));
-  ok(cudaMalloc(&new_lens, sizeof(std::int32_t) * HKV));
-  ok(cudaMalloc(&freed, sizeof(std::int32_t) * L.cache.num_pages()));
-  ok(cudaMalloc(&num, sizeof(std::int32_t)));
-  kvevict::device_compact_result out{new_lens, HKV, freed, L.cache.num_pages(), num};
+  call_buffers b(exec, p, L, sig);
   auto call = [&] {
-    const auto s = kvevict::evict(exec, p, L.cache, sig, {pos, cnt, cap, HKV}, out, ws, bytes);
+    const auto s = kvevict::evict(exec, p, L.cache, sig, b.plan(), b.out, b.ws, b.bytes);
     if (!s.ok()) std::fprintf(stderr, "%s: %s\n", name, s.message().c_str());
   };
   call();
-  const auto s = kvevict::device_status(exec, ws);
+  const auto s = kvevict::device_status(exec, b.ws);
   if (s.ok())
     profile_call(name, L.n, stream, call);
   else
     std::fprintf(stderr, "%s: %s\n", name, s.message().c_str());
-  cudaFree(ws), cudaFree(pos), cudaFree(cnt), cudaFree(new_lens), cudaFree(freed), cudaFree(num);
 }
 
 int profile_stages() {
