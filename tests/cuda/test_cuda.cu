@@ -696,6 +696,21 @@ void test_block_granularities(layout_kind kind, std::uint32_t seed) {
     setup(sbs, budget, 4, window);
     sbs.granularity.segmenter.length = 9;
     compare_block_policy(dc, sbs, sbs, sig, dsig, dscores.p, seqs, kvh, "sablock shared fixed length");
+    // The key-similarity segmenter (its similarities by a pre-pass on the device): shared heads
+    // (averaged over the heads, or head 0's own in a (sequence, head)-row cache) and independent.
+    kvevict::sentencekv<kvevict::key_similarity_segmenter, precomputed, kvevict::uniform_budget, kvevict::shared_heads>
+        skk;
+    setup(skk, budget, 4, window);
+    skk.granularity.segmenter.min_len = 2;
+    skk.granularity.segmenter.max_len = 11;
+    compare_block_policy(dc, skk, skk, sig, dsig, dscores.p, seqs, kvh, "sentencekv key similarity");
+    kvevict::sablock<kvevict::key_similarity_segmenter, precomputed> sbk;
+    setup(sbk, budget, 4, window);
+    compare_block_policy(dc, sbk, sbk, sig, dsig, dscores.p, seqs, kvh, "sablock key similarity");
+    kvevict::sablock<kvevict::key_similarity_segmenter, precomputed, kvevict::uniform_budget, kvevict::shared_heads> sbks;
+    setup(sbks, budget, 4, window);
+    sbks.granularity.segmenter.max_len = kvevict::no_max_len;
+    compare_block_policy(dc, sbks, sbks, sig, dsig, dscores.p, seqs, kvh, "sablock shared key similarity");
   }
   {  // a NaN score in a scored sequence fails both backends, naming the same argument
     auto bad = scores;

@@ -598,7 +598,10 @@ TEST_CASE("Two-level segmentation: sentences of clauses, each level with its own
 
 namespace {
 // The key-similarity cuts as first written (one pair at a time, every key's norm summed twice),
-// kept here as the reference of the faster segmenter: the same cuts, bit for bit.
+// kept here as the reference of the faster segmenter: the same cuts, bit for bit. It is also the
+// arithmetic of the CUDA backend's pre-pass (cuda/blocks.cuh, `key_similarity_kernel`: a thread per
+// pair, products and sums rounded separately as here), whose cuts the CUDA test compares with the
+// host's on a device.
 template <class Cache>
 int key_similarity_reference(const Cache& cache, int seq, int head, int lo, int hi, int min_len, int max_len,
                              std::int32_t* offsets) {

@@ -108,6 +108,17 @@ __device__ int merge_and_split_block(std::int32_t* off, int count, int min_len, 
 
 // ---- segmenters on the device: one specialisation each ----
 
+//! Scratch of one row unit, laid out like the slabs (see block_layout).
+struct block_scratch_ptrs {
+  double* a;             // [cap] row scores over [lo, hi), refined in place (SABlock)
+  double* prefix;        // [cap] SABlock's local prefix sums
+  unsigned char* keep;   // [cap]
+  std::int32_t* off;     // [cap + 1]
+  std::uint64_t* key;    // [2 cap] unit sort keys (units path)
+  std::int32_t* idx;     // [2 cap]
+  unsigned char* taken;  // [cap] units kept whole
+};
+
 //! Scratch a segmenter may use while it cuts one row of `m` tokens (all of it free then).
 struct segment_scratch {
   std::int32_t* off;     // [m + 1] the segment ends (the result)
@@ -127,8 +138,8 @@ struct row_segments {
 template <class Segmenter>
 struct device_segmenter {
   static_assert(always_false<Segmenter>,
-                "kvevict::cuda: this segmenter has no CUDA implementation (delimiter_segmenter and "
-                "fixed_length_segmenter have)");
+                "kvevict::cuda: this segmenter has no CUDA implementation (delimiter_segmenter, "
+                "fixed_length_segmenter and key_similarity_segmenter have)");
 };
 
 //! Fixed units of `len` tokens over [lo, hi): offsets relative to lo. Returns the count.
@@ -141,6 +152,11 @@ __device__ inline int fixed_units(int lo, int hi, int len, std::int32_t* off) {
 
 template <>
 struct device_segmenter<delimiter_segmenter> {
+  template <bool Shared, bool SABlock, class Cache>
+  static status enqueue_prepass(cudaStream_t, const delimiter_segmenter&, const Cache&, const seq_rules&,
+                                const block_scratch_ptrs&, int, int*) {
+    return ok_status();  // nothing to compute before the row kernel
+  }
   template <class Cache, class T>
   static status host_check(const delimiter_segmenter& seg, const Cache&, const signals<T>& sig) {
     KVEVICT_TRY(seg.check_token_ids(sig));  // the host's checks but the length loop, which the
@@ -218,6 +234,11 @@ struct device_segmenter<delimiter_segmenter> {
 
 template <>
 struct device_segmenter<fixed_length_segmenter> {
+  template <bool Shared, bool SABlock, class Cache>
+  static status enqueue_prepass(cudaStream_t, const fixed_length_segmenter&, const Cache&, const seq_rules&,
+                                const block_scratch_ptrs&, int, int*) {
+    return ok_status();  // nothing to compute before the row kernel
+  }
   template <class Cache, class T>
   static status host_check(const fixed_length_segmenter& seg, const Cache& c, const signals<T>& sig) {
     return seg.validate(c, sig);  // reads no table
@@ -311,16 +332,6 @@ __device__ inline void sort_units(std::uint64_t* key, std::int32_t* idx, int cou
 
 // ---- the row kernel ----
 
-//! Scratch of one row unit, laid out like the slabs (see block_layout).
-struct block_scratch_ptrs {
-  double* a;             // [cap] row scores over [lo, hi), refined in place (SABlock)
-  double* prefix;        // [cap] SABlock's local prefix sums
-  unsigned char* keep;   // [cap]
-  std::int32_t* off;     // [cap + 1]
-  std::uint64_t* key;    // [2 cap] unit sort keys (units path)
-  std::int32_t* idx;     // [2 cap]
-  unsigned char* taken;  // [cap] units kept whole
-};
 
 template <class Granularity>
 struct block_traits;
@@ -361,6 +372,88 @@ __device__ block_scratch_ptrs row_scratch(const block_scratch_ptrs& ws, const Ca
   return {ws.a + b, ws.prefix ? ws.prefix + b : nullptr, ws.keep + b, ws.off + b + row,
           ws.key ? ws.key + 2 * b : nullptr, ws.idx ? ws.idx + 2 * b : nullptr, ws.taken ? ws.taken + b : nullptr};
 }
+
+//! The key-similarity segmenter's pre-pass (one launch before the row kernel): the similarity of
+//! each pair of adjacent keys (u, u + 1) of a row unit's compressible range, `sim[u]`, into the
+//! unit's spare scratch (SABlock's prefix sums, or the units' sort keys: free until the row is
+//! cut), a thread per pair. As the host's `key_similarity_segmenter`: per head (every KV head in
+//! order, or the row's own head in a (sequence, head)-row cache) the sums |a|^2, a . b, |b|^2 in
+//! element order, rounded as the host rounds them (no fused multiply-add), `detail::key_cosine`,
+//! the heads' cosines added in order from 0, divided by the head count.
+template <bool Shared, bool SABlock, class Cache>
+__global__ void key_similarity_kernel(Cache c, seq_rules rules, block_scratch_ptrs ws, int* word) {
+  if (block_failed(word)) return;
+  const int kvh = c.num_kv_heads(), unit = static_cast<int>(blockIdx.y);
+  const int s = Shared ? unit : unit / kvh, h = Shared ? 0 : unit % kvh;
+  const row_rule si = rules.info(c, s);
+  const int n = c.seq_len(s, h);
+  if (si.kept_whole() || n <= si.budget) return;  // the row kernel cuts nothing
+  const detail::token_range range = si.range(n);
+  const int lo = range.lo, m = range.hi - range.lo;
+  const block_scratch_ptrs w = row_scratch<Shared>(ws, c, s, h);
+  double* sim = SABlock ? w.prefix : reinterpret_cast<double*>(w.key);
+  const int heads = Cache::per_head_rows ? 1 : kvh, d = c.head_dim(), ps = c.page_size();
+  for (int u = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); u + 1 < m;
+       u += static_cast<int>(gridDim.x * blockDim.x)) {
+    const int t = lo + u;
+    double acc = 0;
+    for (int hh = 0; hh < heads; ++hh) {
+      const int hd = Cache::per_head_rows ? h : hh;
+      const auto* ka = c.key(c.page(s, hd, t / ps), t % ps, hd);
+      const auto* kb = c.key(c.page(s, hd, (t + 1) / ps), (t + 1) % ps, hd);
+      double aa = 0, ab = 0, bb = 0;
+      for (int x = 0; x < d; ++x) {
+        const double fa = to_float(ka[x]), fb = to_float(kb[x]);
+        aa = detail::add_rn(aa, detail::mul_rn(fa, fa));
+        ab = detail::add_rn(ab, detail::mul_rn(fa, fb));
+        bb = detail::add_rn(bb, detail::mul_rn(fb, fb));
+      }
+      acc = detail::add_rn(acc, detail::key_cosine(aa, ab, bb));
+    }
+    sim[u] = acc / heads;
+  }
+}
+
+//! Boundaries where the pre-pass's similarity is a strict local minimum (lower than the pair
+//! before, not higher than the pair after), then the merge / split rules, as on the host. One
+//! level: SABlock's sentences are its clauses.
+template <>
+struct device_segmenter<key_similarity_segmenter> {
+  template <class Cache, class T>
+  static status host_check(const key_similarity_segmenter& seg, const Cache& c, const signals<T>& sig) {
+    return seg.validate(c, sig);  // reads no table
+  }
+  template <class T>
+  __device__ static bool check(const key_similarity_segmenter&, const signals<T>&, int, int*) {
+    return true;
+  }
+  template <bool Shared, bool SABlock, class Cache>
+  static status enqueue_prepass(cudaStream_t st, const key_similarity_segmenter&, const Cache& c,
+                                const seq_rules& rules, const block_scratch_ptrs& ws, int units, int* word) {
+    const unsigned x = static_cast<unsigned>(std::min(1024, (max_row_cap(c) + block_threads - 1) / block_threads));
+    key_similarity_kernel<Shared, SABlock><<<dim3(x, static_cast<unsigned>(units)), block_threads, 0, st>>>(
+        c, rules, ws, word);
+    return check_launch("key similarity: kernel launch");
+  }
+  template <bool Levels, class Scan, class T>
+  __device__ static row_segments segment(const key_similarity_segmenter& seg, const signals<T>&, int, int lo, int hi,
+                                         const segment_scratch& w, typename Scan::TempStorage& tmp) {
+    const int m = hi - lo;
+    const double* sim = reinterpret_cast<const double*>(w.spare);  // sim[u]: pair (u, u + 1), the pre-pass's
+    const int k = enumerate_flagged<Scan>(
+        m - 1,
+        [&](int u) { return (u == 0 || sim[u] < sim[u - 1]) && (u + 2 >= m || sim[u] <= sim[u + 1]); },
+        [&](int u, int j) { w.off[1 + j] = u + 1; }, tmp);
+    if (threadIdx.x == 0) {
+      w.off[0] = 0;
+      w.off[k + 1] = m;
+    }
+    __syncthreads();  // every similarity read: `spare` is the merge's scratch from here
+    const int count = merge_and_split_block<Scan>(w.off, k + 1, seg.min_len, seg.max_len, w.idx, w.idx + m, w.bytes,
+                                                  w.spare, tmp);
+    return {count, nullptr, count};
+  }
+};
 
 //! The block's shared state: the scan / reduce storage and the broadcast scalars.
 struct row_shared {
@@ -819,6 +912,11 @@ struct device_block_granularity {
                                                            traits::sablock ? nullptr : static_cast<unsigned char*>(p[6])},
                                         out, word};
     const int units = traits::shared ? c.num_seqs() : c.num_seqs() * c.num_kv_heads();
+    if constexpr (!traits::fixed) {
+      using seg_t = std::decay_t<decltype(g.segmenter)>;
+      KVEVICT_TRY((device_segmenter<seg_t>::template enqueue_prepass<traits::shared, traits::sablock>(
+          st, g.segmenter, c, rules, a.ws, units, word)));
+    }
     block_select_kernel<<<units, block_threads, 0, st>>>(a);
     return check_launch("block selection: kernel launch");
   }

@@ -308,6 +308,15 @@ struct fixed_length_segmenter {
   }
 };
 
+namespace detail {
+//! The cosine of two keys from their sums `aa` = |a|^2, `ab` = a . b, `bb` = |b|^2 (each added in
+//! element order; 0 when a key is zero): the key-similarity segmenter's term, on the host and in
+//! the CUDA backend's pre-pass.
+KVEVICT_HOST_DEVICE double key_cosine(double aa, double ab, double bb) {
+  return (aa > 0 && bb > 0) ? ab / std::sqrt(aa * bb) : 0.0;
+}
+}  // namespace detail
+
 //! For engines without token ids: a boundary after token `t` where the cosine similarity of the
 //! adjacent keys `t` and `t + 1`, averaged over KV heads, is a strict local minimum (lower than at
 //! `t - 1` and not higher than at `t + 1`); then `min_len` / `max_len` as the delimiter segmenter.
@@ -365,7 +374,7 @@ struct key_similarity_segmenter {
           }
         }
         for (int j = 0; j < M; ++j) {
-          sim[t + j - lo] += (aa > 0 && bb[j] > 0) ? ab[j] / std::sqrt(aa * bb[j]) : 0.0;
+          sim[t + j - lo] += detail::key_cosine(aa, ab[j], bb[j]);
           aa = bb[j];
         }
       };
