@@ -332,7 +332,6 @@ __device__ inline void sort_units(std::uint64_t* key, std::int32_t* idx, int cou
 
 // ---- the row kernel ----
 
-
 template <class Granularity>
 struct block_traits;
 template <class Sharing>
@@ -383,7 +382,7 @@ __device__ block_scratch_ptrs row_scratch(const block_scratch_ptrs& ws, const Ca
 template <bool Shared, bool SABlock, class Cache>
 __global__ void key_similarity_kernel(Cache c, seq_rules rules, block_scratch_ptrs ws, int* word) {
   if (block_failed(word)) return;
-  const int kvh = c.num_kv_heads(), unit = static_cast<int>(blockIdx.y);
+  const int kvh = c.num_kv_heads(), unit = static_cast<int>(blockIdx.x);  // grid: (units, pair chunks)
   const int s = Shared ? unit : unit / kvh, h = Shared ? 0 : unit % kvh;
   const row_rule si = rules.info(c, s);
   const int n = c.seq_len(s, h);
@@ -393,8 +392,8 @@ __global__ void key_similarity_kernel(Cache c, seq_rules rules, block_scratch_pt
   const block_scratch_ptrs w = row_scratch<Shared>(ws, c, s, h);
   double* sim = SABlock ? w.prefix : reinterpret_cast<double*>(w.key);
   const int heads = Cache::per_head_rows ? 1 : kvh, d = c.head_dim(), ps = c.page_size();
-  for (int u = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); u + 1 < m;
-       u += static_cast<int>(gridDim.x * blockDim.x)) {
+  for (int u = static_cast<int>(blockIdx.y * blockDim.x + threadIdx.x); u + 1 < m;
+       u += static_cast<int>(gridDim.y * blockDim.x)) {
     const int t = lo + u;
     double acc = 0;
     for (int hh = 0; hh < heads; ++hh) {
@@ -430,8 +429,8 @@ struct device_segmenter<key_similarity_segmenter> {
   template <bool Shared, bool SABlock, class Cache>
   static status enqueue_prepass(cudaStream_t st, const key_similarity_segmenter&, const Cache& c,
                                 const seq_rules& rules, const block_scratch_ptrs& ws, int units, int* word) {
-    const unsigned x = static_cast<unsigned>(std::min(1024, (max_row_cap(c) + block_threads - 1) / block_threads));
-    key_similarity_kernel<Shared, SABlock><<<dim3(x, static_cast<unsigned>(units)), block_threads, 0, st>>>(
+    const unsigned chunks = static_cast<unsigned>(std::min(1024, (max_row_cap(c) + block_threads - 1) / block_threads));
+    key_similarity_kernel<Shared, SABlock><<<dim3(static_cast<unsigned>(units), chunks), block_threads, 0, st>>>(
         c, rules, ws, word);
     return check_launch("key similarity: kernel launch");
   }
