@@ -275,9 +275,9 @@ __global__ void __launch_bounds__(compact_threads) compact_kernel(compact_args<C
   extern __shared__ __align__(16) unsigned char compact_smem[];
   __shared__ int s_row, s_tile, s_wait;
   __shared__ float s_scale[compact_tile][2];  // the tile's K and V token scales, when the view holds them
-  // The tile's source slots and source / destination page ids (-1: the token stays where it is),
-  // looked up by one thread per rank at once, so no warp waits on a position and then on its page
-  // id per token before it can issue the token's copy.
+  // The tile's source slots and source / destination page ids (page ids -1: the token stays where
+  // it is), looked up by one thread per rank at once, so no warp waits on a position and then on
+  // its page id per token before it can issue the token's copy.
   __shared__ int s_src[compact_tile], s_src_page[compact_tile], s_dst_page[compact_tile];
   if (block_failed(a.word)) return;
   const Cache& c = a.cache;
@@ -306,16 +306,15 @@ __global__ void __launch_bounds__(compact_threads) compact_kernel(compact_args<C
     const std::int32_t* pos = a.plan.row(r);
     for (int k = threadIdx.x; k < j1 - j0; k += blockDim.x) {
       const int j = j0 + k, p = pos[j];
-      s_src[k] = p == j ? -1 : p;
+      s_src[k] = p;
       s_src_page[k] = p == j ? -1 : c.page(s, h, p / ps);
       s_dst_page[k] = p == j ? -1 : c.page(s, h, j / ps);
     }
     __syncthreads();
     // Read: every load of the tile in flight, then one wait.
     for (int j = j0 + warp; j < j1; j += warps) {
-      const int p = s_src[j - j0];
-      if (p < 0) continue;
-      const int pg = s_src_page[j - j0];
+      const int p = s_src[j - j0], pg = s_src_page[j - j0];
+      if (pg < 0) continue;
       Unit* b = buf + static_cast<std::size_t>(j - j0) * 2 * units;
       copy_kv<vec>(b, b + units, reinterpret_cast<const Unit*>(c.key(pg, p % ps, h)),
                    reinterpret_cast<const Unit*>(c.value(pg, p % ps, h)), units);

@@ -195,14 +195,15 @@ template <class Cfg>
 struct wa_seen {
   unsigned real = 0;
   int all = 0;
+  //! The query row of this lane's accumulator element `i` in n-tile `nt`.
+  __device__ static int row(int nt, int i) {
+    return (static_cast<int>(threadIdx.x / 32) * Cfg::ntiles + nt) * 8 + detail::mma_c_col(threadIdx.x % 32, i);
+  }
   __device__ explicit wa_seen(const wa_block& blk) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
     for (int nt = 0; nt < Cfg::ntiles; ++nt)
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
-        real |= static_cast<unsigned>(blk.rows.valid((warp * Cfg::ntiles + nt) * 8 + detail::mma_c_col(lane, j)))
-                << (2 * nt + j);
+      for (int j = 0; j < 2; ++j) real |= static_cast<unsigned>(blk.rows.valid(row(nt, j))) << (2 * nt + j);
     all = blk.rows.seen_by_all(blk.n, blk.t_end);
   }
   template <class F>
@@ -210,10 +211,8 @@ struct wa_seen {
     if (tm + 16 <= all) {
       f([&](int nt, int i) { return ((real >> (2 * nt + i % 2)) & 1u) != 0; });
     } else {
-      const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
       f([&](int nt, int i) {
-        return tm + detail::mma_c_row(lane, i) <=
-               blk.rows.last_key((warp * Cfg::ntiles + nt) * 8 + detail::mma_c_col(lane, i), blk.n, blk.t_end);
+        return tm + detail::mma_c_row(threadIdx.x % 32, i) <= blk.rows.last_key(row(nt, i), blk.n, blk.t_end);
       });
     }
   }
