@@ -124,38 +124,75 @@ if [[ "$stage" != test && ! -x $bin/kvevict_bench_cuda ]]; then
   echo "no prepared bench binary: building on the device"
   build_bench "$bin" > "$out/build_bench.log" 2>&1 || { echo "bench build failed"; tail -30 "$out/build_bench.log"; status=1; }
 fi
-
-echo "== CUDA tests =="
-if [[ "$stage" != bench && -x $bin/kvevict_cuda_tests ]]; then
-  timeout 180 $bin/kvevict_cuda_tests > "$out/tests.log" 2>&1; rc=$?
-  tail -25 "$out/tests.log"; echo "tests rc=$rc"; [[ $rc == 0 ]] || status=1
-  echo "== NCCL example: tensor parallelism over this machine's GPUs =="
-  nd=$(nccl_dir)
+# Every step gets its own limit, cut to what is left of the call's deadline (GPU_DEADLINE_S seconds
+# from here; default 560 for `all`, which must fit one device call of at most 600 s) and skipped
+# when under 15 s remain. `all` runs in priority order: the tests, the benchmarks, their stage
+# profile and the torch path (then the table), the sanitizers (racecheck on the compaction first: it
+# is where the first run found a hazard), the NCCL example; the table is printed again last.
+t0=$(date +%s)
+deadline=$(( t0 + ${GPU_DEADLINE_S:-$([[ "$stage" == all ]] && echo 560 || echo 100000)} ))
+limit() {  # wanted seconds -> seconds granted (0: skip)
+  local left=$(( deadline - $(date +%s) - 5 ))
+  (( left < 15 )) && { echo 0; return; }
+  (( left < $1 )) && echo "$left" || echo "$1"
+}
+step() {  # name wanted_seconds command...: runs it under its limit, records its wall time and rc
+  local name=$1 want=$2; shift 2
+  local t; t=$(limit "$want")
+  if [[ $t == 0 ]]; then echo "== $name: skipped, the call's deadline is near"; echo "$name skipped" >> "$out/steps.txt"; return 0; fi
+  local s; s=$(date +%s)
+  timeout "$t" bash -c '"$@"' _ "$@"; local rc=$?  # a function, in a child shell (exported below)
+  echo "$name rc=$rc wall=$(( $(date +%s) - s ))s limit=${t}s" | tee -a "$out/steps.txt"
+  [[ $rc == 0 ]] || status=1
+}
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+run_tests() { $bin/kvevict_cuda_tests > "$out/tests.log" 2>&1; local rc=$?; tail -25 "$out/tests.log"; return $rc; }
+run_sanitizer() {  # tool log [compute-sanitizer options...]
+  local tool=$1 log=$2; shift 2
+  "$sanitizer" --tool "$tool" --error-exitcode 9 "$@" $bin/kvevict_cuda_tests --small > "$out/$log" 2>&1
+  local rc=$?; tail -6 "$out/$log"; return $rc
+}
+run_nccl() {
+  local nd; nd=$(nccl_dir)
   if [[ -x $bin/tensor_parallel_nccl && -n "$nd" ]]; then
-    LD_LIBRARY_PATH="$nd/lib:${LD_LIBRARY_PATH:-}" timeout 60 $bin/tensor_parallel_nccl > "$out/nccl.log" 2>&1; rc=$?
-    tail -8 "$out/nccl.log"; echo "nccl example rc=$rc"; [[ $rc == 0 ]] || status=1
-  else
-    echo "skipped: no prepared binary or no NCCL in python3 (nvidia.nccl)"
+    LD_LIBRARY_PATH="$nd/lib:${LD_LIBRARY_PATH:-}" $bin/tensor_parallel_nccl > "$out/nccl.log" 2>&1
+    local rc=$?; tail -8 "$out/nccl.log"; return $rc
   fi
-  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  for tool in memcheck racecheck synccheck; do
-    echo "== compute-sanitizer $tool (small sizes) =="
-    timeout 100 "$sanitizer" --tool "$tool" --error-exitcode 9 $bin/kvevict_cuda_tests --small \
-      > "$out/sanitizer_$tool.log" 2>&1; rc=$?
-    tail -6 "$out/sanitizer_$tool.log"; echo "$tool rc=$rc"; [[ $rc == 0 ]] || status=1
-  done
-fi
+  echo "skipped: no prepared binary or no NCCL in python3 (nvidia.nccl)"
+}
+run_bench() {
+  $bin/kvevict_bench_cuda --benchmark_format=json --benchmark_out="$out/bench_cuda.json" \
+    --benchmark_out_format=json > "$out/bench_cuda.txt" 2>&1
+}
+run_stages() { $bin/kvevict_bench_cuda --stages > "$out/stages.txt" 2>&1; local rc=$?; tail -40 "$out/stages.txt"; return $rc; }
+run_torch() { python3 .gpu/torch_path_baseline.py > "$out/torch.txt" 2>&1; }
+table() { python3 bench/gpu/table.py "$out" | tee "$out/table.txt"; }
+export bin out sanitizer
+export -f nccl_dir run_tests run_sanitizer run_nccl run_bench run_stages run_torch
+have_tests() { [[ -x $bin/kvevict_cuda_tests ]]; }
+have_bench() { [[ -x $bin/kvevict_bench_cuda ]]; }
+sanitizers() {
+  step "racecheck (compaction kernels)" 60 run_sanitizer racecheck sanitizer_racecheck_compact.log --kernel-name kns=compact
+  step memcheck 100 run_sanitizer memcheck sanitizer_memcheck.log
+  step racecheck 100 run_sanitizer racecheck sanitizer_racecheck.log
+  step synccheck 100 run_sanitizer synccheck sanitizer_synccheck.log
+}
+benches() {
+  step "benchmarks" 200 run_bench
+  step "stage profile" 60 run_stages
+  [[ -f .gpu/torch_path_baseline.py ]] && step "torch peer path" 150 run_torch
+}
 
-echo "== benchmarks =="
-if [[ "$stage" != test && -x $bin/kvevict_bench_cuda ]]; then
-  timeout 200 $bin/kvevict_bench_cuda --benchmark_format=json --benchmark_out="$out/bench_cuda.json" \
-    --benchmark_out_format=json > "$out/bench_cuda.txt" 2>&1 || status=1
-  echo "== stage profile: each stream operation of one evict =="
-  timeout 60 $bin/kvevict_bench_cuda --stages > "$out/stages.txt" 2>&1 || status=1
-fi
-echo "== torch peer path =="
-if [[ "$stage" != test && -f .gpu/torch_path_baseline.py ]]; then
-  timeout 150 python3 .gpu/torch_path_baseline.py > "$out/torch.txt" 2>&1 || status=1
-fi
-[[ "$stage" == test ]] || python3 bench/gpu/table.py "$out" | tee "$out/table.txt"
+case "$stage" in
+  test)
+    have_tests && { echo "== CUDA tests =="; step tests 180 run_tests; echo "== NCCL example =="; step nccl 60 run_nccl; sanitizers; } ;;
+  bench)
+    have_bench && { echo "== benchmarks =="; benches; }; table ;;
+  all)
+    have_tests && { echo "== CUDA tests =="; step tests 180 run_tests; }
+    have_bench && { echo "== benchmarks =="; benches; }; table > /dev/null
+    have_tests && { sanitizers; echo "== NCCL example =="; step nccl 60 run_nccl; }
+    echo "== steps =="; cat "$out/steps.txt"; table ;;
+  *) echo "unknown stage '$stage' (all, test, bench, python or --prepare)"; exit 2 ;;
+esac
 exit $status
