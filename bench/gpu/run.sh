@@ -195,4 +195,10 @@ case "$stage" in
     echo "== steps =="; cat "$out/steps.txt"; table ;;
   *) echo "unknown stage '$stage' (all, test, bench, python or --prepare)"; exit 2 ;;
 esac
+# The device tool returns only a few files from $OUT: pack every log into one archive beside the
+# table and results.json.
+if [[ -n "${OUT:-}" ]]; then
+  tar czf "$out/logs.tgz" -C "$out" --exclude logs.tgz --exclude results.json --exclude table.txt . \
+    && find "$out" -maxdepth 1 -type f ! -name logs.tgz ! -name results.json ! -name table.txt -delete
+fi
 exit $status
