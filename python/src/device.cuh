@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "call.hpp"
 
@@ -74,6 +75,33 @@ int capacity_with_budgets(const Policy&, const Cache& cache, const std::int32_t*
   return cap;
 }
 
+//! The CUDA backend reads a segmenter's delimiter and sentence-end ids in its kernels, so they
+//! must be device memory: the binding copies them to the front of the workspace (this many bytes,
+//! a multiple of 256 so that the library's part keeps the allocation's alignment).
+inline std::size_t ids_bytes(const config& cfg, bool do_plan) {
+  if (!do_plan || (cfg.kind != "sentencekv" && cfg.kind != "sablock")) return 0;
+  const std::size_t n = cfg.delimiter_ids.size() + cfg.sentence_ids.size();
+  return (n * sizeof(std::int32_t) + 255) / 256 * 256;
+}
+
+//! `p` with its segmenter's ids pointing at their copies at `dev` (uploaded on `st`).
+template <class Policy>
+Policy with_device_ids(const Policy& p, const config& cfg, void* dev, cudaStream_t st) {
+  Policy q = p;
+  if constexpr (std::is_same_v<Policy, sentencekv_policy> || std::is_same_v<Policy, sablock_policy>) {
+    std::vector<std::int32_t> ids(cfg.delimiter_ids);
+    ids.insert(ids.end(), cfg.sentence_ids.begin(), cfg.sentence_ids.end());
+    auto* d = static_cast<std::int32_t*>(dev);
+    if (!ids.empty())  // from pageable memory: staged before the call returns
+      check_cuda(cudaMemcpyAsync(d, ids.data(), ids.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice, st),
+                 "cudaMemcpyAsync");
+    const auto nd = cfg.delimiter_ids.size();
+    q.granularity.segmenter.delimiter_ids = cfg.delimiter_ids.empty() ? nullptr : d;
+    q.granularity.segmenter.sentence_ids = cfg.sentence_ids.empty() ? nullptr : d + nd;
+  }
+  return q;
+}
+
 }  // namespace device_detail
 
 template <layout_id L>
@@ -94,6 +122,7 @@ device_sizes cuda_sizes(const config& cfg, const call_desc& c, bool do_plan, boo
     out.workspace_bytes = do_plan && do_compact ? kvevict::evict_workspace_bytes(exec, p, cache, sig)
                           : do_plan             ? kvevict::plan_workspace_bytes(exec, p, cache, sig)
                                                 : kvevict::compact_workspace_bytes(exec, cache);
+    out.workspace_bytes += ids_bytes(cfg, do_plan);
   });
   return out;
 }
@@ -101,18 +130,26 @@ device_sizes cuda_sizes(const config& cfg, const call_desc& c, bool do_plan, boo
 template <layout_id L>
 void cuda_run(const config& cfg, const call_desc& c, bool do_plan, bool do_compact) {
   using namespace device_detail;
-  with_call<L>(cfg, c, do_plan, [&](const auto& p, const auto& cache, const auto& sig) {
+  // The workspace holds the segmenter's ids first (ids_bytes), then the library's workspace.
+  const std::size_t front = ids_bytes(cfg, do_plan);
+  if (c.workspace_bytes < front) fail(kvevict::errc::invalid_argument, "workspace", "smaller than cuda_sizes asked");
+  void* ws = static_cast<char*>(c.workspace) + front;
+  const std::size_t ws_bytes = c.workspace_bytes - front;
+  with_call<L>(cfg, c, do_plan, [&](const auto& p0, const auto& cache, const auto& sig) {
     const auto exec = kvevict::cuda.on(stream_of(c));
     const kvevict::keep_plan plan{c.positions, c.counts, c.plan_capacity, c.plan_rows};
     const kvevict::device_compact_result res{c.new_lens, c.new_lens_capacity, c.freed_pages, c.freed_capacity,
                                              c.num_freed};
-    if (do_plan && do_compact)
-      raise_if_error(kvevict::evict(exec, p, cache, sig, plan, res, c.workspace, c.workspace_bytes));
-    else if (do_plan)
-      raise_if_error(kvevict::plan(exec, p, cache, sig, plan, c.workspace, c.workspace_bytes));
-    else
-      raise_if_error(kvevict::compact(exec, cache, kvevict::as_const(plan), res, c.workspace, c.workspace_bytes));
-    raise_if_error(kvevict::device_status(exec, c.workspace));
+    if (do_plan) {
+      const auto p = with_device_ids(p0, cfg, c.workspace, stream_of(c));
+      if (do_compact)
+        raise_if_error(kvevict::evict(exec, p, cache, sig, plan, res, ws, ws_bytes));
+      else
+        raise_if_error(kvevict::plan(exec, p, cache, sig, plan, ws, ws_bytes));
+    } else {
+      raise_if_error(kvevict::compact(exec, cache, kvevict::as_const(plan), res, ws, ws_bytes));
+    }
+    raise_if_error(kvevict::device_status(exec, ws));
   });
 }
 

@@ -665,6 +665,24 @@ void test_block_granularities(layout_kind kind, std::uint32_t seed) {
     with_delims(sk, false);
     with_delims(dsk, true);
     compare_block_policy(dc, sk, dsk, sig, dsig, dscores.p, seqs, kvh, "sentencekv");
+    if (budget == 60) {  // delimiter ids left in host memory: named before anything is written
+      int pageable = 0;
+      CHECK(cudaDeviceGetAttribute(&pageable, cudaDevAttrPageableMemoryAccess, 0) == cudaSuccess, "pageable attribute");
+      dc.visit([&](auto hv, auto dv) {
+        auto bad = dsk;
+        bad.scorer.scores = dscores.p;
+        bad.granularity.segmenter.delimiter_ids = delims.data();
+        device_plan out(seqs * kvh, kvevict::plan_capacity(sk, hv, sig));
+        const auto before = out.pos.download();
+        dbuf<unsigned char> ws;
+        const auto st = run_device_plan<decltype(bad), decltype(hv)>(bad, dv, dsig, out, ws);
+        if (pageable)  // the device reads pageable memory (HMM / ATS): the ids are readable
+          CHECK(st.ok(), "host delimiter ids with pageable access: %s", st.message().c_str());
+        else
+          CHECK(!st.ok() && std::string(st.argument) == "segmenter.delimiter_ids" && out.pos.download() == before,
+                "host delimiter ids: %s", st.message().c_str());
+      });
+    }
     kvevict::sentencekv<kvevict::fixed_length_segmenter, precomputed, kvevict::pyramid_budget> skf;
     setup(skf, budget, 4, window);
     skf.granularity.segmenter.length = 5;

@@ -27,6 +27,7 @@
 #include "../granularity/block_granularities.hpp"
 #include "../keep_plan.hpp"
 #include "../segment/segmenters.hpp"
+#include "device_info.cuh"
 #include "geometry.cuh"
 #include "rules.cuh"
 #include "select.cuh"
@@ -160,7 +161,10 @@ struct device_segmenter<delimiter_segmenter> {
   template <class Cache, class T>
   static status host_check(const delimiter_segmenter& seg, const Cache&, const signals<T>& sig) {
     KVEVICT_TRY(seg.check_token_ids(sig));  // the host's checks but the length loop, which the
-    return seg.check_rules();               // device makes (`check`)
+    KVEVICT_TRY(seg.check_rules());         // device makes (`check`)
+    KVEVICT_TRY(check_device_readable(seg.delimiter_ids, seg.num_delimiters,
+                                      "segmenter.delimiter_ids"));
+    return check_device_readable(seg.sentence_ids, seg.num_sentence_ids, "segmenter.sentence_ids");
   }
   //! False (and the call fails) when the sequence is longer than the token-id stride.
   template <class T>

@@ -16,6 +16,7 @@ struct device_info {
   int sms = 1;             //!< multiprocessors
   int max_smem_optin = 0;  //!< dynamic shared memory a block may opt in to, bytes
   int cc_major = 0;        //!< compute capability, major
+  int pageable_access = 0; //!< kernels may read pageable host memory (HMM / ATS systems)
 };
 
 //! The current device's attributes (cached after the first call on that device).
@@ -29,6 +30,8 @@ inline status current_device_info(device_info& out) {
   auto query = [&](device_info& i) {
     KVEVICT_TRY(check(cudaDeviceGetAttribute(&i.sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute"));
     KVEVICT_TRY(check(cudaDeviceGetAttribute(&i.max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+                      "cudaDeviceGetAttribute"));
+    KVEVICT_TRY(check(cudaDeviceGetAttribute(&i.pageable_access, cudaDevAttrPageableMemoryAccess, dev),
                       "cudaDeviceGetAttribute"));
     return check(cudaDeviceGetAttribute(&i.cc_major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
   };
@@ -44,6 +47,27 @@ inline status current_device_info(device_info& out) {
   }
   out = infos[dev];
   return ok_status();
+}
+
+//! Refuses (naming `argument`) an array the kernels read that the current device cannot: plain
+//! host memory, unless the device reads pageable memory. Device, managed and mapped pinned memory
+//! pass. A pointer-attribute query, no stream operation (allowed while a stream is captured); where
+//! the query itself fails the pointer is let through and the error it left is cleared.
+inline status check_device_readable(const void* p, int count, const char* argument) {
+  if (p == nullptr || count <= 0) return ok_status();
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    (void)cudaGetLastError();  // the query's own error, not the caller's
+    return ok_status();
+  }
+  if (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged ||
+      (a.type == cudaMemoryTypeHost && a.devicePointer == p))
+    return ok_status();
+  device_info info;
+  KVEVICT_TRY(current_device_info(info));
+  if (info.pageable_access) return ok_status();
+  return make_error(errc::invalid_argument, argument,
+                    "is host memory, which the CUDA backend's kernels cannot read: copy it to device memory");
 }
 
 //! Lets `kernel` use `bytes` of dynamic shared memory on the current device; the attribute is set
