@@ -264,6 +264,13 @@ void BM_chunkkv_evict(benchmark::State& st) {
   run_policy(st, chunkkv_policy(), L, L.sig, false);
 }
 
+// Ada-SnapKV (per-head budgets, cuda/adaptive.cuh), plan only: its heads keep different counts,
+// which a block table shared by the heads cannot hold after a compaction.
+void BM_ada_snapkv_plan(benchmark::State& st) {
+  layer& L = layer_of(static_cast<int>(st.range(0)));
+  run_policy(st, kvevict::ada_snapkv<>{}, L, L.sig, true);
+}
+
 // Compaction alone, every other token kept (50%): bytes moved (K and V, read + written).
 void BM_compact_half(benchmark::State& st) {
   layer& L = layer_of(static_cast<int>(st.range(0)));
@@ -451,6 +458,12 @@ BENCHMARK(BM_sablock_evict)
     ->Repetitions(5)
     ->ReportAggregatesOnly(true);
 BENCHMARK(BM_chunkkv_evict)
+    ->ArgsProduct({{8192, 32768, 131072}, {1024}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Repetitions(5)
+    ->ReportAggregatesOnly(true);
+BENCHMARK(BM_ada_snapkv_plan)
     ->ArgsProduct({{8192, 32768, 131072}, {1024}})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond)

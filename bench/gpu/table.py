@@ -44,6 +44,9 @@ for path in files:
         elif (name.startswith("BM_sablock_evict") or name.startswith("BM_chunkkv_evict")) and b.get("aggregate_name") == "median":
             n, budget = (int(x) for x in name.split("/")[1:3])
             others[(name.split("/")[0][3:-6], n, budget)] = b
+        elif name.startswith("BM_ada_snapkv_plan") and b.get("aggregate_name") == "median":
+            n, budget = (int(x) for x in name.split("/")[1:3])
+            others[("ada_snapkv (plan only)", n, budget)] = b
         elif name.startswith("BM_compact_half"):
             compact[int(name.split("/")[1])] = b
 torch = {}
@@ -83,12 +86,12 @@ for n, b in sorted(compact.items()):
     c = copy_tbs(b)
     print(f"| {n} | {b['real_time']:.3f} | {b['TBps_rw']:.2f} | {b['TBps_rw'] / c if c else float('nan'):.2f} |")
 
-print("\n| policy | tokens | budget | ours plan+compact ms | torch ms (ChunkKV path; SnapKV path for SABlock) | torch / ours | ours / our SnapKV | ours extra MiB |")
+print("\n| policy | tokens | budget | ours plan+compact ms | torch ms (ChunkKV path; SnapKV path for SABlock and Ada-SnapKV) | torch / ours | ours / our SnapKV (plan only against plan only) | ours extra MiB |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for (pol, n, budget), b in sorted(others.items()):
     t = torch.get((n, budget), {})
     tms = t.get("chunkkv_ms") if pol == "chunkkv" else t.get("snapkv_ms")
-    snap = ours.get((n, budget, 0), {}).get("real_time")
+    snap = ours.get((n, budget, 1 if "plan only" in pol else 0), {}).get("real_time")  # like for like
     ms = b["real_time"]
     f = lambda x, d=3: "-" if x is None else f"{x:.{d}f}"
     print(f"| {pol} | {n} | {budget} | {f(ms)} | {f(tms)} | {f(tms / ms if tms else None, 1)} | "

@@ -20,8 +20,9 @@ of queries that could see it); ``SentenceKV`` and ``SABlock`` read the prompt's 
 the press takes from the language model's ``input_ids`` (a forward pre-hook). ``AdaSnapKV`` keeps
 a different number of entries per head, which a dense HF cache cannot hold: like kvpress's
 AdaKVPress it leaves the cache whole and masks the evicted keys through kvpress's attention patch
-(``module.masked_key_indices``; not with eager attention); its per-head budgets have no CUDA
-implementation, so on a GPU model it plans over a CPU copy of the layer. On a GPU model with a
+(``module.masked_key_indices``; not with eager attention). On a GPU model the press plans it over
+a CPU copy of the layer (the library's device allocation of per-head budgets, 2026-11-30, has not
+yet run on a GPU; ``kvevict.plan`` takes CUDA tensors for it). On a GPU model with a
 package built with CUDA, every other policy runs on the CUDA backend, on the layer's device.
 """
 
@@ -135,7 +136,7 @@ class KvevictPress(BasePress):
             values = values.contiguous()
         cache = kvevict.DenseCache(keys, values, torch.full((bsz,), k_len, dtype=torch.int32))
         if self.policy.kind == "ada_snapkv":
-            if keys.is_cuda:  # per-head budgets plan on the host backend only (the cache is not written)
+            if keys.is_cuda:  # planned on the host backend (the cache is not written): see the module's note
                 cache = kvevict.DenseCache(keys.cpu(), values.cpu(), cache.seq_lens.cpu())
                 sig = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in sig.items()}
             plan = kvevict.plan(self.policy, cache, **sig)

@@ -17,12 +17,6 @@
 namespace kvevict_py {
 namespace device_detail {
 
-template <class T>
-struct adaptive_budget_policy : std::false_type {};
-template <class S, class G, class B>
-struct adaptive_budget_policy<kvevict::eviction_policy<S, G, kvevict::selector<B>>>
-    : std::is_same<B, kvevict::adaptive_budget> {};
-
 inline cudaStream_t stream_of(const call_desc& c) { return static_cast<cudaStream_t>(c.stream); }
 
 inline void check_cuda(cudaError_t e, const char* what) {
@@ -38,8 +32,7 @@ inline int read_int(const std::int32_t* p, cudaStream_t st) {
   return v;
 }
 
-//! Calls `f(policy, cache, signals)` for the call `c` describes, with `f` instantiated only for the
-//! policies the CUDA backend runs (Ada-KV's per-head budgets are host-only: refused here).
+//! Calls `f(policy, cache, signals)` for the call `c` describes.
 template <layout_id L, class F>
 void with_call(const config& cfg, const call_desc& c, bool do_plan, F&& f) {
   with_dtype(c.dtype, [&](auto tag) {
@@ -47,14 +40,7 @@ void with_call(const config& cfg, const call_desc& c, bool do_plan, F&& f) {
     with_layout_view<L, T>(c, [&](const auto& cache) {
       const kvevict::signals<T> sig = signals_of<T>(c);
       if (!do_plan) return f(kvevict::streaming_llm{}, cache, sig);  // compact: no policy
-      with_policy(cfg, [&](const auto& p) {
-        if constexpr (adaptive_budget_policy<std::decay_t<decltype(p)>>::value)
-          fail(kvevict::errc::invalid_argument, "policy",
-               "AdaSnapKV's per-head budgets have no CUDA implementation yet: plan on the CPU (the host "
-               "backend) or use SnapKV / PyramidKV on CUDA tensors");
-        else
-          f(p, cache, sig);
-      });
+      with_policy(cfg, [&](const auto& p) { f(p, cache, sig); });
     });
   });
 }

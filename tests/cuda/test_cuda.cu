@@ -203,6 +203,24 @@ void test_exact_selection(layout_kind kind, int page_size, std::uint32_t seed) {
   for (auto& x : scores) x = static_cast<float>(rng() % 17) * 0.25f - 2.0f;  // many ties, -0 and +0
   for (std::size_t i = 0; i < scores.size(); i += 7) scores[i] = -0.0f;
   dbuf<float> dscores(scores);
+  // The host's plan and the device's from the same scores, row by row.
+  auto compare = [&](const auto& pol, int budget, int sinks, const char* what) {
+    kvevict::signals<T> sig{};
+    dc.visit([&](auto hv, auto dv) {
+      kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(pol, hv));
+      const auto hs = kvevict::plan(kvevict::host, pol, hv, sig, hp.view());
+      auto dp = pol;
+      dp.scorer.scores = dscores.p;
+      device_plan out(seqs * kvh, hp.capacity);
+      dbuf<unsigned char> ws;
+      const auto ds = run_device_plan<decltype(dp), decltype(hv)>(dp, dv, sig, out, ws);
+      CHECK(hs.ok() == ds.ok(), "%s: %s / %s", what, hs.message().c_str(), ds.message().c_str());
+      if (!hs.ok() || !ds.ok()) return;
+      for (int r = 0; r < seqs * kvh; ++r)
+        CHECK(out.kept(r) == hp.kept(r), "%s %s ps=%d budget=%d sinks=%d row %d", what, testing::name(kind).c_str(),
+              page_size, budget, sinks, r);
+    });
+  };
   for (int budget : {0, 5, 40, 700}) {
     for (int sinks : {0, 4}) {
       const int window = std::min(budget - sinks, 16);
@@ -217,21 +235,19 @@ void test_exact_selection(layout_kind kind, int page_size, std::uint32_t seed) {
       if (window > shortest) p.selector.window = shortest, p.selector.budget.entries = std::max(budget, sinks + shortest);
       p.scorer.scores = scores.data();
       p.scorer.stride = stride;
-      kvevict::signals<T> sig{};
-      dc.visit([&](auto hv, auto dv) {
-        kvevict::keep_plan_buffer hp(seqs * kvh, kvevict::plan_capacity(p, hv));
-        const auto hs = kvevict::plan(kvevict::host, p, hv, sig, hp.view());
-        auto dp = p;
-        dp.scorer.scores = dscores.p;
-        device_plan out(seqs * kvh, hp.capacity);
-        dbuf<unsigned char> ws;
-        const auto ds = run_device_plan<decltype(dp), decltype(hv)>(dp, dv, sig, out, ws);
-        CHECK(hs.ok() == ds.ok(), "%s / %s", hs.message().c_str(), ds.message().c_str());
-        if (!hs.ok() || !ds.ok()) return;
-        for (int r = 0; r < seqs * kvh; ++r)
-          CHECK(out.kept(r) == hp.kept(r), "%s ps=%d budget=%d sinks=%d row %d", testing::name(kind).c_str(), page_size,
-                budget, sinks, r);
-      });
+      compare(p, budget, sinks, "uniform");
+      // Ada-KV's per-head budgets (cuda/adaptive.cuh): the same budgets and rows as the host's sort,
+      // ties across heads included (the scores repeat 17 values; heads of a (sequence, head)-row
+      // cache differ in length).
+      for (double fraction : {0.2, 0.0, 1.0, 0.5}) {
+        kvevict::eviction_policy<kvevict::precomputed, kvevict::token_level, kvevict::selector<kvevict::adaptive_budget>> a;
+        a.selector.sinks = p.selector.sinks;
+        a.selector.window = p.selector.window;
+        a.selector.budget.entries = p.selector.budget.entries;
+        a.selector.budget.floor_fraction = fraction;
+        a.scorer = p.scorer;
+        compare(a, budget, sinks, fraction == 0.2 ? "adaptive 0.2" : fraction == 0.0 ? "adaptive 0" : "adaptive");
+      }
     }
   }
 }
@@ -963,7 +979,7 @@ void test_shards(layout_kind kind, std::uint32_t seed) {
   testing::for_each_preset(4, window, 60, [&](const auto& pr) {
     using P = std::decay_t<decltype(pr.policy)>;
     if constexpr (std::is_same_v<typename P::selector_type::budget_type, kvevict::adaptive_budget>) {
-      return;  // no CUDA implementation of per-head budgets
+      return;  // per-head budgets on shards: no CUDA implementation (plan(cuda, ...) runs them unsharded)
     } else {
       const P hp = pr.policy;
       const P dp = with_device_ids(pr.policy, ddelims.p, dends.p);

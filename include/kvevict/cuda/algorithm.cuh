@@ -112,14 +112,21 @@ struct plan_dispatch {
   //! Whether the selection reads the scorer's plain scratch (its unpooled scores, when the
   //! selection's first pass pools them). Otherwise the scorer has finished with its plain scratch
   //! when the selection starts, in stream order, and the two agents share one buffer.
-  static constexpr bool selection_reads_scorer = granularity_agent::fuses_pooling && deferred_pool::enabled;
+  //! Ada-KV's per-head budgets: allocated on the device before a token-level top-k.
+  static constexpr bool per_head_budget = Policy::selector_type::budget_type::per_head;
+  static_assert(!per_head_budget || std::is_same_v<typename Policy::granularity_type, token_level>,
+                "kvevict::cuda: per-head adaptive budgets run with token_level selection on the device (plan "
+                "block granularities with per-head budgets on kvevict::host)");
+  //! (Not with per-head budgets: their allocation reads the pooled scores before the top-k.)
+  static constexpr bool selection_reads_scorer =
+      granularity_agent::fuses_pooling && deferred_pool::enabled && !per_head_budget;
 
   //! Agents: 0 the scores slab, 1 the scorer, 2 the granularity (its plain scratch in agent 1's
   //! when the two can share it: see `selection_reads_scorer`).
   void requests(scratch_request* req) const {
     req[0] = {0, sizeof(float) * slab_tokens(c)};
     req[1] = scorer_agent::request(p.scorer, c, sig, p.selector.window);
-    req[2] = granularity_agent::request(p.granularity, c);
+    req[2] = granularity_agent::request(p.granularity, c, per_head_budget);
     if constexpr (!selection_reads_scorer) {
       req[1].plain = req[1].plain > req[2].plain ? req[1].plain : req[2].plain;
       req[2].plain = 0;

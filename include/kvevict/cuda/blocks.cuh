@@ -27,6 +27,7 @@
 #include "../granularity/block_granularities.hpp"
 #include "../keep_plan.hpp"
 #include "../segment/segmenters.hpp"
+#include "adaptive.cuh"
 #include "device_info.cuh"
 #include "geometry.cuh"
 #include "rules.cuh"
@@ -857,16 +858,38 @@ struct device_granularity<token_level> {
   static status host_check(const token_level&, const Cache&, const signals<T>&) {
     return ok_status();
   }
+  //! The top-k's scratch, then with per-head budgets the allocation's (zeroed and plain alike).
   template <class Cache>
-  static scratch_request request(const token_level&, const Cache& c) {
-    return topk_layout::of(c).request();
+  static detail::workspace_layout<2> zeroed_layout(const Cache& c, bool per_head) {
+    return {{topk_layout::of(c).request().zeroed, per_head ? ada_layout::of(c).zeroed : 0}};
+  }
+  template <class Cache>
+  static detail::workspace_layout<2> plain_layout(const Cache& c, bool per_head) {
+    return {{topk_layout::of(c).request().plain, per_head ? ada_layout::of(c).plain : 0}};
+  }
+  template <class Cache>
+  static scratch_request request(const token_level&, const Cache& c, bool per_head = false) {
+    if (!per_head) return topk_layout::of(c).request();
+    return {zeroed_layout(c, true).total(), plain_layout(c, true).total()};
   }
   //! `scores`: the slab the scorer filled, or, with a pooling `source`, where the first pass pools it.
+  //! With per-head budgets (`rules.adaptive`) the allocation runs first (three launches).
   template <class Cache, class T, class Pool = no_pool>
   static status enqueue(const token_level&, cudaStream_t st, const Cache& c, const signals<T>&, const seq_rules& rules,
                         const float* scores, keep_plan out, void* zeroed, void* plain, int* word,
                         topk_source<Pool> source = {}) {
-    return enqueue_top_k(st, c, rules, scores, out, zeroed, plain, word, source);
+    // (A fused pooling `source` never comes with per-head budgets: their allocation reads the
+    // pooled scores before the top-k; plan_dispatch pools first.)
+    if (Pool::enabled || !rules.adaptive) return enqueue_top_k(st, c, rules, scores, out, zeroed, plain, word, source);
+    void* z[2];
+    void* q[2];
+    zeroed_layout(c, true).carve(zeroed, z);
+    plain_layout(c, true).carve(plain, q);
+    seq_rules with_budgets = rules;
+    std::int32_t* budgets = nullptr;
+    KVEVICT_TRY(enqueue_adaptive(st, c, rules, scores, out.capacity, z[1], q[1], word, budgets));
+    with_budgets.row_budgets = budgets;
+    return enqueue_top_k(st, c, with_budgets, scores, out, z[0], q[0], word, source);
   }
 };
 
@@ -897,7 +920,8 @@ struct device_block_granularity {
     }
   }
   template <class Cache>
-  static scratch_request request(const Granularity&, const Cache& c) {
+  static scratch_request request(const Granularity&, const Cache& c, bool per_head = false) {
+    (void)per_head;  // per-head budgets are token-level only on the device (plan_dispatch)
     return {0, layout(c).total()};
   }
   template <class Cache, class T>

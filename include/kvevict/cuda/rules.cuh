@@ -21,6 +21,11 @@ struct seq_rules {
   row_rule_source src;
   bool pyramid;
   pyramid_budget pyr;
+  bool adaptive;          //!< Ada-KV's per-head budgets (`adaptive_budget`)
+  double floor_fraction;  //!< adaptive_budget's
+  //! Each (sequence, head) row's budget, once the per-head allocation wrote it (cuda/adaptive.cuh);
+  //! null otherwise. Read only for sequences not kept whole.
+  const std::int32_t* row_budgets;
 
   template <class Cache>
   __device__ row_rule info(const Cache& c, int s) const {
@@ -30,13 +35,15 @@ struct seq_rules {
 
 template <class Budget, class T>
 seq_rules make_rules(const selector<Budget>& sel, const signals<T>& sig) {
-  static_assert(std::is_same_v<Budget, uniform_budget> || std::is_same_v<Budget, pyramid_budget>,
-                "kvevict::cuda: per-head adaptive budgets (adaptive_budget) have no CUDA implementation yet; "
-                "use uniform_budget or pyramid_budget with kvevict::cuda, or plan on kvevict::host");
+  static_assert(std::is_same_v<Budget, uniform_budget> || std::is_same_v<Budget, pyramid_budget> ||
+                    std::is_same_v<Budget, adaptive_budget>,
+                "kvevict::cuda: this budget has no CUDA implementation (uniform, pyramid and adaptive budgets have)");
   seq_rules r{};
   r.src = rule_source(sel, sig);
   r.pyramid = std::is_same_v<Budget, pyramid_budget>;
   if constexpr (std::is_same_v<Budget, pyramid_budget>) r.pyr = sel.budget;
+  r.adaptive = std::is_same_v<Budget, adaptive_budget>;
+  if constexpr (std::is_same_v<Budget, adaptive_budget>) r.floor_fraction = sel.budget.floor_fraction;
   return r;
 }
 
@@ -50,7 +57,10 @@ __device__ void check_sequence_rules(const Cache& c, const seq_rules& rules, int
   for (int h = 0; h < c.num_kv_heads(); ++h) {
     const int n = c.seq_len(s, h);
     raise(word, detail::check_window_fits(si, n, rules.src.seq_windows != nullptr));
-    const int kept = n < si.budget ? n : si.budget;
+    // The most a head may keep: the budget, or with per-head budgets the sequence's whole budget
+    // (the host's `max_budget(entries, kv_heads)`).
+    const long long most = rules.adaptive ? static_cast<long long>(si.budget) * c.num_kv_heads() : si.budget;
+    const long long kept = n < most ? n : most;
     if (kept > capacity) raise(word, ck_plan_capacity_kept);
   }
   raise(word, detail::check_window_queries(si, needs_window_queries));

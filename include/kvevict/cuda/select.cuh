@@ -107,12 +107,14 @@ __device__ topk_row topk_row_of(const Args& a, int r) {
   w.h = r % kvh;
   const row_rule si = a.rules.info(a.cache, w.s);
   w.n = a.cache.seq_len(w.s, w.h);
-  w.whole = si.kept_whole() || w.n <= si.budget;
+  // The row's budget: the sequence's, or the head's own (per-head allocation) unless kept whole.
+  const int budget = a.rules.row_budgets != nullptr && !si.kept_whole() ? a.rules.row_budgets[r] : si.budget;
+  w.whole = si.kept_whole() || w.n <= budget;
   const detail::token_range range = si.range(w.n);
   w.lo = range.lo;
   w.hi = range.hi;
-  w.k = w.whole ? 0 : si.budget - w.lo - (w.n - w.hi);
-  w.count = w.whole ? w.n : si.budget;
+  w.k = w.whole ? 0 : budget - w.lo - (w.n - w.hi);
+  w.count = w.whole ? w.n : budget;
   w.window = si.window;
   return w;
 }

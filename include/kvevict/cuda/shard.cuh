@@ -6,7 +6,7 @@
 //! shard order, lands in the layout `select` reads), and each GPU selects its own rows from them.
 //! Same arguments, checks and plans as `score(host, ...)` and `select(host, ...)`; device-resident
 //! tables (lengths, the gathered scores) are checked on the device and reported by
-//! `device_status(exec, workspace)`. Per-head adaptive budgets (Ada-KV) have no CUDA implementation.
+//! `device_status(exec, workspace)`. Per-head adaptive budgets (Ada-KV) on shards have no CUDA implementation.
 //!
 //! \code
 //! kvevict::score(exec, policy, shard_cache, sig, my_scores, stride, ws, ws_bytes);
@@ -245,6 +245,9 @@ template <class Policy, class Cache, class T>
 status select(cuda_t exec, const Policy& p, const Cache& shard_cache, const signals<T>& sig, head_shard shard,
               const float* scores, std::size_t stride, keep_plan out, void* workspace, std::size_t workspace_bytes) {
   using namespace cuda_backend;
+  static_assert(!Policy::selector_type::budget_type::per_head,
+                "kvevict::cuda: per-head adaptive budgets on head shards have no CUDA implementation (select on "
+                "kvevict::host; plan(cuda, ...) runs them on an unsharded layer)");
   gathered_heads<Cache> all;
   KVEVICT_TRY(select_view(p, shard_cache, sig, shard, stride, &all));
   if (scores == nullptr) return make_error(errc::invalid_argument, "scores", "null scores");

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "../config.hpp"
+#include "../detail/adaptive_alloc.hpp"
 #include "../status.hpp"
 #include "row_rule.hpp"
 #include "top_k.hpp"
@@ -114,7 +115,7 @@ struct adaptive_budget {
   void allocate(const row_rule& rule, const float* scores, std::size_t stride, const int* lens, int kv_heads,
                 int* budgets, void* scratch) const {
     const int bc = rule.entries - rule.sinks - rule.window;
-    const int guaranteed = static_cast<int>(std::floor(floor_fraction * bc + 1e-9));
+    const int guaranteed = detail::ada_guaranteed(floor_fraction, bc);  // the device's rounding too
     std::int64_t* cand = static_cast<std::int64_t*>(scratch);  // (head << 32 | position), compressible ranges
     std::size_t nc = 0;
     for (int h = 0; h < kv_heads; ++h) {
