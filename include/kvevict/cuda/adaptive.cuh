@@ -7,12 +7,13 @@
 //! digit of the candidates' 32-bit order keys (11, 11, 10 bits): each block counts its slice of a
 //! row's compressible keys that agree with the sequence's threshold so far, by digit, into the
 //! row's global histogram; the sequence's last block picks the digit from its heads' histograms
-//! (`detail::ada_pick_digit`, a chunk of bins per thread). The first pass's last block also takes
+//! (`ada_pick`: `detail::ada_pick_digit`'s pick, a chunk of bins per thread). The first pass's last block also takes
 //! the short way when the extras never exhaust the pool (every head takes all it wants). After the
 //! third digit the threshold key is known and the ties at it go in head order
-//! (`detail::ada_extras`); the last block writes the heads' budgets, which the top-k then reads
-//! (`seq_rules::row_budgets`). The arithmetic is detail/adaptive_alloc.hpp, which the host tests
-//! drive against the host's allocation. Traffic: three reads of the scores (4 MiB at 131,072 tokens
+//! (`detail::ada_tie_count`, head by head as `detail::ada_extras` does); the last block writes the
+//! heads' budgets, which the top-k then reads (`seq_rules::row_budgets`). The per-head arithmetic is
+//! detail/adaptive_alloc.hpp, which the host tests drive against the host's allocation; the chunked
+//! pick itself runs only on a device (tests/cuda/test_cuda.cu). Traffic: three reads of the scores (4 MiB at 131,072 tokens
 //! and 8 KV heads).
 #pragma once
 

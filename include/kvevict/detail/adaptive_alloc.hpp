@@ -39,8 +39,8 @@ KVEVICT_HOST_DEVICE long long ada_excess(long long count, long long g) { return 
 //! agreeing with the threshold's digits so far) whose digit is d; `above[h]`: head h's candidates
 //! above the group; `g[h]`: its guaranteed share. Requires F(group and above) >= pool >
 //! F(above). Returns the largest digit d with F(above + group keys of digit >= d) >= pool and adds
-//! to `above[h]` head h's group keys of digit > d. (The device computes the same, a chunk of bins
-//! per thread: `ada_f_at`.)
+//! to `above[h]` head h's group keys of digit > d. The reference the host tests drive: the device
+//! (`cuda_backend::ada_pick`) computes the same pick a chunk of bins per thread.
 KVEVICT_HOST_DEVICE int ada_pick_digit(const unsigned* hist, int bins, int heads, long long* above,
                                               const int* g, long long pool) {
   int d = bins - 1;
