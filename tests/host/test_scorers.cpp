@@ -309,6 +309,83 @@ TEST_CASE("regression (fuzz_evict): the softmax exponential is defined for NaN a
   CHECK(worst < 2e-7);
 }
 
+namespace {
+// Window-attention scores over inputs built by integer arithmetic (no library distribution, so
+// every compiler and libm gives the same inputs), hashed (FNV-1a over the score bits).
+template <class T>
+struct pin_reader {
+  const T* k;
+  int d;
+  const float* ts;
+  const T* operator()(int t) const { return k + static_cast<std::size_t>(t) * d; }
+};
+template <class T>
+struct pin_scaled_reader : pin_reader<T> {
+  float scale(int t) const { return this->ts[t]; }
+};
+inline std::uint64_t pin_fnv(std::uint64_t h, const void* p, std::size_t n) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+//! Scores of every shape below with instruction set `isa`, hashed.
+template <class Isa>
+std::uint64_t pinned_scores_hash(Isa isa) {
+  std::uint32_t s = 12345u;
+  auto next = [&s] {  // small values with few mantissa bits: exact in every key type
+    s = s * 1664525u + 1013904223u;
+    return static_cast<float>(static_cast<int>(s >> 20) % 193 - 96) / 32.0f;
+  };
+  std::uint64_t h = 1469598103934665603ull;
+  auto one = [&](auto tag, bool token_scales, int n, int d, int group, int w, float kscale) {
+    using T = decltype(tag);
+    std::vector<T> k(static_cast<std::size_t>(n) * d), q(static_cast<std::size_t>(group) * w * d);
+    std::vector<float> ts(static_cast<std::size_t>(n));
+    for (auto& x : k) x = kvevict::from_float<T>(next());
+    for (auto& x : q) x = kvevict::from_float<T>(next());
+    for (auto& x : ts) x = 0.75f + (next() + 3.0f) / 16.0f;
+    std::vector<float> scratch(kvevict::host_backend::window_attention_scratch_floats(d, w, group, n));
+    std::vector<float> out(static_cast<std::size_t>(n) * group);
+    auto emit = [&](int t, const float* col) {
+      for (int j = 0; j < group; ++j) out[static_cast<std::size_t>(t) * group + j] = col[j];
+    };
+    if (token_scales)
+      kvevict::host_backend::window_attention_group_isa(isa, pin_scaled_reader<T>{{k.data(), d, ts.data()}}, n, d,
+                                                        q.data(), static_cast<std::size_t>(w) * d, group, w,
+                                                        scratch.data(), emit, kscale);
+    else
+      kvevict::host_backend::window_attention_group_isa(isa, pin_reader<T>{k.data(), d, ts.data()}, n, d, q.data(),
+                                                        static_cast<std::size_t>(w) * d, group, w, scratch.data(),
+                                                        emit, kscale);
+    h = pin_fnv(h, out.data(), out.size() * sizeof(float));
+  };
+  // Partial and whole key tiles, runs of tiles with a partial last one, head dims below, at and
+  // above the conversion's chunk, groups 1 to 4, the causal window from 1 to 64 queries.
+  for (int n : {1, 16, 40, 97, 300, 1100})
+    for (int d : {3, 32, 72, 128})
+      for (int group : {1, 3, 4})
+        for (int w : {1, 7, 64}) {
+          if (w > n) continue;
+          one(kvevict::bfloat16{}, false, n, d, group, w, 1.0f);
+          one(float{}, (n + d) % 2 == 1, n, d, group, w, (n % 3) ? 1.0f : 0.375f);
+        }
+  one(kvevict::half{}, true, 5000, 128, 4, 64, 1.0f);
+  return h;
+}
+}  // namespace
+
+// The scorer's bits are part of its contract (plans, the golden fixtures and the NIAH report
+// depend on them): this hash was recorded with the scorer of 637382f (before the tile-wise
+// steps of 2026-11-30), on the baseline, AVX2 and AVX-512 variants, with GCC 12 and clang 14.
+TEST_CASE("window attention: the scores' bits are those recorded before the tile-wise rewrite", "[scorer][simd]") {
+  using kvevict::host_backend::scorer_isa;
+  for (scorer_isa isa : {scorer_isa::baseline, scorer_isa::automatic, scorer_isa::avx2, scorer_isa::avx512}) {
+    INFO("isa " << static_cast<int>(isa) << " resolved to "
+                << static_cast<int>(kvevict::host_backend::resolve_scorer_isa(isa)));
+    CHECK(pinned_scores_hash(isa) == 0x888cd3938d58f992ull);
+  }
+}
+
 TEST_CASE("window attention: every instruction set (baseline, AVX2, AVX-512 where the CPU has them) gives the same bits",
           "[scorer][simd]") {
   using kvevict::host_backend::scorer_isa;

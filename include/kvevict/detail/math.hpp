@@ -52,33 +52,51 @@ KVEVICT_HOST_DEVICE float exp_nonpositive(float x) {
   return p * scale;
 }
 
-//! The arithmetic of `exp_nonpositive` for a float or a vector of floats (the host scorer's
-//! vectorised exponential runs it lane-wise, so both give the same bits): clamps `arg`, splits it
-//! as `k ln2 + r` with `k` left in the low mantissa bits of `t`, and sets `p` to the polynomial of
-//! `r`. Arguments by reference: vectors by value would change the ABI between instruction sets.
-template <class V>
-KVEVICT_HOST_DEVICE_ALWAYS_INLINE void exp_nonpositive_parts(const V& arg, V& t, V& p) {
+//! The arithmetic of `exp_nonpositive` for K floats or K vectors of floats side by side (the
+//! host scorer's vectorised exponential runs it lane-wise, so both give the same bits): clamps
+//! each `arg[k]`, splits it as `k ln2 + r` with `k` left in the low mantissa bits of `t[k]`, and
+//! sets `p[k]` to the polynomial of `r`. Each step runs on all K before the next, so K
+//! independent chains are in flight (one chain is a long run of dependent operations).
+template <class V, int K>
+KVEVICT_HOST_DEVICE_ALWAYS_INLINE void exp_nonpositive_parts_k(const V* arg, V* t, V* p) {
   KVEVICT_FP_CONTRACT_OFF
-  const V x = arg < -87.0f ? V{} - 87.0f : arg;  // NaN compares false and passes through
   // exp(x) = 2^k * exp(r), k = round(x / ln2) by the 1.5 * 2^23 rounding trick, r = x - k ln2
   // (Cody-Waite, two-part ln2).
   constexpr float magic = 12582912.0f;
-  V xs = x * 1.44269504f;
-  round_here(xs);
-  t = xs + magic;
-  const V kf = t - magic;
-  V hi = kf * 0.693145752f, lo = kf * 1.42860677e-6f;
-  round_here(hi);
-  round_here(lo);
-  const V r = (x - hi) - lo;
-  p = V{} + 1.0f / 5040.0f;
+  V x[K], r[K];
+  KVEVICT_UNROLL
+  for (int k = 0; k < K; ++k) {
+    x[k] = arg[k] < -87.0f ? V{} - 87.0f : arg[k];  // NaN compares false and passes through
+    V xs = x[k] * 1.44269504f;
+    round_here(xs);
+    t[k] = xs + magic;
+  }
+  KVEVICT_UNROLL
+  for (int k = 0; k < K; ++k) {
+    const V kf = t[k] - magic;
+    V hi = kf * 0.693145752f, lo = kf * 1.42860677e-6f;
+    round_here(hi);
+    round_here(lo);
+    r[k] = (x[k] - hi) - lo;
+    p[k] = V{} + 1.0f / 5040.0f;
+  }
   // Horner steps, each product rounded before its add (see round_here).
   const float c[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f};
+  KVEVICT_UNROLL
   for (float ci : c) {
-    V pr = p * r;
-    round_here(pr);
-    p = pr + ci;
+    KVEVICT_UNROLL
+    for (int k = 0; k < K; ++k) {
+      V pr = p[k] * r[k];
+      round_here(pr);
+      p[k] = pr + ci;
+    }
   }
+}
+
+//! `exp_nonpositive_parts_k` for one float or one vector.
+template <class V>
+KVEVICT_HOST_DEVICE_ALWAYS_INLINE void exp_nonpositive_parts(const V& arg, V& t, V& p) {
+  exp_nonpositive_parts_k<V, 1>(&arg, &t, &p);
 }
 
 //! The first index in `[lo, hi)` with `a[i] >= v` (`a` ascending there), or `hi`.

@@ -86,11 +86,13 @@ KVEVICT_ALWAYS_INLINE void dot_rows_tile16(const float* q, std::size_t q_stride,
 #endif
 }
 
-//! `out[c] = c < vis ? exp_nonpositive(acc[c] - m) * s : 0` for the 16 keys of a tile (with
-//! `Scale = false`, without the factor `s`), W lanes at a time. Every lane runs the scalar
-//! `exp_nonpositive`'s operations in the same order, so the results are its bits.
-template <int W, bool Scale>
-KVEVICT_ALWAYS_INLINE void exp_tile16(const float* acc, float m, float s, int vis, float* out) {
+//! For NT consecutive tiles of 16 keys, tile i's `out[c] = exp_nonpositive(acc[c] - m[i]) * s`
+//! (with `Scale = false`, without the factor `s`), and 0 for the keys from `vis` on in the last
+//! tile (the others are whole). W lanes at a time, all the tiles' vectors side by side; every
+//! lane runs the scalar `exp_nonpositive`'s operations in the same order, so the results are
+//! its bits.
+template <int W, bool Scale, int NT = 1>
+KVEVICT_ALWAYS_INLINE void exp_tiles(const float* acc, const float* m, float s, int vis, float* out) {
   KVEVICT_FP_CONTRACT_OFF
 #if defined(KVEVICT_VECTOR_EXT)
   using V = typename float_vec<W>::type;
@@ -99,27 +101,77 @@ KVEVICT_ALWAYS_INLINE void exp_tile16(const float* acc, float m, float s, int vi
   constexpr float magic = 12582912.0f;
   std::uint32_t mb;
   std::memcpy(&mb, &magic, sizeof mb);
+  constexpr int NV = 16 / W;
+  V arg[NT * NV], t[NT * NV], p[NT * NV];
   KVEVICT_UNROLL
-  for (int v = 0; v < 16 / W; ++v) {
-    V x, lane;
-    std::memcpy(&x, acc + v * W, sizeof x);
-    for (int i = 0; i < W; ++i) lane[i] = static_cast<float>(v * W + i);
-    const V arg = x - m;
-    V t, p;
-    exp_nonpositive_parts(arg, t, p);
-    const U bits = ((U)t - mb + 127u) << 23;
-    V e = p * (V)bits;
+  for (int v = 0; v < NT * NV; ++v) {
+    std::memcpy(&arg[v], acc + v * W, sizeof(V));
+    arg[v] = arg[v] - m[v / NV];
+  }
+  exp_nonpositive_parts_k<V, NT * NV>(arg, t, p);  // the tiles' vectors side by side
+  KVEVICT_UNROLL
+  for (int v = 0; v < NT * NV; ++v) {
+    const U bits = ((U)t[v] - mb + 127u) << 23;
+    V e = p[v] * (V)bits;
     if (Scale) e = e * s;
     round_here(e);  // callers add it
-    const I keep = lane < static_cast<float>(vis);
-    e = keep ? e : V{};
+    if (v >= (NT - 1) * NV && vis < 16) {
+      V lane;
+      for (int i = 0; i < W; ++i) lane[i] = static_cast<float>(v % NV * W + i);
+      const I keep = lane < static_cast<float>(vis);
+      e = keep ? e : V{};
+    }
     std::memcpy(out + v * W, &e, sizeof e);
   }
 #else
-  for (int c = 0; c < 16; ++c) {
-    const float e = exp_nonpositive(acc[c] - m);
-    out[c] = c < vis ? (Scale ? e * s : e) : 0.0f;
+  for (int c = 0; c < 16 * NT; ++c) {
+    const float e = exp_nonpositive(acc[c] - m[c / 16]);
+    out[c] = c < 16 * (NT - 1) + vis ? (Scale ? e * s : e) : 0.0f;
   }
+#endif
+}
+
+//! `exp_tiles` for one tile.
+template <int W, bool Scale>
+KVEVICT_ALWAYS_INLINE void exp_tile16(const float* acc, float m, float s, int vis, float* out) {
+  exp_tiles<W, Scale, 1>(acc, &m, s, vis, out);
+}
+
+//! `out[d * 16 + c] = in[c * DC + d]` for 16 rows of DC floats (DC a multiple of 4): a tile of
+//! keys, converted along their rows, stored transposed for the micro-kernel. Moves only.
+template <int DC>
+KVEVICT_ALWAYS_INLINE void transpose_16xdc(const float* in, float* out) {
+#if defined(KVEVICT_VECTOR_EXT)
+  typedef float V4 __attribute__((vector_size(16)));
+  typedef std::int32_t I4 __attribute__((vector_size(16)));
+  for (int c0 = 0; c0 < 16; c0 += 4) {
+    KVEVICT_UNROLL
+    for (int d0 = 0; d0 < DC; d0 += 4) {
+      V4 r0, r1, r2, r3;
+      std::memcpy(&r0, in + (c0 + 0) * DC + d0, 16);
+      std::memcpy(&r1, in + (c0 + 1) * DC + d0, 16);
+      std::memcpy(&r2, in + (c0 + 2) * DC + d0, 16);
+      std::memcpy(&r3, in + (c0 + 3) * DC + d0, 16);
+#if defined(__clang__)
+      const V4 t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5), t1 = __builtin_shufflevector(r2, r3, 0, 4, 1, 5);
+      const V4 t2 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7), t3 = __builtin_shufflevector(r2, r3, 2, 6, 3, 7);
+      const V4 o0 = __builtin_shufflevector(t0, t1, 0, 1, 4, 5), o1 = __builtin_shufflevector(t0, t1, 2, 3, 6, 7);
+      const V4 o2 = __builtin_shufflevector(t2, t3, 0, 1, 4, 5), o3 = __builtin_shufflevector(t2, t3, 2, 3, 6, 7);
+#else
+      const V4 t0 = __builtin_shuffle(r0, r1, I4{0, 4, 1, 5}), t1 = __builtin_shuffle(r2, r3, I4{0, 4, 1, 5});
+      const V4 t2 = __builtin_shuffle(r0, r1, I4{2, 6, 3, 7}), t3 = __builtin_shuffle(r2, r3, I4{2, 6, 3, 7});
+      const V4 o0 = __builtin_shuffle(t0, t1, I4{0, 1, 4, 5}), o1 = __builtin_shuffle(t0, t1, I4{2, 3, 6, 7});
+      const V4 o2 = __builtin_shuffle(t2, t3, I4{0, 1, 4, 5}), o3 = __builtin_shuffle(t2, t3, I4{2, 3, 6, 7});
+#endif
+      std::memcpy(out + (d0 + 0) * 16 + c0, &o0, 16);
+      std::memcpy(out + (d0 + 1) * 16 + c0, &o1, 16);
+      std::memcpy(out + (d0 + 2) * 16 + c0, &o2, 16);
+      std::memcpy(out + (d0 + 3) * 16 + c0, &o3, 16);
+    }
+  }
+#else
+  for (int c = 0; c < 16; ++c)
+    for (int d = 0; d < DC; ++d) out[d * 16 + c] = in[c * DC + d];
 #endif
 }
 
@@ -176,7 +228,7 @@ inline constexpr int window_attention_key_tile = 16;
 inline constexpr int window_attention_row_block = 64;
 
 //! Floats of scratch `window_attention_group` needs for `n` keys: O(tokens), about
-//! (16 + group) floats per key plus the queries.
+//! (window_attention_row_block + group) floats per key (68 with a group of 4) plus the queries.
 inline std::size_t window_attention_scratch_floats(int head_dim, int window, int group, int n) {
   const std::size_t rows = static_cast<std::size_t>(window) * group;
   const std::size_t padded = (static_cast<std::size_t>(n < 0 ? 0 : n) + window_attention_key_tile - 1) /
@@ -186,7 +238,6 @@ inline std::size_t window_attention_scratch_floats(int head_dim, int window, int
                                 : static_cast<std::size_t>(window_attention_row_block);
   return rows * head_dim                                                   // queries as float, pre-scaled
          + static_cast<std::size_t>(head_dim) * window_attention_key_tile  // key tile, transposed
-         + 2 * rows                                                        // row max, 1 / row sum
          + static_cast<std::size_t>(group) * padded                        // per-query-head column sums
          + block * padded;                                                 // a row block's logits
 }
@@ -194,10 +245,11 @@ inline std::size_t window_attention_scratch_floats(int head_dim, int window, int
 //! Window attention of one KV head's query group over its keys.
 //!
 //! For each of the `group` query heads `j` and window query `r` (at position `n - window + r`),
-//! the softmax of `q . k_t / sqrt(head_dim)` over keys `t <= n - window + r` (causal) is formed in
-//! two steps per block of 16 query rows: the block's logits against every key, computed once (one
-//! matmul's worth of work) with the running row max and sum, are kept in scratch; then the
-//! normalised probabilities are added to per-query-head column sums. For every key `t` it calls
+//! the softmax of `q . k_t / sqrt(head_dim)` over keys `t <= n - window + r` (causal) is formed
+//! per block of `window_attention_row_block` query rows: the block's logits against every key are
+//! computed once (one matmul's worth of work) and kept in scratch; then, row by row, the running
+//! max and sum of exponentials over 16-key tiles in key order, and the normalised probabilities
+//! added to per-query-head column sums. For every key `t` it calls
 //! `emit(t, col)` with `col[j]` = the probability mass query head `j` puts on `t`, averaged over
 //! the window queries. Keys are read with `key(t)` -> `const T*` (head_dim contiguous). Cost:
 //! group x window x n x head_dim multiply-adds; scratch O(n). Deterministic: every sum runs in a
@@ -225,9 +277,7 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
   const int RB = rows < host_backend::window_attention_row_block ? rows : host_backend::window_attention_row_block;
   float* qf = scratch;
   float* kt = qf + static_cast<std::size_t>(rows) * head_dim;
-  float* row_max = kt + static_cast<std::size_t>(head_dim) * KT;
-  float* row_inv = row_max + rows;
-  float* col = row_inv + rows;                             // [group, np]
+  float* col = kt + static_cast<std::size_t>(head_dim) * KT;  // [group, np]
   float* lg = col + static_cast<std::size_t>(group) * np;  // [RB, np]: the row block's logits
 
   // The keys' scale folds into the queries' (1 for a cache without one: the same bits as before).
@@ -235,14 +285,10 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
   for (int j = 0; j < group; ++j)
     for (std::size_t i = 0; i < static_cast<std::size_t>(window) * head_dim; ++i)
       qf[static_cast<std::size_t>(j) * window * head_dim + i] = to_float(queries[j * query_head_stride + i]) * scale;
-  for (int r = 0; r < rows; ++r) {
-    row_max[r] = -FLT_MAX;
-    row_inv[r] = 0.0f;  // running sum, then its inverse
-  }
   for (std::size_t i = 0; i < static_cast<std::size_t>(group) * np; ++i) col[i] = 0.0f;
 
-  // The tile's keys as float, transposed: kt[d * KT + c]. Rows are written whole (16 contiguous
-  // floats per d), which is what makes the transposition cheap next to the logits.
+  // The tile's keys as float, transposed: kt[d * KT + c] (16 contiguous floats per d, the
+  // micro-kernel's key vectors).
   // A key with a per-(token, head) scale is dequantised here, times its scale (x * 1 is x: a
   // cache without token scales keeps its bits).
   auto load_tile = [&](int t0, int cnt) KVEVICT_ALWAYS_INLINE_LAMBDA {
@@ -252,7 +298,25 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
       kp[c] = key(t0 + (c < cnt ? c : 0));
       ks[c] = kvevict::detail::token_scale_at(key, t0 + (c < cnt ? c : 0));
     }
-    for (int d = 0; d < head_dim; ++d) {
+    // Chunks of DC dimensions: each key's run converted along its row (contiguous, so it
+    // vectorises), then the chunk transposed in 4 x 4 blocks.
+    constexpr int DC = 32;
+    alignas(16) float buf[KT][DC];
+    int d0 = 0;
+    for (; d0 + DC <= head_dim; d0 += DC) {
+      for (int c = 0; c < KT; ++c) {
+        const auto* src = kp[c] + d0;
+        if (c < cnt) {
+          const float s = ks[c];
+          KVEVICT_UNROLL
+          for (int i = 0; i < DC; ++i) buf[c][i] = to_float(src[i]) * s;
+        } else {
+          for (int i = 0; i < DC; ++i) buf[c][i] = 0.0f;
+        }
+      }
+      kvevict::detail::transpose_16xdc<DC>(&buf[0][0], kt + static_cast<std::size_t>(d0) * KT);
+    }
+    for (int d = d0; d < head_dim; ++d) {
       float* row = kt + static_cast<std::size_t>(d) * KT;
       KVEVICT_UNROLL
       for (int c = 0; c < KT; ++c) row[c] = c < cnt ? to_float(kp[c][d]) * ks[c] : 0.0f;
@@ -297,11 +361,11 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
     return false;
   };
 
-  float accR[R * KT], tmp[KT];
+  float accR[R * KT];
   const float inv_window = 1.0f / static_cast<float>(window);
   for (int b0 = 0; b0 < rows; b0 += RB) {
     const int b1 = rows - b0 < RB ? rows : b0 + RB;
-    // Step 1: the block's logits (kept), with each row's running max and sum of exponentials.
+    // Step 1: the block's logits against every key, kept.
     for (int t0 = 0; t0 < n; t0 += KT) {
       const int cnt = n - t0 < KT ? n - t0 : KT;
       load_tile(t0, cnt);
@@ -309,35 +373,80 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
         const int nr = b1 - r0 < R ? b1 - r0 : R;
         if (!block_visible(r0, nr, t0, cnt)) continue;
         logits(r0, nr, accR);
-        for (int r = r0; r < r0 + nr; ++r) {
-          const int vis = visible(r, t0, cnt);
-          if (vis == 0) continue;
-          float* acc = accR + (r - r0) * KT;
-          std::memcpy(lg + static_cast<std::size_t>(r - b0) * np + t0, acc, sizeof(float) * KT);
-          for (int c = 0; c < KT; ++c) acc[c] = c < vis ? acc[c] : -FLT_MAX;  // masked keys
-          for (int c = 0; c < KT; ++c) tmp[c] = acc[c];
-          const float tile_max = tree_max(tmp);
-          const float m = tile_max > row_max[r] ? tile_max : row_max[r];
-          kvevict::detail::exp_tile16<W, false>(acc, m, 1.0f, vis, tmp);
-          float rescaled = row_inv[r] * kvevict::detail::exp_nonpositive(row_max[r] - m);
-          kvevict::detail::round_here(rescaled);
-          row_inv[r] = rescaled + tree_sum(tmp);
-          row_max[r] = m;
-        }
+        for (int r = r0; r < r0 + nr; ++r)
+          if (visible(r, t0, cnt) > 0)
+            std::memcpy(lg + static_cast<std::size_t>(r - b0) * np + t0, accR + (r - r0) * KT, sizeof(float) * KT);
       }
     }
-    // Step 2: normalised probabilities into the column sums, rows in order.
+    // Rows in order, each from its kept logits (in cache while both steps read them). Both
+    // steps go NT tiles at a time while the last of them is visible (then the others are whole),
+    // so their exponentials run side by side, then tile by tile.
+    constexpr int NT = W >= 8 ? W / 4 : 1;  // tiles per step: four vectors' exponentials side by side
     for (int r = b0; r < b1; ++r) {
-      row_inv[r] = row_inv[r] > 0.0f ? inv_window / row_inv[r] : 0.0f;
-      const float m = row_max[r], inv = row_inv[r];
       const float* lr = lg + static_cast<std::size_t>(r - b0) * np;
-      float* cj = col + static_cast<std::size_t>(r / window) * np;
-      for (int t0 = 0; t0 < n; t0 += KT) {
-        const int cnt = n - t0 < KT ? n - t0 : KT;
-        const int vis = visible(r, t0, cnt);
+      auto vis_at = [&](int t0) KVEVICT_ALWAYS_INLINE_LAMBDA { return visible(r, t0, n - t0 < KT ? n - t0 : KT); };
+      // The tile's logits with the masked keys at -FLT_MAX, and their max (a read tile holds 16
+      // written logits, so the read is unconditional).
+      auto tile_max = [&](int t0, int vis) KVEVICT_ALWAYS_INLINE_LAMBDA {
+        float tmp[KT];
+        for (int c = 0; c < KT; ++c) {
+          const float x = lr[t0 + c];
+          tmp[c] = c < vis ? x : -FLT_MAX;
+        }
+        return tree_max(tmp);
+      };
+      // step 2, the running max and sum of exponentials over the tiles in key order: a tile's
+      // exponentials `e` at the running max `m` are added to the sum rescaled from `row_m`.
+      float row_m = -FLT_MAX, row_s = 0.0f;
+      auto add_tile = [&](float m, float* e) KVEVICT_ALWAYS_INLINE_LAMBDA {
+        // exp(0) is exactly 1 (and x * 1 is x): skip it when the max did not move.
+        const float shift = row_m - m;
+        if (shift != 0.0f) {
+          row_s = row_s * kvevict::detail::exp_nonpositive(shift);
+          kvevict::detail::round_here(row_s);
+        }
+        row_s = row_s + tree_sum(e);
+        row_m = m;
+      };
+      int t0 = 0;
+      for (; t0 + (NT - 1) * KT < n; t0 += NT * KT) {
+        const int vis_last = vis_at(t0 + (NT - 1) * KT);
+        if (vis_last == 0) break;
+        float mm[NT];
+        for (int i = 0; i < NT; ++i) {
+          const float mx = tile_max(t0 + i * KT, i + 1 < NT ? KT : vis_last);
+          const float before = i ? mm[i - 1] : row_m;
+          mm[i] = mx > before ? mx : before;
+        }
+        float e[NT * KT];
+        kvevict::detail::exp_tiles<W, false, NT>(lr + t0, mm, 1.0f, vis_last, e);
+        for (int i = 0; i < NT; ++i) add_tile(mm[i], e + i * KT);
+      }
+      for (; t0 < n; t0 += KT) {
+        const int vis = vis_at(t0);
         if (vis == 0) break;  // later tiles are invisible too
+        const float max1 = tile_max(t0, vis);
+        const float m = max1 > row_m ? max1 : row_m;
         float e[KT];
-        kvevict::detail::exp_tile16<W, true>(lr + t0, m, inv, vis, e);
+        kvevict::detail::exp_tile16<W, false>(lr + t0, m, 1.0f, vis, e);
+        add_tile(m, e);
+      }
+      // step 3, the normalised probabilities into the column sums.
+      const float inv = row_s > 0.0f ? inv_window / row_s : 0.0f;
+      float* cj = col + static_cast<std::size_t>(r / window) * np;
+      for (t0 = 0; t0 + (NT - 1) * KT < n; t0 += NT * KT) {
+        const int vis_last = vis_at(t0 + (NT - 1) * KT);
+        if (vis_last == 0) break;
+        float mm[NT], e[NT * KT];
+        for (int i = 0; i < NT; ++i) mm[i] = row_m;
+        kvevict::detail::exp_tiles<W, true, NT>(lr + t0, mm, inv, vis_last, e);
+        for (int c = 0; c < NT * KT; ++c) cj[t0 + c] += e[c];
+      }
+      for (; t0 < n; t0 += KT) {
+        const int vis = vis_at(t0);
+        if (vis == 0) break;
+        float e[KT];
+        kvevict::detail::exp_tile16<W, true>(lr + t0, row_m, inv, vis, e);
         for (int c = 0; c < KT; ++c) cj[t0 + c] += e[c];
       }
     }
