@@ -3,7 +3,7 @@ research-code way: ../shared/bench/numpy_path_baseline.py) and torch's CPU path 
 formula), in one run, at 1 thread and at every thread. Prints a table with the ratios last and
 writes JSON.
 
-    build/pyvenv/bin/python bench/host/vs_peers.py [--build build/release] [--json out.json]
+    build/pyvenv/bin/python bench/host/vs_peers.py [--build build/release] [--rounds 3] [--json out.json]
 
 kvevict: build/<build>/bench/kvevict_bench_layer (plain -O2, no -march; the scorer dispatches to
 AVX2 at run time), fp32 and bf16 keys. numpy: float32 (its BLAS has no bf16). torch: fp32 and bf16.
@@ -48,6 +48,14 @@ def peer(kind, threads, tokens, reps):
         print(out.stderr, file=sys.stderr)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else 0.5 * (xs[m - 1] + xs[m])
 
 
 def best_ms(fn, reps):
@@ -119,15 +127,21 @@ def main():
     ap.add_argument("--build", default="build/release")
     ap.add_argument("--tokens", type=int, nargs="+", default=[8192, 32768])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of (kvevict, then the peers); each ratio is the median of the rounds' ratios")
     ap.add_argument("--json")
     a = ap.parse_args()
-    ours = run_ours(a.build, a.repeats)
-    peers = {}
-    for kind in ("numpy", "torch"):
-        for threads in ("1", "all"):
-            peers[(kind, threads)] = peer(kind, threads, a.tokens, a.repeats)
+    rounds = []
+    for _ in range(a.rounds):
+        ours = run_ours(a.build, a.repeats)
+        peers = {}
+        for kind in ("numpy", "torch"):
+            for threads in ("1", "all"):
+                peers[(kind, threads)] = peer(kind, threads, a.tokens, a.repeats)
+        rounds.append((ours, peers))
     print(f"\nOne layer's SnapKV plan (32 q / 8 KV heads, head_dim 128, window 64, pool 5, budget 1024), "
-          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; best (peers) / median (kvevict) of {a.repeats}")
+          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; best (peers) / median (kvevict) of {a.repeats}, "
+          f"{a.rounds} rounds: times and ratios are medians over the rounds (a ratio within each round)")
     if peers[("numpy", "all")]:
         print(f"numpy BLAS: {peers[('numpy', 'all')].get('blas')}")
     print("\nfloor: one sgemm of the logits (numpy's BLAS, same threads), the one-matmul floor of the issue")
@@ -138,23 +152,29 @@ def main():
     for dtype in ("fp32", "bf16"):
         for n in a.tokens:
             for threads in ("1", "all"):
-                o = ours.get((dtype, n, threads))
-                npy = (peers[("numpy", threads)] or {}).get(f"fp32/{n}")
-                tch = (peers[("torch", threads)] or {}).get(f"{dtype}/{n}")
-                floor = (peers[("numpy", threads)] or {}).get(f"sgemm/{n}")
+                per = [(ours.get((dtype, n, threads)), (peers[("numpy", threads)] or {}).get(f"fp32/{n}"),
+                        (peers[("torch", threads)] or {}).get(f"{dtype}/{n}"),
+                        (peers[("numpy", threads)] or {}).get(f"sgemm/{n}")) for ours, peers in rounds]
+                o, npy, tch, floor = (median([x[i] for x in per]) for i in range(4))
+                # Ratios within each round, then their median.
+                r_npy = median([x[1] / x[0] if x[0] and x[1] else None for x in per])
+                r_tch = median([x[2] / x[0] if x[0] and x[2] else None for x in per])
+                r_floor = median([x[0] / x[3] if x[0] and x[3] else None for x in per])
                 gflops = 2.0 * HQ * W * n * D / (floor * 1e6) if floor else None
                 rows.append({"keys": dtype, "tokens": n, "threads": threads, "kvevict_ms": o, "numpy_fp32_ms": npy,
-                             "torch_ms": tch, "sgemm_floor_ms": floor, "sgemm_gflops": gflops})
+                             "torch_ms": tch, "sgemm_floor_ms": floor, "sgemm_gflops": gflops,
+                             "numpy_over_kvevict": r_npy, "torch_over_kvevict": r_tch, "kvevict_over_floor": r_floor,
+                             "rounds": [dict(zip(("kvevict_ms", "numpy_fp32_ms", "torch_ms", "sgemm_floor_ms"), x))
+                                        for x in per]})
                 f = lambda x: f"{x:.1f}" if x else "-"  # noqa: E731
-                r = lambda x: f"{x / o:.2f}x" if x and o else "-"  # noqa: E731
-                over = f"{o / floor:.2f}x" if o and floor else "-"
+                r = lambda x: f"{x:.2f}x" if x else "-"  # noqa: E731
                 g = f"{gflops:.1f}" if gflops else "-"
-                print(f"| {dtype} | {n} | {threads} | {f(o)} | {f(npy)} | {r(npy)} | {f(tch)} | {r(tch)} | {f(floor)} | {g} "
-                      f"| {over} |")
+                print(f"| {dtype} | {n} | {threads} | {f(o)} | {f(npy)} | {r(r_npy)} | {f(tch)} | {r(r_tch)} | {f(floor)} "
+                      f"| {g} | {r(r_floor)} |")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "rows": rows,
-                       "peers": {f"{k}/{t}": v for (k, t), v in peers.items()}}, fh, indent=1)
+            json.dump({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "rounds": a.rounds, "rows": rows,
+                       "peers": [{f"{k}/{t}": v for (k, t), v in peers.items()} for _, peers in rounds]}, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -370,20 +370,42 @@ std::uint64_t pinned_scores_hash(Isa isa) {
           one(float{}, (n + d) % 2 == 1, n, d, group, w, (n % 3) ? 1.0f : 0.375f);
         }
   one(kvevict::half{}, true, 5000, 128, 4, 64, 1.0f);
+  // Long enough for several row blocks (two of 128 rows, then four of 64).
+  one(kvevict::bfloat16{}, false, 12000, 8, 4, 64, 1.0f);
+  one(float{}, false, 33000, 4, 4, 64, 1.0f);
   return h;
 }
 }  // namespace
 
 // The scorer's bits are part of its contract (plans, the golden fixtures and the NIAH report
 // depend on them): this hash was recorded with the scorer of 637382f (before the tile-wise
-// steps of 2026-11-30), on the baseline, AVX2 and AVX-512 variants, with GCC 12 and clang 14.
+// steps and the row blocks' sizes of 2026-11-30), on the baseline, AVX2 and AVX-512 variants,
+// with GCC 12 and clang 14.
 TEST_CASE("window attention: the scores' bits are those recorded before the tile-wise rewrite", "[scorer][simd]") {
   using kvevict::host_backend::scorer_isa;
   for (scorer_isa isa : {scorer_isa::baseline, scorer_isa::automatic, scorer_isa::avx2, scorer_isa::avx512}) {
     INFO("isa " << static_cast<int>(isa) << " resolved to "
                 << static_cast<int>(kvevict::host_backend::resolve_scorer_isa(isa)));
-    CHECK(pinned_scores_hash(isa) == 0x888cd3938d58f992ull);
+    CHECK(pinned_scores_hash(isa) == 0x5f032caa5ca31518ull);
   }
+}
+
+TEST_CASE("window attention: row blocks are multiples of 64 rows whose logits fit in 8 MiB", "[scorer]") {
+  using kvevict::host_backend::window_attention_block_rows;
+  CHECK(window_attention_block_rows(20, 1000000) == 20);  // fewer rows than the unit: all of them
+  CHECK(window_attention_block_rows(64, 1000000) == 64);
+  CHECK(window_attention_block_rows(256, 1) == 256);
+  CHECK(window_attention_block_rows(256, 8192) == 256);  // 256 x 8,192 floats = 8 MiB
+  CHECK(window_attention_block_rows(256, 8193) == 192);
+  CHECK(window_attention_block_rows(256, 12000) == 128);
+  CHECK(window_attention_block_rows(256, 32768) == 64);
+  CHECK(window_attention_block_rows(256, 1000000) == 64);  // at least one unit, whatever n
+  CHECK(window_attention_block_rows(100, 8192) == 100);     // a last, partial unit
+  CHECK(window_attention_block_rows(100, 20000) == 64);
+  // The scratch holds one block's logits (rows of n padded to 16 keys) beside the rest.
+  const std::size_t fixed = kvevict::host_backend::window_attention_scratch_floats(128, 64, 4, 0);
+  CHECK(kvevict::host_backend::window_attention_scratch_floats(128, 64, 4, 8192) == fixed + (256 + 4) * 8192u);
+  CHECK(kvevict::host_backend::window_attention_scratch_floats(128, 64, 4, 32768) == fixed + (64 + 4) * 32768u);
 }
 
 TEST_CASE("window attention: every instruction set (baseline, AVX2, AVX-512 where the CPU has them) gives the same bits",

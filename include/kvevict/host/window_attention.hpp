@@ -224,18 +224,33 @@ namespace host_backend {
 //! Keys scored together in one tile (the inner, vectorised loop runs over them).
 inline constexpr int window_attention_key_tile = 16;
 
-//! Query rows whose logits `window_attention_group` keeps at once (one row block).
+//! The unit of query rows whose logits `window_attention_group` keeps at once.
 inline constexpr int window_attention_row_block = 64;
 
-//! Floats of scratch `window_attention_group` needs for `n` keys: O(tokens), about
-//! (window_attention_row_block + group) floats per key (68 with a group of 4) plus the queries.
+//! Query rows per block for `rows` window rows and `n` keys: as many multiples of
+//! `window_attention_row_block` as keep the block's logits within 8 MiB (every row at once for
+//! short sequences: each block converts the keys once more), at least one (all rows if fewer).
+inline int window_attention_block_rows(int rows, int n) {
+  const int unit = window_attention_row_block;
+  if (rows <= unit) return rows;
+  const std::size_t padded = (static_cast<std::size_t>(n < 0 ? 0 : n) + window_attention_key_tile - 1) /
+                             window_attention_key_tile * window_attention_key_tile;
+  const std::size_t cap = (std::size_t{8} << 20) / sizeof(float);
+  int units = padded == 0 ? rows : static_cast<int>(cap / (padded * static_cast<std::size_t>(unit)));
+  const int all = (rows + unit - 1) / unit;
+  if (units > all) units = all;
+  if (units < 1) units = 1;
+  return units * unit < rows ? units * unit : rows;
+}
+
+//! Floats of scratch `window_attention_group` needs for `n` keys: O(tokens), a row block's logits
+//! (the larger of 8 MiB and 64 floats per key, see `window_attention_block_rows`), `group`
+//! floats per key and the queries.
 inline std::size_t window_attention_scratch_floats(int head_dim, int window, int group, int n) {
   const std::size_t rows = static_cast<std::size_t>(window) * group;
   const std::size_t padded = (static_cast<std::size_t>(n < 0 ? 0 : n) + window_attention_key_tile - 1) /
                              window_attention_key_tile * window_attention_key_tile;
-  const std::size_t block = rows < static_cast<std::size_t>(window_attention_row_block)
-                                ? rows
-                                : static_cast<std::size_t>(window_attention_row_block);
+  const std::size_t block = static_cast<std::size_t>(window_attention_block_rows(window * group, n));
   return rows * head_dim                                                   // queries as float, pre-scaled
          + static_cast<std::size_t>(head_dim) * window_attention_key_tile  // key tile, transposed
          + static_cast<std::size_t>(group) * padded                        // per-query-head column sums
@@ -246,7 +261,7 @@ inline std::size_t window_attention_scratch_floats(int head_dim, int window, int
 //!
 //! For each of the `group` query heads `j` and window query `r` (at position `n - window + r`),
 //! the softmax of `q . k_t / sqrt(head_dim)` over keys `t <= n - window + r` (causal) is formed
-//! per block of `window_attention_row_block` query rows: the block's logits against every key are
+//! per block of `window_attention_block_rows` query rows: the block's logits against every key are
 //! computed once (one matmul's worth of work) and kept in scratch; then, row by row, the running
 //! max and sum of exponentials over 16-key tiles in key order, and the normalised probabilities
 //! added to per-query-head column sums. For every key `t` it calls
@@ -274,7 +289,7 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
   constexpr int R = kvevict::detail::micro_rows<W>;
   const int rows = group * window;
   const std::size_t np = (static_cast<std::size_t>(n) + KT - 1) / KT * KT;  // padded row length
-  const int RB = rows < host_backend::window_attention_row_block ? rows : host_backend::window_attention_row_block;
+  const int RB = host_backend::window_attention_block_rows(rows, n);
   float* qf = scratch;
   float* kt = qf + static_cast<std::size_t>(rows) * head_dim;
   float* col = kt + static_cast<std::size_t>(head_dim) * KT;  // [group, np]
