@@ -66,7 +66,7 @@ std::vector<int> device_budgets(const kvevict::row_rule& rule, double fraction, 
   std::vector<int> budgets(heads);
   for (int h = 0; h < heads; ++h) {
     const auto r = rule.range(lens[h]);
-    budgets[h] = r.lo + (lens[h] - r.hi) + g[h] + extras[h];
+    budgets[h] = static_cast<int>(kd::ada_budget(r.lo, r.hi, lens[h], g[h], extras[h]));
   }
   return budgets;
 }

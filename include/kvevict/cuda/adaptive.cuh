@@ -117,7 +117,7 @@ __device__ void ada_pick(const ada_args<Cache>& a, int s, const row_rule& si) {
         const int r = r0 + h, n = a.cache.seq_len(s, h), g = a.guaranteed[r];
         const detail::token_range range = si.range(n);
         const long long extra = pool <= 0 ? 0 : detail::ada_excess(a.above[r], g);
-        const long long b = static_cast<long long>(range.lo) + (n - range.hi) + g + extra;
+        const long long b = detail::ada_budget(range.lo, range.hi, n, g, extra);
         if (b > a.capacity) raise(a.word, ck_plan_capacity_kept);
         a.budgets[r] = static_cast<std::int32_t>(b);
       }
@@ -178,7 +178,7 @@ __device__ void ada_pick(const ada_args<Cache>& a, int s, const row_rule& si) {
       const long long above = a.above[r], equal = __ldcg(&h_hist(h)[d]);
       const long long c = detail::ada_tie_count(above, equal, g, st.pool, f, reached);
       const detail::token_range range = si.range(n);
-      const long long b = static_cast<long long>(range.lo) + (n - range.hi) + g + detail::ada_excess(c, g);
+      const long long b = detail::ada_budget(range.lo, range.hi, n, g, detail::ada_excess(c, g));
       if (b > a.capacity) raise(a.word, ck_plan_capacity_kept);
       a.budgets[r] = static_cast<std::int32_t>(b);
     }

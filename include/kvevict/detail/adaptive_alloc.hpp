@@ -35,6 +35,12 @@ KVEVICT_HOST_DEVICE int ada_guaranteed(double fraction, int bc) {
 //! Head h's extras when it holds `count` candidates of the prefix and `g` are guaranteed.
 KVEVICT_HOST_DEVICE long long ada_excess(long long count, long long g) { return count > g ? count - g : 0; }
 
+//! A head's budget: its `n` tokens outside the compressible range `[lo, hi)` (always kept), its
+//! guaranteed share `g` and its `extra` tokens from the pool.
+KVEVICT_HOST_DEVICE long long ada_budget(int lo, int hi, int n, int g, long long extra) {
+  return static_cast<long long>(lo) + (n - hi) + g + extra;
+}
+
 //! One digit of the search. `hist[h * bins + d]`: head h's candidates in the current group (keys
 //! agreeing with the threshold's digits so far) whose digit is d; `above[h]`: head h's candidates
 //! above the group; `g[h]`: its guaranteed share. Requires F(group and above) >= pool >
