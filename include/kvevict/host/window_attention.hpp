@@ -227,14 +227,19 @@ inline constexpr int window_attention_key_tile = 16;
 //! The unit of query rows whose logits `window_attention_group` keeps at once.
 inline constexpr int window_attention_row_block = 64;
 
+//! `n` keys rounded up to whole key tiles (a kept row of logits, a column sum).
+inline std::size_t window_attention_padded_keys(int n) {
+  return (static_cast<std::size_t>(n < 0 ? 0 : n) + window_attention_key_tile - 1) / window_attention_key_tile *
+         window_attention_key_tile;
+}
+
 //! Query rows per block for `rows` window rows and `n` keys: as many multiples of
 //! `window_attention_row_block` as keep the block's logits within 8 MiB (every row at once for
 //! short sequences: each block converts the keys once more), at least one (all rows if fewer).
 inline int window_attention_block_rows(int rows, int n) {
   const int unit = window_attention_row_block;
   if (rows <= unit) return rows;
-  const std::size_t padded = (static_cast<std::size_t>(n < 0 ? 0 : n) + window_attention_key_tile - 1) /
-                             window_attention_key_tile * window_attention_key_tile;
+  const std::size_t padded = window_attention_padded_keys(n);
   const std::size_t cap = (std::size_t{8} << 20) / sizeof(float);
   int units = padded == 0 ? rows : static_cast<int>(cap / (padded * static_cast<std::size_t>(unit)));
   const int all = (rows + unit - 1) / unit;
@@ -248,8 +253,7 @@ inline int window_attention_block_rows(int rows, int n) {
 //! floats per key and the queries.
 inline std::size_t window_attention_scratch_floats(int head_dim, int window, int group, int n) {
   const std::size_t rows = static_cast<std::size_t>(window) * group;
-  const std::size_t padded = (static_cast<std::size_t>(n < 0 ? 0 : n) + window_attention_key_tile - 1) /
-                             window_attention_key_tile * window_attention_key_tile;
+  const std::size_t padded = window_attention_padded_keys(n);
   const std::size_t block = static_cast<std::size_t>(window_attention_block_rows(window * group, n));
   return rows * head_dim                                                   // queries as float, pre-scaled
          + static_cast<std::size_t>(head_dim) * window_attention_key_tile  // key tile, transposed
@@ -288,7 +292,7 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
   constexpr int KT = host_backend::window_attention_key_tile;
   constexpr int R = kvevict::detail::micro_rows<W>;
   const int rows = group * window;
-  const std::size_t np = (static_cast<std::size_t>(n) + KT - 1) / KT * KT;  // padded row length
+  const std::size_t np = host_backend::window_attention_padded_keys(n);  // padded row length
   const int RB = host_backend::window_attention_block_rows(rows, n);
   float* qf = scratch;
   float* kt = qf + static_cast<std::size_t>(rows) * head_dim;
