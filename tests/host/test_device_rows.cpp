@@ -25,22 +25,54 @@ namespace {
 
 using kvevict::detail::blocked_share;
 
-//! `enumerate_flagged` of cuda/blocks.cuh with `threads` threads.
-template <class Flag, class Visit>
-int enumerate_flagged(int m, int threads, Flag flag, Visit visit) {
-  std::vector<int> counts(threads, 0), at(threads, 0);
+//! `enumerate_weighted` of cuda/blocks.cuh with `threads` threads.
+template <class Weight, class Visit>
+int enumerate_weighted(int m, int threads, Weight weight, Visit visit) {
+  std::vector<int> sums(threads, 0), at(threads, 0);
   for (int t = 0; t < threads; ++t) {
     const auto sh = blocked_share(m, threads, t);
-    for (int i = sh.begin; i < sh.end; ++i) counts[t] += flag(i) ? 1 : 0;
+    for (int i = sh.begin; i < sh.end; ++i) sums[t] += weight(i);
   }
-  std::exclusive_scan(counts.begin(), counts.end(), at.begin(), 0);
+  std::exclusive_scan(sums.begin(), sums.end(), at.begin(), 0);
   for (int t = threads - 1; t >= 0; --t) {  // shares in any order
     const auto sh = blocked_share(m, threads, t);
     int k = at[t];
     for (int i = sh.begin; i < sh.end; ++i)
-      if (flag(i)) visit(i, k++);
+      if (const int w = weight(i); w > 0) {
+        visit(i, k);
+        k += w;
+      }
   }
-  return std::accumulate(counts.begin(), counts.end(), 0);
+  return std::accumulate(sums.begin(), sums.end(), 0);
+}
+
+//! `enumerate_flagged` of cuda/blocks.cuh with `threads` threads.
+template <class Flag, class Visit>
+int enumerate_flagged(int m, int threads, Flag flag, Visit visit) {
+  return enumerate_weighted(m, threads, [&](int i) { return flag(i) ? 1 : 0; }, visit);
+}
+
+//! `radix_threshold` of cuda/blocks.cuh: 8-bit digits of 64-bit keys from the top, histograms of
+//! the weights (indices visited in a random order, as the block's atomics land), pick_digit.
+template <class Key, class Weight>
+std::uint64_t radix_threshold(int m, Key key, Weight weight, int& krem, std::mt19937& rng) {
+  std::vector<int> order(m);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::uint64_t prefix = 0, mask = 0;
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    unsigned hist[256] = {};
+    for (int t : order) {
+      const int w = weight(t);
+      if (w <= 0) continue;
+      const std::uint64_t k = key(t);
+      if ((k & mask) == prefix) hist[(k >> shift) & 255u] += static_cast<unsigned>(w);
+    }
+    const int digit = kvevict::detail::pick_digit(hist, krem);
+    prefix |= static_cast<std::uint64_t>(digit) << shift;
+    mask |= 255ull << shift;
+  }
+  return prefix;
 }
 
 std::vector<int> shuffled(int n, std::mt19937& rng) {
@@ -364,64 +396,109 @@ TEST_CASE("device SABlock: the live set's room in the row's idx scratch", "[sabl
   CHECK(d::sablock_live_room(800, 300, 54, true) == -1);     // 746 < 756
 }
 
-TEST_CASE("device units: the first overflow and the greedy over the units that could still fit equal the host's greedy",
+TEST_CASE("device units: the radix select weighted by length, its ties, the greedy after it and the fill equal "
+          "select_units_then_fill",
           "[chunkkv][sentencekv][cuda]") {
-  // `row_stages::mark_units` of cuda/blocks.cuh after the sort: lengths in rank order, budget bc.
+  // `row_stages::mark_units` then `fill_best_unmarked` of cuda/blocks.cuh, step by step, on rows of
+  // scores with many tied unit means (small integer scores, -0 and +0) and on rows of random ones.
+  namespace d = kvevict::detail;
   std::mt19937 rng(5);
-  int skipped_then_taken = 0;
-  for (int rep = 0; rep < 4000; ++rep) {
+  int skipped_then_taken = 0, tied_overflow = 0, filled = 0;
+  for (int rep = 0; rep < 3000; ++rep) {
     const int count = 1 + static_cast<int>(rng() % 300), threads = std::vector<int>{1, 3, 32, 512}[rng() % 4];
     const int maxlen = 1 + static_cast<int>(rng() % (rep % 2 ? 8 : 70));
-    std::vector<int> len(count);
-    for (auto& x : len) x = rep % 5 == 0 ? maxlen : 1 + static_cast<int>(rng() % maxlen);  // ChunkKV: equal
-    if (rep % 5 == 0) len.back() = 1 + static_cast<int>(rng() % maxlen);
-    const int sum = std::accumulate(len.begin(), len.end(), 0), bc = 1 + static_cast<int>(rng() % (sum + 5));
-    // The host's greedy (host_backend::select_units_then_fill).
-    std::vector<char> want(count, 0);
-    int want_left = bc;
-    for (int i = 0; i < count && want_left > 0; ++i) {
-      if (len[i] > want_left) continue;
-      want[i] = 1;
-      want_left -= len[i];
+    std::vector<std::int32_t> off(count + 1, 0);
+    for (int u = 0; u < count; ++u) {
+      const bool equal = rep % 5 == 0 && u + 1 < count;  // ChunkKV: equal units, the last one shorter
+      off[u + 1] = off[u] + (equal ? maxlen : 1 + static_cast<int>(rng() % maxlen));
     }
-    // The kernel's: per-thread sums, an exclusive scan, each thread's first overflow, the minimum.
-    std::vector<int> sums(threads, 0), before(threads, 0);
-    for (int t = 0; t < threads; ++t) {
-      const auto sh = blocked_share(count, threads, t);
-      for (int i = sh.begin; i < sh.end; ++i) sums[t] += len[i];
+    const int m = off[count];
+    if (m < 2) continue;
+    const int bc = 1 + static_cast<int>(rng() % (m - 1));  // the kernel's case: 0 < bc < m
+    std::vector<double> a(m);
+    const bool ties = rep % 3 != 2;
+    for (auto& x : a) {
+      const int r = static_cast<int>(rng() % 5);
+      x = ties ? (r == 4 ? -0.0 : r - 1.0) : std::ldexp(static_cast<double>(rng() % 100000) - 50000.0, -7);
     }
-    std::exclusive_scan(sums.begin(), sums.end(), before.begin(), 0);
-    int first_over = count, left0 = bc - sum;
-    for (int t = 0; t < threads; ++t) {
-      const auto sh = blocked_share(count, threads, t);
-      for (int i = sh.begin, run = before[t]; i < sh.end; ++i) {
-        if (run + len[i] > bc) {
-          if (i < first_over) first_over = i, left0 = bc - run;
-          break;
-        }
-        run += len[i];
-      }
+    // The host.
+    std::vector<unsigned char> want(m, 0);
+    std::vector<std::int32_t> order(count), idx(m);
+    std::vector<double> means(count);
+    kvevict::host_backend::select_units_then_fill(a.data(), 0, m, off.data(), count, bc, want.data(), order.data(),
+                                                  idx.data(), means.data());
+    // The block, emulated.
+    std::vector<std::uint64_t> key(count);
+    for (int u = 0; u < count; ++u) {
+      const double mean = d::segment_mean(a.data(), off[u], off[u + 1] - off[u]);
+      key[u] = d::order_key64(mean == 0.0 ? 0.0 : mean);
     }
-    std::vector<char> got(count, 0);
-    for (int i = 0; i < first_over; ++i) got[i] = 1;
-    std::vector<int> rest(count, -1);
-    const int num_rest = first_over < count ? enumerate_flagged(
-                                                  count - first_over - 1, threads,
-                                                  [&](int j) { return len[first_over + 1 + j] <= left0; },
-                                                  [&](int j, int k) { rest[k] = first_over + 1 + j; })
-                                            : 0;
-    int left = left0;
-    for (int k = 0; k < num_rest && left > 0; ++k) {
-      if (len[rest[k]] > left) continue;
-      got[rest[k]] = 1;
-      left -= len[rest[k]];
+    auto len = [&](int u) { return off[u + 1] - off[u]; };
+    int krem = bc + 1;
+    const std::uint64_t thr = radix_threshold(count, [&](int u) { return key[u]; }, len, krem, rng);
+    int over = -1, left = -1, at_thr = 0;
+    enumerate_weighted(count, threads, [&](int u) { return key[u] == thr ? len(u) : 0; },
+                       [&](int u, int before) {
+                         ++at_thr;
+                         if (before < krem && before + len(u) >= krem) {
+                           REQUIRE(over == -1);  // exactly one unit
+                           over = u;
+                           left = krem - 1 - before;
+                         }
+                       });
+    REQUIRE(over >= 0);
+    tied_overflow += at_thr > 1;
+    std::vector<unsigned char> taken(count, 0);
+    for (int u = 0; u < count; ++u) taken[u] = key[u] > thr || (key[u] == thr && u < over);
+    std::uint64_t prev_key = thr;
+    int prev = over;
+    while (left > 0) {
+      auto candidate = [&](int u) {
+        return (key[u] < prev_key || (key[u] == prev_key && u > prev)) && len(u) <= left;
+      };
+      std::uint64_t best = 0;  // per thread (strided), then the block's maximum
+      for (int t = 0; t < threads; ++t)
+        for (int u = t; u < count; u += threads)
+          if (candidate(u) && key[u] > best) best = key[u];
+      if (best == 0) break;
+      int first = count;  // each thread's first (strided) unit at the best key, then the minimum
+      for (int t = 0; t < threads; ++t)
+        for (int u = t; u < count; u += threads)
+          if (key[u] == best && candidate(u)) {
+            first = std::min(first, u);
+            break;
+          }
+      REQUIRE(first < count);
+      taken[first] = 1;
+      left -= len(first);
+      prev_key = best;
+      prev = first;
       ++skipped_then_taken;
     }
-    INFO("rep " << rep << " count " << count << " bc " << bc << " threads " << threads);
-    REQUIRE(got == want);
-    REQUIRE(left == want_left);
+    std::vector<unsigned char> keep(m, 0);
+    for (int u = 0; u < count; ++u)
+      if (taken[u])
+        for (int t = off[u]; t < off[u + 1]; ++t) keep[t] = 1;
+    if (left > 0) {  // fill_best_unmarked
+      ++filled;
+      int fk = left;
+      const std::uint64_t ft = radix_threshold(
+          m, [&](int t) { return d::order_key64(a[t]); }, [&](int t) { return keep[t] ? 0 : 1; }, fk, rng);
+      enumerate_flagged(
+          m, threads, [&](int t) { return !keep[t] && d::order_key64(a[t]) == ft; },
+          [&](int t, int rank) {
+            if (rank < fk) keep[t] = 1;
+          });
+      for (int t = 0; t < m; ++t)
+        if (d::order_key64(a[t]) > ft) keep[t] = 1;
+    }
+    INFO("rep " << rep << " count " << count << " m " << m << " bc " << bc << " threads " << threads);
+    REQUIRE(keep == want);
+    REQUIRE(std::count(keep.begin(), keep.end(), 1) == bc);
   }
-  CHECK(skipped_then_taken > 1000);  // units after the first that overflowed were taken
+  CHECK(skipped_then_taken > 500);  // units after the first that overflowed were taken
+  CHECK(tied_overflow > 500);       // the overflowing unit was among several at its key
+  CHECK(filled > 500);
 }
 
 TEST_CASE("device segmentation: two levels (sentences of clauses) on a block equal the host's two_level_segments",

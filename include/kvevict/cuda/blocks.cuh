@@ -2,16 +2,17 @@
 //! Block, segment and SABlock granularities on the device (ChunkKV, SentenceKV-style, SABlock).
 //! One block of threads per row (a (sequence, KV head), or a sequence for shared heads), in
 //! stages (`row_stages`): the row's scores, segmentation (`device_segmenter<S>`: one
-//! specialisation per segmenter), SABlock's price bisection or the units kept whole, an exact
-//! radix-select fill, the plan row. Every ordered write (delimiter cuts, merged ends, tied fill
-//! entries, plan rows) is one block-wide scan over contiguous per-thread shares
-//! (`enumerate_flagged`), and the merge / split rules run on the whole block (pointer doubling,
-//! detail::merge_successor), so no stage walks the row on one thread (SABlock's score total is added
-//! in runs of about sqrt(count) clauses, a thread per run, in the host's fixed order,
-//! detail::clauses_total). SABlock's bisection evaluates only the sentences whose kept set may still
-//! change, as the host's (detail::sablock_settled), where the row's scratch has room. The
-//! per-segment arithmetic is the host's own (detail/sablock_core.hpp, segment/segmenters.hpp), so
-//! the plans are the host's bit for bit. Not API.
+//! specialisation per segmenter), SABlock's price bisection or the units kept whole (a radix
+//! select weighted by the units' lengths, no sort), an exact radix-select fill, the plan row.
+//! Every ordered write (delimiter cuts, merged ends, tied fill entries, plan rows) is one
+//! block-wide scan over contiguous per-thread shares (`enumerate_weighted`), and the merge / split
+//! rules run on the whole block (pointer doubling, detail::merge_successor), so no stage walks the
+//! row on one thread (SABlock's score total is added in runs of about sqrt(count) clauses, a thread
+//! per run, in the host's fixed order, detail::clauses_total). SABlock's bisection evaluates only
+//! the sentences whose kept set may still change, as the host's (detail::sablock_settled), where
+//! the row's scratch has room. The per-segment arithmetic is the host's own
+//! (detail/sablock_core.hpp, segment/segmenters.hpp), so the plans are the host's bit for bit. Not
+//! API.
 #pragma once
 
 #include <cub/block/block_reduce.cuh>
@@ -39,23 +40,36 @@ inline constexpr int block_threads = 512;
 
 // ---- block-wide building blocks ----
 
-//! Calls `visit(i, rank)` for every `i` in `[0, m)` with `flag(i)`, `rank` being the number of
-//! flagged indices before `i`, and returns their number (in every thread). Each thread takes a
-//! contiguous share (detail::blocked_share) and the block makes one exclusive scan of the shares'
-//! counts, so the work is `m / blockDim.x` per thread plus one scan, whatever `m` is. `flag` is
-//! evaluated twice per index and must not change in between (a visit may change what it reads for
-//! its own index only). Ends with a barrier: `tmp` is free and the visits are visible.
-template <class Scan, class Flag, class Visit>
-__device__ int enumerate_flagged(int m, Flag flag, Visit visit, typename Scan::TempStorage& tmp) {
+//! Calls `visit(i, before)` for every `i` in `[0, m)` with `weight(i) > 0`, `before` being the sum of
+//! the weights of the indices before `i`, and returns the sum of all weights (in every thread). Each
+//! thread takes a contiguous share (detail::blocked_share) and the block makes one exclusive scan of
+//! the shares' sums, so the work is `m / blockDim.x` per thread plus one scan, whatever `m` is.
+//! `weight` is evaluated twice per index and must not change in between (a visit may change what it
+//! reads for its own index only); the weights' total must fit an int. Ends with a barrier: `tmp`
+//! is free and the visits are visible.
+template <class Scan, class Weight, class Visit>
+__device__ int enumerate_weighted(int m, Weight weight, Visit visit, typename Scan::TempStorage& tmp) {
   const detail::index_span sh = detail::blocked_share(m, blockDim.x, threadIdx.x);
   int mine = 0;
-  for (int i = sh.begin; i < sh.end; ++i) mine += flag(i) ? 1 : 0;
+  for (int i = sh.begin; i < sh.end; ++i) mine += weight(i);
   int at, total;
   Scan(tmp).ExclusiveSum(mine, at, total);
-  for (int i = sh.begin; i < sh.end; ++i)
-    if (flag(i)) visit(i, at++);
+  for (int i = sh.begin; i < sh.end; ++i) {
+    const int wt = weight(i);
+    if (wt > 0) {
+      visit(i, at);
+      at += wt;
+    }
+  }
   __syncthreads();
   return total;
+}
+
+//! `enumerate_weighted` with weight 1 for the indices with `flag(i)` and 0 for the others: `visit(i,
+//! rank)` gets the number of flagged indices before `i`.
+template <class Scan, class Flag, class Visit>
+__device__ int enumerate_flagged(int m, Flag flag, Visit visit, typename Scan::TempStorage& tmp) {
+  return enumerate_weighted<Scan>(m, [&](int i) { return flag(i) ? 1 : 0; }, visit, tmp);
 }
 
 //! `detail::merge_and_split` on the whole block. In: the raw ends `off[0..count]` (`count >= 1`).
@@ -116,7 +130,7 @@ struct block_scratch_ptrs {
   double* prefix;        // [cap] SABlock's local prefix sums
   unsigned char* keep;   // [cap]
   std::int32_t* off;     // [cap + 1]
-  std::uint64_t* key;    // [2 cap] unit sort keys (units path)
+  std::uint64_t* key;    // [cap] the units' rank keys (units path)
   std::int32_t* idx;     // [2 cap]
   unsigned char* taken;  // [cap] units kept whole
 };
@@ -260,15 +274,21 @@ struct device_segmenter<fixed_length_segmenter> {
   }
 };
 
-// ---- exact fill: the k best unmarked entries of v[0, m) by value, ties to the lower index ----
+// ---- radix selection on the block: the exact fill, and the units' first overflow ----
 
-template <class Scan>
-__device__ void fill_best_unmarked(const double* v, int m, int k, unsigned char* keep, typename Scan::TempStorage& tmp,
-                                   unsigned* hist, std::uint64_t* s_prefix, int* s_krem) {
-  if (k <= 0) return;
+//! The block-wide radix select under `fill_best_unmarked` and `mark_units`: among the indices `i` in
+//! `[0, m)` with `weight(i) > 0`, ranked by `key(i)` descending, the key of the one at which the
+//! weights' running total first reaches `krem`; `krem` is lowered by the weight of the keys above it
+//! (so it is then the running total still to reach among the keys equal to it, in whatever order
+//! ties are ranked). 8-bit digits from the top, a histogram of the weights per digit in shared
+//! memory (`hist`: 256 bins), one thread picking the digit (detail::pick_digit). `krem` must be
+//! at least 1 and at most the total weight, which must fit an int. Ends with a barrier.
+template <class Key, class Weight>
+__device__ std::uint64_t radix_threshold(int m, Key key, Weight weight, int& krem, unsigned* hist,
+                                         std::uint64_t* s_prefix, int* s_krem) {
   if (threadIdx.x == 0) {
     *s_prefix = 0;
-    *s_krem = k;
+    *s_krem = krem;
   }
   std::uint64_t mask = 0;
   __syncthreads();
@@ -277,22 +297,36 @@ __device__ void fill_best_unmarked(const double* v, int m, int k, unsigned char*
     __syncthreads();
     const std::uint64_t prefix = *s_prefix;
     for (int t = threadIdx.x; t < m; t += blockDim.x) {
-      if (keep[t]) continue;
-      const std::uint64_t key = detail::order_key64(v[t]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      const int wt = weight(t);
+      if (wt <= 0) continue;
+      const std::uint64_t k = key(t);
+      if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], static_cast<unsigned>(wt));
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-      int krem = *s_krem;
-      const int digit = detail::pick_digit(hist, krem);  // k <= unmarked entries, so krem >= 1 stays true
-      *s_krem = krem;
+      int r = *s_krem;
+      const int digit = detail::pick_digit(hist, r);  // the histogram holds at least r: r >= 1 stays true
+      *s_krem = r;
       *s_prefix = prefix | (static_cast<std::uint64_t>(digit) << shift);
     }
     mask |= 255ull << shift;
     __syncthreads();
   }
+  krem = *s_krem;
   const std::uint64_t thr = *s_prefix;
-  const int krem = *s_krem;
+  __syncthreads();  // every thread has read them: the caller may reuse the shared words
+  return thr;
+}
+
+//! The k best unmarked entries of v[0, m) by value, ties to the lower index, marked in `keep`.
+template <class Scan>
+__device__ void fill_best_unmarked(const double* v, int m, int k, unsigned char* keep, typename Scan::TempStorage& tmp,
+                                   unsigned* hist, std::uint64_t* s_prefix, int* s_krem) {
+  if (k <= 0) return;
+  int krem = k;  // k <= the unmarked entries (the caller's count)
+  const std::uint64_t thr = radix_threshold(
+      m, [&](int t) { return detail::order_key64(v[t]); }, [&](int t) { return keep[t] ? 0 : 1; }, krem, hist,
+      s_prefix, s_krem);
   // The first `krem` unmarked entries equal to the threshold, in order, then every one above it.
   enumerate_flagged<Scan>(
       m, [&](int t) { return !keep[t] && detail::order_key64(v[t]) == thr; },
@@ -303,36 +337,6 @@ __device__ void fill_best_unmarked(const double* v, int m, int k, unsigned char*
   for (int t = threadIdx.x; t < m; t += blockDim.x)
     if (detail::order_key64(v[t]) > thr) keep[t] = 1;
   __syncthreads();
-}
-
-//! Orders units by mean (descending, ties to the earlier unit) with a bitonic sort of `pow2`
-//! entries in global scratch (padding entries sort last).
-__device__ inline void sort_units(std::uint64_t* key, std::int32_t* idx, int count, int pow2) {
-  for (int i = threadIdx.x; i < pow2; i += blockDim.x)
-    if (i >= count) {
-      key[i] = 0;
-      idx[i] = 0x7fffffff;
-    }
-  __syncthreads();
-  auto before = [&](int a, int b) { return key[a] > key[b] || (key[a] == key[b] && idx[a] < idx[b]); };
-  for (int k = 2; k <= pow2; k <<= 1)
-    for (int j = k >> 1; j > 0; j >>= 1) {
-      for (int i = threadIdx.x; i < pow2; i += blockDim.x) {
-        const int l = i ^ j;
-        if (l > i) {
-          const bool up = (i & k) == 0;
-          if (up ? before(l, i) : before(i, l)) {
-            const std::uint64_t tk = key[i];
-            key[i] = key[l];
-            key[l] = tk;
-            const std::int32_t ti = idx[i];
-            idx[i] = idx[l];
-            idx[l] = ti;
-          }
-        }
-      }
-      __syncthreads();
-    }
 }
 
 // ---- the row kernel ----
@@ -374,12 +378,12 @@ __device__ block_scratch_ptrs row_scratch(const block_scratch_ptrs& ws, const Ca
   const std::size_t b = Shared ? row_base(c, s, 0) / static_cast<std::size_t>(kvh) : row_base(c, s, h);
   const std::size_t row = Shared ? static_cast<std::size_t>(s) : static_cast<std::size_t>(s) * kvh + h;
   return {ws.a + b, ws.prefix ? ws.prefix + b : nullptr, ws.keep + b, ws.off + b + row,
-          ws.key ? ws.key + 2 * b : nullptr, ws.idx ? ws.idx + 2 * b : nullptr, ws.taken ? ws.taken + b : nullptr};
+          ws.key ? ws.key + b : nullptr, ws.idx ? ws.idx + 2 * b : nullptr, ws.taken ? ws.taken + b : nullptr};
 }
 
 //! The key-similarity segmenter's pre-pass (one launch before the row kernel): the similarity of
 //! each pair of adjacent keys (u, u + 1) of a row unit's compressible range, `sim[u]`, into the
-//! unit's spare scratch (SABlock's prefix sums, or the units' sort keys: free until the row is
+//! unit's spare scratch (SABlock's prefix sums, or the units' rank keys: free until the row is
 //! cut), a thread per pair. As the host's `key_similarity_segmenter`: per head (every KV head in
 //! order, or the row's own head in a (sequence, head)-row cache) the sums |a|^2, a . b, |b|^2 in
 //! element order, rounded as the host rounds them (no fused multiply-add), `detail::key_cosine`,
@@ -464,10 +468,14 @@ struct row_shared {
   using scan = cub::BlockScan<int, block_threads>;
   using reduce_ll = cub::BlockReduce<long long, block_threads>;
   using reduce_d = cub::BlockReduce<double, block_threads>;
+  using reduce_ull = cub::BlockReduce<unsigned long long, block_threads>;
+  using reduce_i = cub::BlockReduce<int, block_threads>;
   union {
     typename scan::TempStorage scan;
     typename reduce_ll::TempStorage ll;
     typename reduce_d::TempStorage d;
+    typename reduce_ull::TempStorage ull;
+    typename reduce_i::TempStorage i;
     double vals[block_threads];  //!< a chunk of values gathered by the block for one thread's ordered sum
   } tmp;
   unsigned hist[256];
@@ -536,7 +544,7 @@ struct row_stages {
       return {count, nullptr, count};
     } else {
       using seg_t = std::decay_t<decltype(a.gran.segmenter)>;
-      // Free while the row is cut: the units' sort keys, or SABlock's prefix sums.
+      // Free while the row is cut: the units' rank keys, or SABlock's prefix sums.
       std::int32_t* spare = traits::sablock ? reinterpret_cast<std::int32_t*>(w.prefix)
                                             : reinterpret_cast<std::int32_t*>(w.key);
       return device_segmenter<seg_t>::template segment<traits::sablock, scan>(
@@ -718,63 +726,74 @@ struct row_stages {
     return bc - static_cast<int>(kept < bc ? kept : bc);
   }
   //! ChunkKV / SentenceKV: units kept whole by mean while they fit (descending, ties to the
-  //! earlier), marked. Returns the tokens left for the fill. The host's greedy, exactly: every unit
-  //! before the first that overflows the budget fits (one scan of the lengths in rank order finds
-  //! it); after it only units no longer than what was then left can still fit, and one thread
-  //! runs the greedy over those alone.
+  //! earlier), marked. Returns the tokens left for the fill. The host's greedy, exactly, without
+  //! sorting the units: every unit ranked before the first that overflows the budget fits, and that
+  //! one is where the lengths' running total in rank order first exceeds the budget, found by the
+  //! radix select weighted by length (`radix_threshold`) and, among its ties, one weighted scan in
+  //! unit order. After it a unit fits only if it is no longer than what is left, and what is left
+  //! only shrinks, so the greedy's next unit is the best-ranked one after the previous that is no
+  //! longer than what is left: one block reduction each (at most a unit's length of them).
   __device__ int mark_units(const block_scratch_ptrs& w, int count, int bc) const {
-    int pow2 = 1;
-    while (pow2 < count) pow2 <<= 1;
     for (int u = threadIdx.x; u < count; u += blockDim.x) {
       const double mean = detail::segment_mean(w.a, w.off[u], w.off[u + 1] - w.off[u]);
       w.key[u] = detail::order_key64(mean == 0.0 ? 0.0 : mean);  // -0 ranks as +0, as the host's compare
-      w.idx[u] = u;
       w.taken[u] = 0;
     }
-    if (threadIdx.x == 0) sh.first_over = count;  // the first rank that overflows (count: none)
     __syncthreads();
-    sort_units(w.key, w.idx, count, pow2);
-    auto len_at = [&](int i) { return w.off[w.idx[i] + 1] - w.off[w.idx[i]]; };
-    const detail::index_span share = detail::blocked_share(count, blockDim.x, threadIdx.x);
-    int mine = 0;
-    for (int i = share.begin; i < share.end; ++i) mine += len_at(i);
-    int before, total;
-    scan(sh.tmp.scan).ExclusiveSum(mine, before, total);
-    int over = count, left_then = 0;
-    for (int i = share.begin, run = before; i < share.end; ++i) {
-      if (run + len_at(i) > bc) {
-        over = i;
-        left_then = bc - run;
-        break;
+    auto len = [&](int u) { return w.off[u + 1] - w.off[u]; };
+    // The units cover the m > bc tokens, so the running total reaches bc + 1 at some unit.
+    int krem = bc + 1;
+    const std::uint64_t thr = radix_threshold(
+        count, [&](int u) { return w.key[u]; }, len, krem, sh.hist, &sh.prefix, &sh.krem);
+    enumerate_weighted<scan>(
+        count, [&](int u) { return w.key[u] == thr ? len(u) : 0; },
+        [&](int u, int before) {
+          if (before < krem && before + len(u) >= krem) {  // exactly one unit
+            sh.first_over = u;
+            sh.left = krem - 1 - before;
+          }
+        },
+        sh.tmp.scan);
+    const int over = sh.first_over;
+    for (int u = threadIdx.x; u < count; u += blockDim.x)
+      if (w.key[u] > thr || (w.key[u] == thr && u < over)) w.taken[u] = 1;
+    // Finite means have keys above 0, so 0 says "no unit".
+    std::uint64_t prev_key = thr;
+    int prev = over;
+    for (;;) {
+      const int left = sh.left;  // the same in every thread: written before a barrier
+      if (left <= 0) break;
+      auto candidate = [&](int u) {
+        const std::uint64_t k = w.key[u];
+        return (k < prev_key || (k == prev_key && u > prev)) && len(u) <= left;
+      };
+      unsigned long long best = 0;
+      for (int u = threadIdx.x; u < count; u += blockDim.x)
+        if (candidate(u) && w.key[u] > best) best = w.key[u];
+      best = row_shared::reduce_ull(sh.tmp.ull).Reduce(best, [](unsigned long long x, unsigned long long y) {
+        return x > y ? x : y;
+      });
+      if (threadIdx.x == 0) sh.prefix = best;
+      __syncthreads();
+      const std::uint64_t best_key = sh.prefix;
+      if (best_key == 0) break;
+      int first = count;  // the earliest unit at the best key
+      for (int u = threadIdx.x; u < count; u += blockDim.x)
+        if (w.key[u] == best_key && candidate(u)) {
+          first = u;
+          break;
+        }
+      first = row_shared::reduce_i(sh.tmp.i).Reduce(first, [](int x, int y) { return x < y ? x : y; });
+      if (threadIdx.x == 0) {
+        w.taken[first] = 1;
+        sh.left = left - len(first);
+        sh.first_over = first;
       }
-      run += len_at(i);
+      __syncthreads();
+      prev_key = best_key;
+      prev = sh.first_over;
+      __syncthreads();  // read before the next iteration's thread 0 writes it
     }
-    if (over < count) atomicMin(&sh.first_over, over);
-    __syncthreads();
-    const int first_over = sh.first_over;
-    if (first_over == count && threadIdx.x == 0) sh.left = bc - total;
-    if (first_over < count && over == first_over) sh.left = left_then;
-    __syncthreads();
-    const int left0 = sh.left;
-    for (int i = threadIdx.x; i < first_over; i += blockDim.x) w.taken[w.idx[i]] = 1;
-    // The ranks after it that could still fit, in order, into the sort keys' space (free now).
-    std::int32_t* rest = reinterpret_cast<std::int32_t*>(w.key);
-    const int num_rest = first_over < count ? enumerate_flagged<scan>(
-                                                  count - first_over - 1,
-                                                  [&](int j) { return len_at(first_over + 1 + j) <= left0; },
-                                                  [&](int j, int k) { rest[k] = first_over + 1 + j; }, sh.tmp.scan)
-                                            : 0;
-    if (threadIdx.x == 0) {
-      int left = left0;
-      for (int k = 0; k < num_rest && left > 0; ++k) {
-        const int len = len_at(rest[k]);
-        if (len > left) continue;
-        w.taken[w.idx[rest[k]]] = 1;
-        left -= len;
-      }
-      sh.left = left;
-    }
-    __syncthreads();
     for (int u = threadIdx.x; u < count; u += blockDim.x)
       if (w.taken[u])
         for (int t = w.off[u]; t < w.off[u + 1]; ++t) w.keep[t] = 1;
@@ -904,10 +923,10 @@ struct device_block_granularity {
     const std::size_t tok = slab_tokens(c) / heads * units_per_seq,
                       rows = static_cast<std::size_t>(c.num_seqs()) * units_per_seq;
     const bool units = !traits::sablock;
-    // idx: the units' sort indices, or SABlock's raw cuts and sentences (two levels).
+    // idx: the segmenters' scratch, and SABlock's raw cuts and sentences (two levels).
     return detail::workspace_layout<7>{{sizeof(double) * tok, traits::sablock ? sizeof(double) * tok : 0, tok,
                                         sizeof(std::int32_t) * (tok + rows + 1),
-                                        units ? sizeof(std::uint64_t) * 2 * tok : 0,
+                                        units ? sizeof(std::uint64_t) * tok : 0,
                                         sizeof(std::int32_t) * 2 * tok, units ? tok : 0}};
   }
   template <class Cache, class T>
