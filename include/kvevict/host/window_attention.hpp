@@ -503,19 +503,20 @@ __attribute__((target("avx2,avx512f"))) void window_attention_group_avx512(KeyFn
 #endif
 
 //! Instruction sets the scorer can run with (`window_attention_group_isa` forces one; tests and
-//! benchmarks use it to compare them). `automatic` takes AVX2 where the CPU has it, also on CPUs
-//! with AVX-512: on the AMD EPYC (Zen 4) this was measured on, the AVX-512 variant ran no faster
-//! at 8,192 tokens and slower at 32,768 (bench/RESULTS.md), and no CPU with full-width 512-bit
-//! units has measured it yet; ask for `avx512` explicitly to use it.
+//! benchmarks use it to compare them). `automatic` takes AVX-512 F where the CPU has it, else AVX2:
+//! on the AMD EPYC (Zen 4) this was measured on, since the tile-wise schedule (2026-11-30) the
+//! AVX-512 variant plans one layer 1.03x to 1.32x faster than the AVX2 one (bench/RESULTS.md);
+//! before it, AVX-512 was the slower at 32,768 tokens. No CPU with full-width 512-bit units has
+//! measured it; ask for `avx2` explicitly where AVX-512 lowers the clock.
 enum class scorer_isa { automatic, baseline, avx2, avx512 };
 
-//! The instruction set `isa` resolves to on this CPU and build (`automatic`: AVX2 where the CPU
-//! has it; a set the CPU or build lacks: `baseline`).
+//! The instruction set `isa` resolves to on this CPU and build (`automatic`: AVX-512 F, else AVX2,
+//! where the CPU has it; a set the CPU or build lacks: `baseline`).
 inline scorer_isa resolve_scorer_isa(scorer_isa isa) {
 #if defined(KVEVICT_X86_DISPATCH)
   const bool a512 = kvevict::detail::cpu_has_avx512f() && kvevict::detail::cpu_has_avx2();
   const bool a2 = kvevict::detail::cpu_has_avx2();
-  if (isa == scorer_isa::automatic) return a2 ? scorer_isa::avx2 : scorer_isa::baseline;
+  if (isa == scorer_isa::automatic) return a512 ? scorer_isa::avx512 : (a2 ? scorer_isa::avx2 : scorer_isa::baseline);
   if (isa == scorer_isa::avx512) return a512 ? isa : scorer_isa::baseline;
   if (isa == scorer_isa::avx2) return a2 ? isa : scorer_isa::baseline;
 #else
@@ -545,8 +546,8 @@ void window_attention_group_isa(scorer_isa isa, KeyFn key, int n, int head_dim, 
   }
 }
 
-//! Dispatches to AVX2 where the CPU runs it (x86-64 with GCC or clang; see `scorer_isa`), else
-//! the build's baseline; every variant computes the same bits.
+//! Dispatches to AVX-512 F or AVX2 where the CPU runs them (x86-64 with GCC or clang; see
+//! `scorer_isa`), else the build's baseline; every variant computes the same bits.
 template <class KeyFn, class Q, class Emit>
 void window_attention_group(KeyFn key, int n, int head_dim, const Q* queries, std::size_t query_head_stride, int group,
                             int window, float* scratch, Emit emit, float key_scale) {
