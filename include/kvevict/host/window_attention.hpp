@@ -131,12 +131,6 @@ KVEVICT_ALWAYS_INLINE void exp_tiles(const float* acc, const float* m, float s, 
 #endif
 }
 
-//! `exp_tiles` for one tile.
-template <int W, bool Scale>
-KVEVICT_ALWAYS_INLINE void exp_tile16(const float* acc, float m, float s, int vis, float* out) {
-  exp_tiles<W, Scale, 1>(acc, &m, s, vis, out);
-}
-
 //! `out[d * 16 + c] = in[c * DC + d]` for 16 rows of DC floats (DC a multiple of 4): a tile of
 //! keys, converted along their rows, stored transposed for the micro-kernel. Moves only.
 template <int DC>
@@ -427,47 +421,42 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
         row_s = row_s + tree_sum(e);
         row_m = m;
       };
-      int t0 = 0;
-      for (; t0 + (NT - 1) * KT < n; t0 += NT * KT) {
-        const int vis_last = vis_at(t0 + (NT - 1) * KT);
-        if (vis_last == 0) break;
-        float mm[NT];
-        for (int i = 0; i < NT; ++i) {
-          const float mx = tile_max(t0 + i * KT, i + 1 < NT ? KT : vis_last);
+      // Runs body(K, t0, vis_last) over the row's visible tiles in key order: K = NT tiles at a
+      // time while the K-th is visible, then one at a time (exp_tiles of one tile is that tile's).
+      auto by_tiles = [&](auto body) KVEVICT_ALWAYS_INLINE_LAMBDA {
+        auto run = [&](auto tiles, int t0) KVEVICT_ALWAYS_INLINE_LAMBDA {
+          constexpr int K = decltype(tiles)::value;
+          for (; t0 + (K - 1) * KT < n; t0 += K * KT) {
+            const int vis_last = vis_at(t0 + (K - 1) * KT);
+            if (vis_last == 0) break;  // later tiles are invisible too
+            body(tiles, t0, vis_last);
+          }
+          return t0;
+        };
+        run(std::integral_constant<int, 1>{}, run(std::integral_constant<int, NT>{}, 0));
+      };
+      by_tiles([&](auto tiles, int t0, int vis_last) KVEVICT_ALWAYS_INLINE_LAMBDA {
+        constexpr int K = decltype(tiles)::value;
+        float mm[K];
+        for (int i = 0; i < K; ++i) {
+          const float mx = tile_max(t0 + i * KT, i + 1 < K ? KT : vis_last);
           const float before = i ? mm[i - 1] : row_m;
           mm[i] = mx > before ? mx : before;
         }
-        float e[NT * KT];
-        kvevict::detail::exp_tiles<W, false, NT>(lr + t0, mm, 1.0f, vis_last, e);
-        for (int i = 0; i < NT; ++i) add_tile(mm[i], e + i * KT);
-      }
-      for (; t0 < n; t0 += KT) {
-        const int vis = vis_at(t0);
-        if (vis == 0) break;  // later tiles are invisible too
-        const float max1 = tile_max(t0, vis);
-        const float m = max1 > row_m ? max1 : row_m;
-        float e[KT];
-        kvevict::detail::exp_tile16<W, false>(lr + t0, m, 1.0f, vis, e);
-        add_tile(m, e);
-      }
+        float e[K * KT];
+        kvevict::detail::exp_tiles<W, false, K>(lr + t0, mm, 1.0f, vis_last, e);
+        for (int i = 0; i < K; ++i) add_tile(mm[i], e + i * KT);
+      });
       // step 3, the normalised probabilities into the column sums.
       const float inv = row_s > 0.0f ? inv_window / row_s : 0.0f;
       float* cj = col + static_cast<std::size_t>(r / window) * np;
-      for (t0 = 0; t0 + (NT - 1) * KT < n; t0 += NT * KT) {
-        const int vis_last = vis_at(t0 + (NT - 1) * KT);
-        if (vis_last == 0) break;
-        float mm[NT], e[NT * KT];
-        for (int i = 0; i < NT; ++i) mm[i] = row_m;
-        kvevict::detail::exp_tiles<W, true, NT>(lr + t0, mm, inv, vis_last, e);
-        for (int c = 0; c < NT * KT; ++c) cj[t0 + c] += e[c];
-      }
-      for (; t0 < n; t0 += KT) {
-        const int vis = vis_at(t0);
-        if (vis == 0) break;
-        float e[KT];
-        kvevict::detail::exp_tile16<W, true>(lr + t0, row_m, inv, vis, e);
-        for (int c = 0; c < KT; ++c) cj[t0 + c] += e[c];
-      }
+      by_tiles([&](auto tiles, int t0, int vis_last) KVEVICT_ALWAYS_INLINE_LAMBDA {
+        constexpr int K = decltype(tiles)::value;
+        float mm[K], e[K * KT];
+        for (int i = 0; i < K; ++i) mm[i] = row_m;
+        kvevict::detail::exp_tiles<W, true, K>(lr + t0, mm, inv, vis_last, e);
+        for (int c = 0; c < K * KT; ++c) cj[t0 + c] += e[c];
+      });
     }
   }
   float vals[64];  // group <= 64 is checked by the scorer's validation
