@@ -283,7 +283,10 @@ struct device_segmenter<fixed_length_segmenter> {
 //! ties are ranked). 8-bit digits from the top, a histogram of the weights per digit in shared
 //! memory (`hist`: 256 bins), one thread picking the digit (detail::pick_digit). `krem` must be
 //! at least 1 and at most the total weight, which must fit an int. Ends with a barrier.
-template <class Key, class Weight>
+//! With `UnitWeights` (every weight 0 or 1) the lanes of a warp that add to the same bin add once
+//! (`warp_aggregated_add`; blockDim.x a multiple of 32): a row's scores share a few top digits, so
+//! the first passes would otherwise queue most of the row's atomics on two or three bins.
+template <bool UnitWeights, class Key, class Weight>
 __device__ std::uint64_t radix_threshold(int m, Key key, Weight weight, int& krem, unsigned* hist,
                                          std::uint64_t* s_prefix, int* s_krem) {
   if (threadIdx.x == 0) {
@@ -296,11 +299,20 @@ __device__ std::uint64_t radix_threshold(int m, Key key, Weight weight, int& kre
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
     const std::uint64_t prefix = *s_prefix;
-    for (int t = threadIdx.x; t < m; t += blockDim.x) {
-      const int wt = weight(t);
-      if (wt <= 0) continue;
-      const std::uint64_t k = key(t);
-      if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], static_cast<unsigned>(wt));
+    for (int base = 0; base < m; base += blockDim.x) {  // the same trip count in every lane of a warp
+      const int t = base + static_cast<int>(threadIdx.x);
+      int wt = t < m ? weight(t) : 0, digit = 0;
+      if (wt > 0) {
+        const std::uint64_t k = key(t);
+        if ((k & mask) == prefix)
+          digit = static_cast<int>((k >> shift) & 255u);
+        else
+          wt = 0;
+      }
+      if constexpr (UnitWeights)
+        warp_aggregated_add(hist, digit, wt > 0);
+      else if (wt > 0)
+        atomicAdd(&hist[digit], static_cast<unsigned>(wt));
     }
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -324,7 +336,7 @@ __device__ void fill_best_unmarked(const double* v, int m, int k, unsigned char*
                                    unsigned* hist, std::uint64_t* s_prefix, int* s_krem) {
   if (k <= 0) return;
   int krem = k;  // k <= the unmarked entries (the caller's count)
-  const std::uint64_t thr = radix_threshold(
+  const std::uint64_t thr = radix_threshold<true>(
       m, [&](int t) { return detail::order_key64(v[t]); }, [&](int t) { return keep[t] ? 0 : 1; }, krem, hist,
       s_prefix, s_krem);
   // The first `krem` unmarked entries equal to the threshold, in order, then every one above it.
@@ -743,7 +755,7 @@ struct row_stages {
     auto len = [&](int u) { return w.off[u + 1] - w.off[u]; };
     // The units cover the m > bc tokens, so the running total reaches bc + 1 at some unit.
     int krem = bc + 1;
-    const std::uint64_t thr = radix_threshold(
+    const std::uint64_t thr = radix_threshold<false>(
         count, [&](int u) { return w.key[u]; }, len, krem, sh.hist, &sh.prefix, &sh.krem);
     enumerate_weighted<scan>(
         count, [&](int u) { return w.key[u] == thr ? len(u) : 0; },
