@@ -450,29 +450,25 @@ TEST_CASE("device units: the radix select weighted by length, its ties, the gree
     tied_overflow += at_thr > 1;
     std::vector<unsigned char> taken(count, 0);
     for (int u = 0; u < count; ++u) taken[u] = key[u] > thr || (key[u] == thr && u < over);
-    std::uint64_t prev_key = thr;
-    int prev = over;
+    // unit_rank of cuda/blocks.cuh: (rank key, unit), ordered by key descending, ties to the earlier unit.
+    struct rank {
+      std::uint64_t key;
+      int u;
+    };
+    auto before = [](rank x, rank y) { return x.key > y.key || (x.key == y.key && x.u < y.u); };
+    rank prev{thr, over};
     while (left > 0) {
-      auto candidate = [&](int u) {
-        return (key[u] < prev_key || (key[u] == prev_key && u > prev)) && len(u) <= left;
-      };
-      std::uint64_t best = 0;  // per thread (strided), then the block's maximum
-      for (int t = 0; t < threads; ++t)
+      rank best{0, count};  // each thread's best (strided) unit after prev that still fits, then the block's
+      for (int t = 0; t < threads; ++t) {
+        rank mine{0, count};
         for (int u = t; u < count; u += threads)
-          if (candidate(u) && key[u] > best) best = key[u];
-      if (best == 0) break;
-      int first = count;  // each thread's first (strided) unit at the best key, then the minimum
-      for (int t = 0; t < threads; ++t)
-        for (int u = t; u < count; u += threads)
-          if (key[u] == best && candidate(u)) {
-            first = std::min(first, u);
-            break;
-          }
-      REQUIRE(first < count);
-      taken[first] = 1;
-      left -= len(first);
-      prev_key = best;
-      prev = first;
+          if (before(prev, rank{key[u], u}) && len(u) <= left && before(rank{key[u], u}, mine)) mine = rank{key[u], u};
+        if (before(mine, best)) best = mine;
+      }
+      if (best.key == 0) break;
+      taken[best.u] = 1;
+      left -= len(best.u);
+      prev = best;
       ++skipped_then_taken;
     }
     std::vector<unsigned char> keep(m, 0);

@@ -475,19 +475,28 @@ struct device_segmenter<key_similarity_segmenter> {
   }
 };
 
+//! A unit's place in the units' rank order (mean descending, ties to the earlier unit): its rank
+//! key and index. Finite means have keys above 0, so key 0 says "no unit".
+struct unit_rank {
+  unsigned long long key;
+  int u;
+  __device__ static bool before(const unit_rank& x, const unit_rank& y) {
+    return x.key > y.key || (x.key == y.key && x.u < y.u);
+  }
+  __device__ static unit_rank better(const unit_rank& x, const unit_rank& y) { return before(x, y) ? x : y; }
+};
+
 //! The block's shared state: the scan / reduce storage and the broadcast scalars.
 struct row_shared {
   using scan = cub::BlockScan<int, block_threads>;
   using reduce_ll = cub::BlockReduce<long long, block_threads>;
   using reduce_d = cub::BlockReduce<double, block_threads>;
-  using reduce_ull = cub::BlockReduce<unsigned long long, block_threads>;
-  using reduce_i = cub::BlockReduce<int, block_threads>;
+  using reduce_rank = cub::BlockReduce<unit_rank, block_threads>;
   union {
     typename scan::TempStorage scan;
     typename reduce_ll::TempStorage ll;
     typename reduce_d::TempStorage d;
-    typename reduce_ull::TempStorage ull;
-    typename reduce_i::TempStorage i;
+    typename reduce_rank::TempStorage rank;
     double vals[block_threads];  //!< a chunk of values gathered by the block for one thread's ordered sum
   } tmp;
   unsigned hist[256];
@@ -769,42 +778,29 @@ struct row_stages {
     const int over = sh.first_over;
     for (int u = threadIdx.x; u < count; u += blockDim.x)
       if (w.key[u] > thr || (w.key[u] == thr && u < over)) w.taken[u] = 1;
-    // Finite means have keys above 0, so 0 says "no unit".
-    std::uint64_t prev_key = thr;
-    int prev = over;
+    unit_rank prev{thr, over};
     for (;;) {
       const int left = sh.left;  // the same in every thread: written before a barrier
       if (left <= 0) break;
-      auto candidate = [&](int u) {
-        const std::uint64_t k = w.key[u];
-        return (k < prev_key || (k == prev_key && u > prev)) && len(u) <= left;
-      };
-      unsigned long long best = 0;
-      for (int u = threadIdx.x; u < count; u += blockDim.x)
-        if (candidate(u) && w.key[u] > best) best = w.key[u];
-      best = row_shared::reduce_ull(sh.tmp.ull).Reduce(best, [](unsigned long long x, unsigned long long y) {
-        return x > y ? x : y;
-      });
-      if (threadIdx.x == 0) sh.prefix = best;
-      __syncthreads();
-      const std::uint64_t best_key = sh.prefix;
-      if (best_key == 0) break;
-      int first = count;  // the earliest unit at the best key
-      for (int u = threadIdx.x; u < count; u += blockDim.x)
-        if (w.key[u] == best_key && candidate(u)) {
-          first = u;
-          break;
-        }
-      first = row_shared::reduce_i(sh.tmp.i).Reduce(first, [](int x, int y) { return x < y ? x : y; });
+      unit_rank mine{0, count};  // this thread's best unit ranked after `prev` that still fits
+      for (int u = threadIdx.x; u < count; u += blockDim.x) {
+        const unit_rank x{w.key[u], u};
+        if (unit_rank::before(prev, x) && len(u) <= left) mine = unit_rank::better(mine, x);
+      }
+      const unit_rank best = row_shared::reduce_rank(sh.tmp.rank).Reduce(mine, unit_rank::better);
+      __syncthreads();  // every thread has read sh.left
       if (threadIdx.x == 0) {
-        w.taken[first] = 1;
-        sh.left = left - len(first);
-        sh.first_over = first;
+        sh.prefix = best.key;
+        sh.first_over = best.u;
+        if (best.key != 0) {
+          w.taken[best.u] = 1;
+          sh.left = left - len(best.u);
+        }
       }
       __syncthreads();
-      prev_key = best_key;
-      prev = sh.first_over;
-      __syncthreads();  // read before the next iteration's thread 0 writes it
+      prev = unit_rank{sh.prefix, sh.first_over};
+      __syncthreads();  // read before the next iteration's thread 0 writes them
+      if (prev.key == 0) break;
     }
     for (int u = threadIdx.x; u < count; u += blockDim.x)
       if (w.taken[u])

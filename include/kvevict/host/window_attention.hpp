@@ -505,7 +505,7 @@ inline scorer_isa resolve_scorer_isa(scorer_isa isa) {
 #if defined(KVEVICT_X86_DISPATCH)
   const bool a512 = kvevict::detail::cpu_has_avx512f() && kvevict::detail::cpu_has_avx2();
   const bool a2 = kvevict::detail::cpu_has_avx2();
-  if (isa == scorer_isa::automatic) return a512 ? scorer_isa::avx512 : (a2 ? scorer_isa::avx2 : scorer_isa::baseline);
+  if (isa == scorer_isa::automatic) isa = a512 ? scorer_isa::avx512 : scorer_isa::avx2;
   if (isa == scorer_isa::avx512) return a512 ? isa : scorer_isa::baseline;
   if (isa == scorer_isa::avx2) return a2 ? isa : scorer_isa::baseline;
 #else
