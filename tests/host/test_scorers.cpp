@@ -330,7 +330,7 @@ inline std::uint64_t pin_fnv(std::uint64_t h, const void* p, std::size_t n) {
 }
 //! Scores of every shape below with instruction set `isa`, hashed.
 template <class Isa>
-std::uint64_t pinned_scores_hash(Isa isa) {
+std::uint64_t pinned_scores_hash(Isa isa, bool wide = false) {
   std::uint32_t s = 12345u;
   auto next = [&s] {  // small values with few mantissa bits: exact in every key type
     s = s * 1664525u + 1013904223u;
@@ -359,6 +359,18 @@ std::uint64_t pinned_scores_hash(Isa isa) {
                                                         emit, kscale);
     h = pin_fnv(h, out.data(), out.size() * sizeof(float));
   };
+  if (wide) {
+    // Head dims above the conversion's run of 128 (two runs, a run and a tail, runs of 32).
+    for (int n : {40, 300})
+      for (int d : {160, 200, 256})
+        for (int group : {1, 4})
+          for (int w : {7, 40}) {
+            one(kvevict::bfloat16{}, false, n, d, group, w, 1.0f);
+            one(float{}, (n + d) % 2 == 1, n, d, group, w, (n % 3) ? 1.0f : 0.375f);
+            one(kvevict::half{}, true, n, d, group, w, 1.0f);
+          }
+    return h;
+  }
   // Partial and whole key tiles, runs of tiles with a partial last one, head dims below, at and
   // above the conversion's chunk, groups 1 to 4, the causal window from 1 to 64 queries.
   for (int n : {1, 16, 40, 97, 300, 1100})
@@ -387,6 +399,9 @@ TEST_CASE("window attention: the scores' bits are those recorded before the tile
     INFO("isa " << static_cast<int>(isa) << " resolved to "
                 << static_cast<int>(kvevict::host_backend::resolve_scorer_isa(isa)));
     CHECK(pinned_scores_hash(isa) == 0x5f032caa5ca31518ull);
+    // Recorded with the scorer of 06d6f74 (its key tiles converted 32 dimensions at a time),
+    // before the key rows were read whole and transposed in registers.
+    CHECK(pinned_scores_hash(isa, true) == 0xfefb3c1bf200842eull);
   }
 }
 

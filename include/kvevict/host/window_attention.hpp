@@ -131,41 +131,73 @@ KVEVICT_ALWAYS_INLINE void exp_tiles(const float* acc, const float* m, float s, 
 #endif
 }
 
-//! `out[d * 16 + c] = in[c * DC + d]` for 16 rows of DC floats (DC a multiple of 4): a tile of
-//! keys, converted along their rows, stored transposed for the micro-kernel. Moves only.
-template <int DC>
-KVEVICT_ALWAYS_INLINE void transpose_16xdc(const float* in, float* out) {
 #if defined(KVEVICT_VECTOR_EXT)
-  typedef float V4 __attribute__((vector_size(16)));
-  typedef std::int32_t I4 __attribute__((vector_size(16)));
-  for (int c0 = 0; c0 < 16; c0 += 4) {
-    KVEVICT_UNROLL
-    for (int d0 = 0; d0 < DC; d0 += 4) {
-      V4 r0, r1, r2, r3;
-      std::memcpy(&r0, in + (c0 + 0) * DC + d0, 16);
-      std::memcpy(&r1, in + (c0 + 1) * DC + d0, 16);
-      std::memcpy(&r2, in + (c0 + 2) * DC + d0, 16);
-      std::memcpy(&r3, in + (c0 + 3) * DC + d0, 16);
+//! Lane `l` of the two-source shuffle that swaps the off-diagonal J x J blocks of two rows `a`
+//! (rows with bit J clear) and `b = a's row + J` of a B x B tile: the new `a` (`Hi = false`)
+//! takes `b[l - J]` where bit J of `l` is set, else `a[l]`; the new `b` (`Hi = true`) takes
+//! `a[l + J]` where it is clear, else `b[l]`. Indices address the concatenation (a, b).
+template <int B, int J, bool Hi>
+constexpr int swap_lane(int l) {
+  return Hi ? ((l & J) ? B + l : l + J) : ((l & J) ? B + l - J : l);
+}
+
+//! `a, b = new a, new b` (see `swap_lane`). By reference: a vector passed or returned by value
+//! would change the ABI between the instruction sets.
+template <int B, int J, class V, int... L>
+KVEVICT_ALWAYS_INLINE void swap_blocks(V& a, V& b, std::integer_sequence<int, L...>) {
 #if defined(__clang__)
-      const V4 t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5), t1 = __builtin_shufflevector(r2, r3, 0, 4, 1, 5);
-      const V4 t2 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7), t3 = __builtin_shufflevector(r2, r3, 2, 6, 3, 7);
-      const V4 o0 = __builtin_shufflevector(t0, t1, 0, 1, 4, 5), o1 = __builtin_shufflevector(t0, t1, 2, 3, 6, 7);
-      const V4 o2 = __builtin_shufflevector(t2, t3, 0, 1, 4, 5), o3 = __builtin_shufflevector(t2, t3, 2, 3, 6, 7);
+  const V lo = __builtin_shufflevector(a, b, swap_lane<B, J, false>(L)...);
+  const V hi = __builtin_shufflevector(a, b, swap_lane<B, J, true>(L)...);
 #else
-      const V4 t0 = __builtin_shuffle(r0, r1, I4{0, 4, 1, 5}), t1 = __builtin_shuffle(r2, r3, I4{0, 4, 1, 5});
-      const V4 t2 = __builtin_shuffle(r0, r1, I4{2, 6, 3, 7}), t3 = __builtin_shuffle(r2, r3, I4{2, 6, 3, 7});
-      const V4 o0 = __builtin_shuffle(t0, t1, I4{0, 1, 4, 5}), o1 = __builtin_shuffle(t0, t1, I4{2, 3, 6, 7});
-      const V4 o2 = __builtin_shuffle(t2, t3, I4{0, 1, 4, 5}), o3 = __builtin_shuffle(t2, t3, I4{2, 3, 6, 7});
+  typedef std::int32_t I __attribute__((vector_size(B * sizeof(float))));
+  const V lo = __builtin_shuffle(a, b, I{swap_lane<B, J, false>(L)...});
+  const V hi = __builtin_shuffle(a, b, I{swap_lane<B, J, true>(L)...});
 #endif
-      std::memcpy(out + (d0 + 0) * 16 + c0, &o0, 16);
-      std::memcpy(out + (d0 + 1) * 16 + c0, &o1, 16);
-      std::memcpy(out + (d0 + 2) * 16 + c0, &o2, 16);
-      std::memcpy(out + (d0 + 3) * 16 + c0, &o3, 16);
+  a = lo;
+  b = hi;
+}
+
+//! Transposes the B x B tile held in `r[0..B)` (row i, lane l) in registers: log2(B) rounds of B
+//! two-source shuffles, each swapping the off-diagonal J x J blocks (J = B/2, ..., 1). Moves only.
+template <int B, class V>
+KVEVICT_ALWAYS_INLINE void transpose_in_registers(V* r) {
+  auto round = [&](auto j) KVEVICT_ALWAYS_INLINE_LAMBDA {
+    constexpr int J = decltype(j)::value;
+    KVEVICT_UNROLL
+    for (int i = 0; i < B; ++i) {
+      if (!(i & J)) swap_blocks<B, J>(r[i], r[i + J], std::make_integer_sequence<int, B>{});
+    }
+  };
+  if constexpr (B >= 16) round(std::integral_constant<int, 8>{});
+  if constexpr (B >= 8) round(std::integral_constant<int, 4>{});
+  round(std::integral_constant<int, 2>{});
+  round(std::integral_constant<int, 1>{});
+}
+#endif
+
+//! `out[d * 16 + c] = in[c * ld + d]` for 16 rows of DC floats (DC a multiple of B): a tile of
+//! keys, converted along their rows, stored transposed for the micro-kernel, in B x B blocks
+//! transposed in registers (B = 4, 8 or 16 floats: the widest vector the caller's variant has).
+//! Moves only.
+template <int DC, int B = 4>
+KVEVICT_ALWAYS_INLINE void transpose_16xdc(const float* in, float* out, int ld = DC) {
+  static_assert(DC % B == 0 && 16 % B == 0 && (B == 4 || B == 8 || B == 16), "B x B blocks of a 16 x DC tile");
+#if defined(KVEVICT_VECTOR_EXT)
+  using V = typename float_vec<B>::type;
+  for (int c0 = 0; c0 < 16; c0 += B) {
+    KVEVICT_UNROLL
+    for (int d0 = 0; d0 < DC; d0 += B) {
+      V r[B];
+      KVEVICT_UNROLL
+      for (int i = 0; i < B; ++i) std::memcpy(&r[i], in + (c0 + i) * ld + d0, sizeof(V));
+      transpose_in_registers<B>(r);
+      KVEVICT_UNROLL
+      for (int i = 0; i < B; ++i) std::memcpy(out + (d0 + i) * 16 + c0, &r[i], sizeof(V));
     }
   }
 #else
   for (int c = 0; c < 16; ++c)
-    for (int d = 0; d < DC; ++d) out[d * 16 + c] = in[c * DC + d];
+    for (int d = 0; d < DC; ++d) out[d * 16 + c] = in[c * ld + d];
 #endif
 }
 
@@ -311,23 +343,25 @@ KVEVICT_ALWAYS_INLINE void window_attention_group_w(KeyFn& key, int n, int head_
       kp[c] = key(t0 + (c < cnt ? c : 0));
       ks[c] = kvevict::detail::token_scale_at(key, t0 + (c < cnt ? c : 0));
     }
-    // Chunks of DC dimensions: each key's run converted along its row (contiguous, so it
-    // vectorises), then the chunk transposed in 4 x 4 blocks.
-    constexpr int DC = 32;
-    alignas(16) float buf[KT][DC];
+    // Runs of up to HB dimensions in multiples of DC: each key's run converted along its row
+    // (one contiguous read per key, and it vectorises), then the run transposed in B x B blocks.
+    constexpr int DC = 32, HB = 128, TB = W >= 16 ? 16 : W >= 8 ? 8 : 4;
+    alignas(64) float buf[KT][HB];
     int d0 = 0;
-    for (; d0 + DC <= head_dim; d0 += DC) {
+    while (head_dim - d0 >= DC) {
+      const int len = head_dim - d0 < HB ? (head_dim - d0) / DC * DC : HB;
       for (int c = 0; c < KT; ++c) {
         const auto* src = kp[c] + d0;
         if (c < cnt) {
           const float s = ks[c];
-          KVEVICT_UNROLL
-          for (int i = 0; i < DC; ++i) buf[c][i] = to_float(src[i]) * s;
+          for (int i = 0; i < len; ++i) buf[c][i] = to_float(src[i]) * s;
         } else {
-          for (int i = 0; i < DC; ++i) buf[c][i] = 0.0f;
+          for (int i = 0; i < len; ++i) buf[c][i] = 0.0f;
         }
       }
-      kvevict::detail::transpose_16xdc<DC>(&buf[0][0], kt + static_cast<std::size_t>(d0) * KT);
+      for (int d = 0; d < len; d += DC)
+        kvevict::detail::transpose_16xdc<DC, TB>(&buf[0][d], kt + static_cast<std::size_t>(d0 + d) * KT, HB);
+      d0 += len;
     }
     for (int d = d0; d < head_dim; ++d) {
       float* row = kt + static_cast<std::size_t>(d) * KT;
