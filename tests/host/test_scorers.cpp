@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -403,6 +404,47 @@ TEST_CASE("window attention: the scores' bits are those recorded before the tile
     // before the key rows were read whole and transposed in registers.
     CHECK(pinned_scores_hash(isa, true) == 0xfefb3c1bf200842eull);
   }
+}
+
+// The cap from KVEVICT_SCORER_ISA: ctest also runs the [simd] tests with it set to "baseline" and
+// to an unknown value (tests/CMakeLists.txt), where the checks on the environment below bite.
+TEST_CASE("window attention: KVEVICT_SCORER_ISA caps the automatic choice; its names are parsed strictly",
+          "[scorer][simd]") {
+  using kvevict::host_backend::parse_scorer_isa;
+  using kvevict::host_backend::resolve_scorer_isa;
+  using kvevict::host_backend::scorer_isa;
+  bool ok = false;
+  CHECK(parse_scorer_isa(nullptr, ok) == scorer_isa::automatic);
+  CHECK(ok);
+  CHECK(parse_scorer_isa("", ok) == scorer_isa::automatic);
+  CHECK(ok);
+  CHECK(parse_scorer_isa("auto", ok) == scorer_isa::automatic);
+  CHECK(parse_scorer_isa("baseline", ok) == scorer_isa::baseline);
+  CHECK(parse_scorer_isa("avx2", ok) == scorer_isa::avx2);
+  CHECK(parse_scorer_isa("avx512", ok) == scorer_isa::avx512);
+  CHECK(ok);
+  for (const char* bad : {"AVX2", "avx", "avx512 ", "sse"}) {
+    INFO(bad);
+    CHECK(parse_scorer_isa(bad, ok) == scorer_isa::automatic);
+    CHECK_FALSE(ok);
+  }
+  const scorer_isa best = resolve_scorer_isa(scorer_isa::automatic, scorer_isa::automatic);
+  CHECK(resolve_scorer_isa(scorer_isa::automatic, scorer_isa::baseline) == scorer_isa::baseline);
+  CHECK(resolve_scorer_isa(scorer_isa::automatic, scorer_isa::avx512) == best);
+  // Capped at AVX2: AVX2 where the CPU has it (what an explicit request gives), else the baseline.
+  const scorer_isa avx2 = resolve_scorer_isa(scorer_isa::avx2, scorer_isa::baseline);
+  CHECK(resolve_scorer_isa(scorer_isa::automatic, scorer_isa::avx2) ==
+        (best == scorer_isa::baseline ? scorer_isa::baseline : avx2));
+  // The cap is on `automatic` only: explicit requests stay what they were.
+  for (scorer_isa isa : {scorer_isa::baseline, scorer_isa::avx2, scorer_isa::avx512})
+    CHECK(resolve_scorer_isa(isa, scorer_isa::baseline) == resolve_scorer_isa(isa, scorer_isa::automatic));
+  const char* env = std::getenv("KVEVICT_SCORER_ISA");
+  const scorer_isa expected = env == nullptr                      ? best
+                               : std::strcmp(env, "baseline") == 0 ? scorer_isa::baseline
+                               : std::strcmp(env, "avx9") == 0     ? best  // unknown: ignored
+                                                                   : resolve_scorer_isa(scorer_isa::automatic);
+  INFO("KVEVICT_SCORER_ISA=" << (env ? env : "(unset)"));
+  CHECK(resolve_scorer_isa(scorer_isa::automatic) == expected);
 }
 
 TEST_CASE("window attention: row blocks are multiples of 64 rows whose logits fit in 8 MiB", "[scorer]") {

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -526,27 +528,68 @@ __attribute__((target("avx2,avx512f"))) void window_attention_group_avx512(KeyFn
 #endif
 
 //! Instruction sets the scorer can run with (`window_attention_group_isa` forces one; tests and
-//! benchmarks use it to compare them). `automatic` takes AVX-512 F where the CPU has it, else AVX2:
-//! on the AMD EPYC (Zen 4) this was measured on, since the tile-wise schedule (2026-11-30) the
-//! AVX-512 variant plans one layer 1.03x to 1.32x faster than the AVX2 one (bench/RESULTS.md);
-//! before it, AVX-512 was the slower at 32,768 tokens. No CPU with full-width 512-bit units has
-//! measured it; ask for `avx2` explicitly where AVX-512 lowers the clock.
+//! benchmarks use it to compare them), in increasing order after `automatic`. `automatic` takes
+//! AVX-512 F where the CPU has it, else AVX2, capped by the environment variable
+//! `KVEVICT_SCORER_ISA` (see `scorer_isa_cap`). Measured (bench/RESULTS.md): on an AMD EPYC Zen 4,
+//! since the tile-wise schedule of 2026-11-30, the AVX-512 variant plans one layer 1.03x to 1.32x
+//! faster than the AVX2 one; Zen 5 (full-width 512-bit units) was measured on 2026-12-06. On a CPU
+//! where AVX-512 lowers the clock, `KVEVICT_SCORER_ISA=avx2` keeps the scorer on AVX2.
 enum class scorer_isa { automatic, baseline, avx2, avx512 };
 
-//! The instruction set `isa` resolves to on this CPU and build (`automatic`: AVX-512 F, else AVX2,
-//! where the CPU has it; a set the CPU or build lacks: `baseline`).
-inline scorer_isa resolve_scorer_isa(scorer_isa isa) {
+//! `text` as a `scorer_isa` cap: "baseline", "avx2", "avx512", or "auto" / empty / null for no cap
+//! (`automatic`). Anything else: `ok` is false and the result `automatic`.
+inline scorer_isa parse_scorer_isa(const char* text, bool& ok) {
+  ok = true;
+  if (text == nullptr || *text == '\0' || std::strcmp(text, "auto") == 0) return scorer_isa::automatic;
+  if (std::strcmp(text, "baseline") == 0) return scorer_isa::baseline;
+  if (std::strcmp(text, "avx2") == 0) return scorer_isa::avx2;
+  if (std::strcmp(text, "avx512") == 0) return scorer_isa::avx512;
+  ok = false;
+  return scorer_isa::automatic;
+}
+
+//! The process's cap on `automatic`: `KVEVICT_SCORER_ISA` read once, at the first plan that scores
+//! on the host (`automatic`, no cap, when it is unset). Every variant computes the same bits, so the
+//! cap changes only the speed: an escape hatch for CPUs where AVX-512 lowers the clock, or to
+//! compare variants in one's own engine. It acts only where the scorer dispatches at run time
+//! (x86-64 with GCC or clang, a build without -mavx2). An unknown value is reported once on stderr
+//! and ignored.
+inline scorer_isa scorer_isa_cap() {
+  static const scorer_isa cap = [] {
+    const char* text = std::getenv("KVEVICT_SCORER_ISA");
+    bool ok = true;
+    const scorer_isa isa = parse_scorer_isa(text, ok);
+    if (!ok)
+      std::fprintf(stderr, "kvevict: KVEVICT_SCORER_ISA=%s is not one of auto, baseline, avx2, avx512; ignored\n",
+                   text);
+    return isa;
+  }();
+  return cap;
+}
+
+//! The instruction set `isa` resolves to on this CPU and build with `automatic` capped at `cap`
+//! (`automatic`: AVX-512 F, else AVX2, where the CPU has it, but not above `cap`; an explicit set the
+//! CPU or build lacks: `baseline`).
+inline scorer_isa resolve_scorer_isa(scorer_isa isa, scorer_isa cap) {
 #if defined(KVEVICT_X86_DISPATCH)
   const bool a512 = kvevict::detail::cpu_has_avx512f() && kvevict::detail::cpu_has_avx2();
   const bool a2 = kvevict::detail::cpu_has_avx2();
-  if (isa == scorer_isa::automatic) isa = a512 ? scorer_isa::avx512 : scorer_isa::avx2;
+  if (isa == scorer_isa::automatic) {
+    isa = a512 ? scorer_isa::avx512 : scorer_isa::avx2;
+    if (cap != scorer_isa::automatic && cap < isa) isa = cap;
+  }
   if (isa == scorer_isa::avx512) return a512 ? isa : scorer_isa::baseline;
   if (isa == scorer_isa::avx2) return a2 ? isa : scorer_isa::baseline;
 #else
   (void)isa;
+  (void)cap;
 #endif
   return scorer_isa::baseline;
 }
+
+//! The instruction set `isa` resolves to on this CPU and build, `automatic` capped by
+//! `KVEVICT_SCORER_ISA` (`scorer_isa_cap`).
+inline scorer_isa resolve_scorer_isa(scorer_isa isa) { return resolve_scorer_isa(isa, scorer_isa_cap()); }
 
 //! `window_attention_group` on the instruction set `isa` (resolved as above). Every set computes
 //! the same bits.
