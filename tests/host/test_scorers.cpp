@@ -438,13 +438,12 @@ TEST_CASE("window attention: KVEVICT_SCORER_ISA caps the automatic choice; its n
   // The cap is on `automatic` only: explicit requests stay what they were.
   for (scorer_isa isa : {scorer_isa::baseline, scorer_isa::avx2, scorer_isa::avx512})
     CHECK(resolve_scorer_isa(isa, scorer_isa::baseline) == resolve_scorer_isa(isa, scorer_isa::automatic));
+  // The environment's cap is applied (an unknown value, like an unset one, leaves `best`).
   const char* env = std::getenv("KVEVICT_SCORER_ISA");
-  const scorer_isa expected = env == nullptr                      ? best
-                               : std::strcmp(env, "baseline") == 0 ? scorer_isa::baseline
-                               : std::strcmp(env, "avx9") == 0     ? best  // unknown: ignored
-                                                                   : resolve_scorer_isa(scorer_isa::automatic);
+  const scorer_isa cap = parse_scorer_isa(env, ok);
   INFO("KVEVICT_SCORER_ISA=" << (env ? env : "(unset)"));
-  CHECK(resolve_scorer_isa(scorer_isa::automatic) == expected);
+  CHECK(resolve_scorer_isa(scorer_isa::automatic) ==
+        resolve_scorer_isa(scorer_isa::automatic, ok ? cap : scorer_isa::automatic));
 }
 
 TEST_CASE("window attention: row blocks are multiples of 64 rows whose logits fit in 8 MiB", "[scorer]") {

@@ -183,7 +183,7 @@ KVEVICT_ALWAYS_INLINE void transpose_in_registers(V* r) {
 //! Moves only.
 template <int DC, int B = 4>
 KVEVICT_ALWAYS_INLINE void transpose_16xdc(const float* in, float* out, int ld = DC) {
-  static_assert(DC % B == 0 && 16 % B == 0 && (B == 4 || B == 8 || B == 16), "B x B blocks of a 16 x DC tile");
+  static_assert((B == 4 || B == 8 || B == 16) && DC % B == 0, "B x B blocks of a 16 x DC tile");
 #if defined(KVEVICT_VECTOR_EXT)
   using V = typename float_vec<B>::type;
   for (int c0 = 0; c0 < 16; c0 += B) {
